@@ -1,0 +1,1 @@
+"""The `leasestore` command line: format, dump, daemon, client, demo."""

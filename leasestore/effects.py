@@ -1,0 +1,59 @@
+"""Effects: what an algorithm asks of the world. Algorithms are generators that yield effects
+and receive results, so the same code runs on a real device (storage.driver) and in the
+simulator (testing).
+
+Result of each effect sent back into the generator:
+  Read  -> bytes            (a StorageError is thrown into the generator instead on failure)
+  Write -> None             (likewise)
+  Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results)
+  Sleep -> None             (Cancelled is thrown in if the runner is told to stop)
+  Now   -> float, local monotonic seconds
+`device` names a device the runner was given; it is not a path the algorithm may open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from leasestore.errors import StorageError
+
+
+@dataclass(frozen=True)
+class Read:
+    device: str
+    offset_b: int
+    length_b: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Write:
+    device: str
+    offset_b: int
+    data: bytes
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    effects: tuple[Read | Write, ...]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Now:
+    pass
+
+
+Effect = Read | Write | Batch | Sleep | Now
+BatchOutcome = bytes | None | StorageError
+
+T = TypeVar("T")
+Algorithm = Generator[Effect, Any, T]
+"""A protocol step: yields effects, returns its result (or raises a LeasestoreError)."""

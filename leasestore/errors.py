@@ -1,0 +1,201 @@
+"""Every error leasestore raises, as one tree rooted at `LeasestoreError`.
+
+Each class carries a stable integer `code`. Where sanlock has a code for the same condition we use
+sanlock's (negative SANLK_* values), so a code seen in our logs means the same thing in theirs. The
+daemon sends codes over the wire and the client maps them back to these classes (`error_for_code`).
+"""
+
+from __future__ import annotations
+
+
+class LeasestoreError(Exception):
+    """Base of every leasestore error. `code` is stable across versions."""
+
+    code = -201
+
+
+# --- on-disk records ------------------------------------------------------------------------
+
+
+class CorruptRecord(LeasestoreError):
+    """Bytes on disk that are not a valid record of the expected kind.
+
+    A corrupt record is never interpreted as "free": callers must stop, not take over.
+    """
+
+    def __init__(self, record: str, detail: str, offset_b: int | None = None) -> None:
+        self.record = record
+        self.detail = detail
+        self.offset_b = offset_b
+        where = f" at offset {offset_b}" if offset_b is not None else ""
+        super().__init__(f"{record}{where}: {detail}")
+
+    def at(self, offset_b: int) -> CorruptRecord:
+        """The same error, located at an absolute device offset."""
+        return type(self)(self.record, self.detail, offset_b)
+
+
+class TruncatedRecord(CorruptRecord):
+    code = -220
+
+
+class BadMagic(CorruptRecord):
+    code = -223
+
+
+class BadVersion(CorruptRecord):
+    code = -224
+
+
+class BadSectorSize(CorruptRecord):
+    code = -225
+
+
+class BadChecksum(CorruptRecord):
+    code = -229
+
+
+class BadDblockChecksum(CorruptRecord):
+    code = -214
+
+
+class BadRequestMagic(CorruptRecord):
+    code = -270
+
+
+class BadRequestVersion(CorruptRecord):
+    code = -271
+
+
+class BadGeometry(CorruptRecord):
+    """A leader names a sector size / align combination sanlock does not define."""
+
+    code = -230
+
+
+class LeaseMismatch(LeasestoreError):
+    """A valid record that belongs to another lockspace or resource than the one asked for."""
+
+
+class WrongLockspace(LeaseMismatch):
+    code = -226
+
+
+class WrongResource(LeaseMismatch):
+    code = -227
+
+
+class NumHostsTooSmall(LeaseMismatch):
+    code = -228
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+class StorageError(LeasestoreError):
+    """A device could not be opened, sized, read or written."""
+
+    code = -201
+
+
+class DeviceMissing(StorageError):
+    pass
+
+
+class DeviceTooSmall(StorageError):
+    pass
+
+
+class NotAligned(StorageError):
+    pass
+
+
+class DirectIOUnsupported(StorageError):
+    pass
+
+
+class IOFailed(StorageError):
+    code = -201
+
+
+class IOTimeout(StorageError):
+    """An I/O outlived its io_timeout; it was abandoned (its buffer stays pinned until reaped)."""
+
+    code = -202
+
+
+# --- user input and tools ----------------------------------------------------------------------
+
+
+class UsageError(LeasestoreError):
+    """Bad arguments: a malformed resource string, an invalid geometry, an out-of-range host_id."""
+
+    code = -22
+
+
+class AreaInUse(LeasestoreError):
+    """The format tool found live records and was not told to --force."""
+
+    code = -17
+
+
+# --- delta leases ------------------------------------------------------------------------------
+
+
+class HostIdInvalid(LeasestoreError):
+    code = -231
+
+
+class HostIdBusy(LeasestoreError):
+    """Another host holds (or raced us for) the host_id."""
+
+    code = -262
+
+
+class RenewOwner(LeasestoreError):
+    """Our own sector names another owner: someone took our host_id."""
+
+    code = -260
+
+
+class RenewDiff(LeasestoreError):
+    """Our own sector differs from what we last wrote."""
+
+    code = -261
+
+
+class LockspaceNotJoined(LeasestoreError):
+    """The lockspace is not held by this daemon (sanlock: -ENOSPC)."""
+
+    code = -28
+
+
+class LockspaceExists(LeasestoreError):
+    code = -17
+
+
+class ProtocolError(LeasestoreError):
+    """A malformed or unsupported client message."""
+
+    code = -71
+
+
+class Cancelled(LeasestoreError):
+    """An operation was stopped because its lockspace is being removed or the daemon stops."""
+
+    code = -125
+
+
+_ALL: list[type[LeasestoreError]] = []
+
+
+def _collect(cls: type[LeasestoreError]) -> None:
+    _ALL.append(cls)
+    for sub in cls.__subclasses__():
+        _collect(sub)
+
+
+_collect(LeasestoreError)
+
+ERROR_CLASSES: dict[str, type[LeasestoreError]] = {cls.__name__: cls for cls in _ALL}
+"""Every error class by name: the wire carries the name, so equal codes never collide."""

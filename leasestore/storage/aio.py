@@ -1,0 +1,206 @@
+"""Linux native AIO (io_setup/io_submit/io_getevents) through ctypes.
+
+Why: an O_DIRECT I/O submitted this way can be waited for with a timeout and then abandoned while
+the kernel still owns its buffer, which is how sanlock bounds every I/O by io_timeout. A blocking
+pread in a thread cannot be abandoned as cheaply.
+
+Invariant: a buffer handed to the kernel is referenced by `_inflight` until its completion event is
+reaped, so it is never freed or reused while the kernel may still write into it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+
+_SYSCALLS = {
+    # machine: (io_setup, io_destroy, io_getevents, io_submit)
+    "x86_64": (206, 207, 208, 209),
+    "aarch64": (0, 1, 4, 2),
+}
+
+IOCB_CMD_PREAD = 0
+IOCB_CMD_PWRITE = 1
+
+
+class _Iocb(ctypes.Structure):
+    _fields_ = [
+        ("aio_data", ctypes.c_uint64),
+        ("aio_key", ctypes.c_uint32),
+        ("aio_rw_flags", ctypes.c_int32),
+        ("aio_lio_opcode", ctypes.c_uint16),
+        ("aio_reqprio", ctypes.c_int16),
+        ("aio_fildes", ctypes.c_uint32),
+        ("aio_buf", ctypes.c_uint64),
+        ("aio_nbytes", ctypes.c_uint64),
+        ("aio_offset", ctypes.c_int64),
+        ("aio_reserved2", ctypes.c_uint64),
+        ("aio_flags", ctypes.c_uint32),
+        ("aio_resfd", ctypes.c_uint32),
+    ]
+
+
+class _IoEvent(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_uint64),
+        ("obj", ctypes.c_uint64),
+        ("res", ctypes.c_int64),
+        ("res2", ctypes.c_int64),
+    ]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _numbers() -> tuple[int, int, int, int]:
+    machine = platform.machine()
+    if machine not in _SYSCALLS:
+        raise OSError(errno.ENOSYS, f"native AIO syscall numbers unknown for {machine}")
+    return _SYSCALLS[machine]
+
+
+class AlignedBuffer:
+    """A page-aligned anonymous mapping, suitable for O_DIRECT."""
+
+    def __init__(self, size_b: int) -> None:
+        self.size_b = size_b
+        self.map = mmap.mmap(-1, max(size_b, mmap.PAGESIZE))
+        self._anchor = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._anchor)
+
+
+@dataclass
+class Completion:
+    """One submitted I/O. `result` is bytes transferred or -errno once `done`."""
+
+    ident: int
+    buffer: AlignedBuffer
+    iocb: _Iocb
+    done: bool = False
+    result: int = 0
+    abandoned: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+class AioContext:
+    """One kernel AIO context. All methods are serialised by an internal lock."""
+
+    def __init__(self, max_events: int = 64) -> None:
+        self._setup, self._destroy, self._getevents, self._submit = _numbers()
+        self._ctx = ctypes.c_ulong(0)
+        self._max_events = max_events
+        if _syscall(self._setup, ctypes.c_uint(max_events), ctypes.byref(self._ctx)) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"io_setup: {os.strerror(err)}")
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Completion] = {}
+        self._next_ident = 1
+        self._closed = False
+
+    @property
+    def abandoned_count(self) -> int:
+        """I/Os we stopped waiting for whose completion has not been reaped yet."""
+        return sum(1 for c in self._inflight.values() if c.abandoned)
+
+    def submit(
+        self, fd: int, ops: list[tuple[int, int, int, AlignedBuffer]]
+    ) -> list[Completion]:
+        """Submit (opcode, offset_b, length_b, buffer) tuples at once; returns their completions."""
+        with self._lock:
+            completions = []
+            for opcode, offset_b, length_b, buffer in ops:
+                iocb = _Iocb()
+                iocb.aio_data = self._next_ident
+                iocb.aio_lio_opcode = opcode
+                iocb.aio_fildes = fd
+                iocb.aio_buf = buffer.address
+                iocb.aio_nbytes = length_b
+                iocb.aio_offset = offset_b
+                completions.append(Completion(self._next_ident, buffer, iocb))
+                self._next_ident += 1
+            pointers = (ctypes.POINTER(_Iocb) * len(ops))(
+                *(ctypes.pointer(c.iocb) for c in completions)
+            )
+            submitted = 0
+            while submitted < len(ops):
+                rc = _syscall(
+                    self._submit,
+                    self._ctx,
+                    ctypes.c_long(len(ops) - submitted),
+                    ctypes.byref(pointers, submitted * ctypes.sizeof(ctypes.c_void_p)),
+                )
+                if rc < 0:
+                    err = ctypes.get_errno()
+                    if err in (errno.EINTR, errno.EAGAIN):
+                        continue
+                    for c in completions[submitted:]:
+                        c.done, c.result = True, -err
+                    break
+                for c in completions[submitted:submitted + rc]:
+                    self._inflight[c.ident] = c
+                submitted += rc
+            return completions
+
+    def wait(self, completions: list[Completion], deadline: float) -> None:
+        """Reap events until every completion is done or `deadline` (monotonic) passes.
+
+        Completions still pending at the deadline are marked abandoned; their buffers stay pinned.
+        """
+        events = (_IoEvent * self._max_events)()
+        with self._lock:
+            while not all(c.done for c in completions):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    for c in completions:
+                        if not c.done:
+                            c.abandoned = True
+                    return
+                spec = _Timespec(int(remaining), int((remaining % 1) * 1e9))
+                rc = _syscall(
+                    self._getevents,
+                    self._ctx,
+                    ctypes.c_long(1),
+                    ctypes.c_long(self._max_events),
+                    events,
+                    ctypes.byref(spec),
+                )
+                if rc < 0:
+                    err = ctypes.get_errno()
+                    if err == errno.EINTR:
+                        continue
+                    raise OSError(err, f"io_getevents: {os.strerror(err)}")
+                for event in events[:rc]:
+                    done = self._inflight.pop(int(event.data), None)
+                    if done is not None:
+                        done.done, done.result = True, int(event.res)
+
+    def close(self) -> None:
+        """Destroy the context. With abandoned I/O in flight the kernel blocks io_destroy until
+        they finish, so then the destruction happens on a background thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._inflight.values())
+        ctx, destroy = self._ctx, self._destroy
+
+        def _destroy() -> None:
+            _syscall(destroy, ctx)
+            pending.clear()  # buffers may be freed only after the kernel is done with them
+
+        if pending:
+            threading.Thread(target=_destroy, name="aio-destroy", daemon=True).start()
+        else:
+            _destroy()

@@ -1,0 +1,224 @@
+"""`DirectDevice`: O_DIRECT, O_SYNC reads and writes on a block device or regular file.
+
+Every I/O is one kernel AIO request bounded by a timeout (see `aio`). Offsets and lengths must be
+multiples of the device's logical sector size (BLKSSZGET on block devices; 512 for regular files,
+as sanlock assumes), and every I/O must lie inside the device: nothing is silently extended.
+Short transfers are continued until complete, an error, end of device, or the deadline.
+A timed-out I/O raises IOTimeout; its buffer is never returned to the pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+import time
+from collections.abc import Sequence
+
+from leasestore.errors import (
+    DeviceMissing,
+    DeviceTooSmall,
+    DirectIOUnsupported,
+    IOFailed,
+    IOTimeout,
+    NotAligned,
+    StorageError,
+)
+from leasestore.storage.aio import (
+    IOCB_CMD_PREAD,
+    IOCB_CMD_PWRITE,
+    AioContext,
+    AlignedBuffer,
+    Completion,
+)
+from leasestore.storage.device import IOOp, IOOutcome, ReadOp, WriteOp
+
+BLKSSZGET = 0x1268
+BLKGETSIZE64 = 0x80081272
+FILE_SECTOR_SIZE = 512
+
+
+def probe_path(path: str) -> tuple[bool, int, int]:
+    """(is_block_device, logical sector size, size in bytes) of `path`, without O_DIRECT."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DeviceMissing(f"{path}: no such file or device") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISBLK(st.st_mode):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            sector = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+            size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+        finally:
+            os.close(fd)
+        return True, int(sector), int(size)
+    if stat.S_ISREG(st.st_mode):
+        return False, FILE_SECTOR_SIZE, st.st_size
+    raise StorageError(f"{path}: neither a block device nor a regular file")
+
+
+class DirectDevice:
+    """An open O_DIRECT device. Not shared between threads that need independent timeouts:
+    open one per lockspace thread, as sanlock gives each its own AIO context."""
+
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self._path = path
+        self.is_block, self._sector_size, self._size_b = probe_path(path)
+        flags = (os.O_RDONLY if readonly else os.O_RDWR | os.O_SYNC) | os.O_DIRECT
+        try:
+            self._fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise DirectIOUnsupported(
+                    f"{path}: the filesystem rejects O_DIRECT (tmpfs?); use a block device "
+                    "or a file on a filesystem that supports direct I/O"
+                ) from None
+            raise StorageError(f"{path}: cannot open: {exc.strerror}") from None
+        self._aio = AioContext()
+        self._pool: dict[int, list[AlignedBuffer]] = {}
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def sector_size(self) -> int:
+        return self._sector_size
+
+    @property
+    def size_b(self) -> int:
+        return self._size_b
+
+    @property
+    def abandoned_ios(self) -> int:
+        return self._aio.abandoned_count
+
+    def __enter__(self) -> DirectDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, offset_b: int, length_b: int, timeout_s: float) -> bytes:
+        outcome = self.submit([ReadOp(offset_b, length_b)], timeout_s)[0]
+        if isinstance(outcome, StorageError):
+            raise outcome
+        assert isinstance(outcome, bytes)
+        return outcome
+
+    def write(self, offset_b: int, data: bytes, timeout_s: float) -> None:
+        outcome = self.submit([WriteOp(offset_b, data)], timeout_s)[0]
+        if isinstance(outcome, StorageError):
+            raise outcome
+
+    def submit(self, ops: Sequence[IOOp], timeout_s: float) -> list[IOOutcome]:
+        """Run `ops` concurrently; each outcome is bytes (read), None (write) or its error."""
+        deadline = time.monotonic() + timeout_s
+        for op in ops:
+            self._check_bounds(op)
+        buffers = [self._take_buffer(self._length(op)) for op in ops]
+        for op, buffer in zip(ops, buffers, strict=True):
+            if isinstance(op, WriteOp):
+                buffer.map[: len(op.data)] = op.data
+        done = [0] * len(ops)
+        outcomes: list[IOOutcome | None] = [None] * len(ops)
+        pending = list(range(len(ops)))
+        while pending:
+            completions = self._aio.submit(
+                self._fd, [self._continuation(ops[i], buffers[i], done[i]) for i in pending]
+            )
+            self._aio.wait(completions, deadline)
+            pending = self._settle(ops, buffers, pending, completions, done, outcomes)
+        for i, op in enumerate(ops):
+            if isinstance(op, ReadOp) and outcomes[i] is None:
+                outcomes[i] = bytes(buffers[i].map[: op.length_b])
+            if not isinstance(outcomes[i], IOTimeout):
+                self._pool.setdefault(buffers[i].size_b, []).append(buffers[i])
+        return outcomes
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._aio.close()
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _length(op: IOOp) -> int:
+        return op.length_b if isinstance(op, ReadOp) else len(op.data)
+
+    def _check_bounds(self, op: IOOp) -> None:
+        length_b = self._length(op)
+        if op.offset_b % self._sector_size or length_b % self._sector_size or length_b <= 0:
+            raise NotAligned(
+                f"{self._path}: I/O at {op.offset_b} of {length_b} bytes is not aligned to the "
+                f"{self._sector_size}-byte sector size"
+            )
+        if op.offset_b < 0 or op.offset_b + length_b > self._size_b:
+            raise DeviceTooSmall(
+                f"{self._path}: I/O at {op.offset_b}..{op.offset_b + length_b} lies beyond the "
+                f"end of the device ({self._size_b} bytes)"
+            )
+
+    def _take_buffer(self, size_b: int) -> AlignedBuffer:
+        free = self._pool.get(size_b)
+        return free.pop() if free else AlignedBuffer(size_b)
+
+    def _continuation(
+        self, op: IOOp, buffer: AlignedBuffer, done_b: int
+    ) -> tuple[int, int, int, AlignedBuffer]:
+        opcode = IOCB_CMD_PREAD if isinstance(op, ReadOp) else IOCB_CMD_PWRITE
+        if done_b == 0:
+            return opcode, op.offset_b, self._length(op), buffer
+        # A short transfer: continue from where it stopped, in a fresh aligned buffer view.
+        rest = AlignedBuffer(self._length(op) - done_b)
+        if isinstance(op, WriteOp):
+            rest.map[: rest.size_b] = op.data[done_b:]
+        return opcode, op.offset_b + done_b, rest.size_b, rest
+
+    def _settle(
+        self,
+        ops: Sequence[IOOp],
+        buffers: list[AlignedBuffer],
+        pending: list[int],
+        completions: list[Completion],
+        done: list[int],
+        outcomes: list[IOOutcome | None],
+    ) -> list[int]:
+        """Record finished I/Os; return the indices that need a continuation."""
+        again = []
+        for index, completion in zip(pending, completions, strict=True):
+            op = ops[index]
+            if not completion.done:
+                outcomes[index] = IOTimeout(
+                    f"{self._path}: {'read' if isinstance(op, ReadOp) else 'write'} at "
+                    f"{op.offset_b} did not complete in time (abandoned)"
+                )
+            elif completion.result < 0:
+                outcomes[index] = self._io_error(op, -completion.result)
+            elif completion.result == 0:
+                outcomes[index] = DeviceTooSmall(f"{self._path}: end of device at {op.offset_b}")
+            else:
+                if completion.buffer is not buffers[index] and isinstance(op, ReadOp):
+                    start = done[index]
+                    buffers[index].map[start:start + completion.result] = completion.buffer.map[
+                        : completion.result
+                    ]
+                done[index] += completion.result
+                if done[index] < self._length(op):
+                    again.append(index)
+        return again
+
+    def _io_error(self, op: IOOp, err: int) -> StorageError:
+        kind = "read" if isinstance(op, ReadOp) else "write"
+        if err == errno.EINVAL:
+            return DirectIOUnsupported(
+                f"{self._path}: {kind} at {op.offset_b} rejected (EINVAL): the filesystem may "
+                "not support O_DIRECT, or the I/O is not aligned to its logical block size"
+            )
+        return IOFailed(f"{self._path}: {kind} at {op.offset_b} failed: {os.strerror(err)}")

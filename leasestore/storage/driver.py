@@ -1,0 +1,84 @@
+"""The real driver: runs an effect generator against `Device`s and the monotonic clock.
+
+Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `stop` so that a
+removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from leasestore.effects import Algorithm, Batch, Effect, Now, Read, Sleep, Write
+from leasestore.errors import Cancelled, StorageError
+from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
+
+T = TypeVar("T")
+
+
+def monotonic_s() -> float:
+    return time.monotonic()
+
+
+class Driver:
+    """Runs algorithms on real devices. One driver per thread of control."""
+
+    def __init__(self, devices: Mapping[str, Device], stop: threading.Event | None = None) -> None:
+        self.devices = devices
+        self.stop = stop or threading.Event()
+
+    def run(self, algorithm: Algorithm[T]) -> T:
+        """Drive `algorithm` to completion and return its result (its exceptions propagate)."""
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            try:
+                if to_throw is not None:
+                    effect = algorithm.throw(to_throw)
+                else:
+                    effect = algorithm.send(to_send)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            to_send, to_throw = None, None
+            try:
+                to_send = self._perform(effect)
+            except (StorageError, Cancelled) as exc:
+                to_throw = exc
+
+    def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Now):
+            return monotonic_s()
+        if isinstance(effect, Sleep):
+            if self.stop.wait(max(0.0, effect.seconds)):
+                raise Cancelled("stopped while waiting")
+            return None
+        if isinstance(effect, Read):
+            return self.devices[effect.device].read(
+                effect.offset_b, effect.length_b, effect.timeout_s
+            )
+        if isinstance(effect, Write):
+            self.devices[effect.device].write(effect.offset_b, effect.data, effect.timeout_s)
+            return None
+        if isinstance(effect, Batch):
+            return tuple(self._batch(effect))
+        raise TypeError(f"unknown effect {effect!r}")
+
+    def _batch(self, batch: Batch) -> list[IOOutcome]:
+        outcomes: list[IOOutcome] = [None] * len(batch.effects)
+        by_device: dict[str, list[int]] = {}
+        for index, effect in enumerate(batch.effects):
+            by_device.setdefault(effect.device, []).append(index)
+        for name, indices in by_device.items():
+            ops = [self._op(batch.effects[i]) for i in indices]
+            timeout_s = max(batch.effects[i].timeout_s for i in indices)
+            for i, outcome in zip(indices, self.devices[name].submit(ops, timeout_s), strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    @staticmethod
+    def _op(effect: Read | Write) -> ReadOp | WriteOp:
+        if isinstance(effect, Read):
+            return ReadOp(effect.offset_b, effect.length_b)
+        return WriteOp(effect.offset_b, effect.data)

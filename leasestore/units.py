@@ -1,0 +1,28 @@
+"""Sizes and their text forms (`1M`, `4096`, `8MiB`)."""
+
+from __future__ import annotations
+
+from leasestore.errors import UsageError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+_SUFFIXES = {"": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB}
+
+
+def parse_size(text: str) -> int:
+    """Bytes named by `text`: a decimal integer with an optional K/M suffix (binary units)."""
+    stripped = text.strip().upper()
+    digits = stripped.rstrip("KMIB")
+    suffix = stripped[len(digits):]
+    if not digits.isdigit() or suffix not in _SUFFIXES:
+        raise UsageError(f"not a size: {text!r} (expected e.g. 512, 4096, 1M, 8M)")
+    return int(digits) * _SUFFIXES[suffix]
+
+
+def format_size(size_b: int) -> str:
+    """The shortest exact text for `size_b` (`1M`, `4K`, `1000`)."""
+    for unit, name in ((MiB, "M"), (KiB, "K")):
+        if size_b and size_b % unit == 0:
+            return f"{size_b // unit}{name}"
+    return str(size_b)
