@@ -27,17 +27,17 @@ from leasestore.errors import (
     NotAligned,
     UsageError,
 )
+from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.bulk import scan_dblocks
 from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
-from leasestore.ondisk.geometry import Geometry, pad_sector
+from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import (
     LeaderMagic,
     decode_leader,
     encode_delta_sector,
     new_delta_leader,
-    new_paxos_leader,
 )
-from leasestore.ondisk.request import Request, decode_request
+from leasestore.ondisk.request import decode_request
 from leasestore.storage.direct import DirectDevice
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S
 from leasestore.units import MiB
@@ -72,24 +72,6 @@ def _check_area(device: DirectDevice, offset_b: int, geometry: Geometry) -> None
             f"{device.path} is {device.size_b} bytes; the area {offset_b}..."
             f"{offset_b + geometry.area_size} does not fit"
         )
-
-
-def lockspace_area_image(name: str, geometry: Geometry, io_timeout_s: int) -> bytes:
-    """The whole lockspace area as `init -s` leaves it (every host sector a free delta leader)."""
-    leader = new_delta_leader(name, geometry, io_timeout_s)
-    sector = encode_delta_sector(leader, geometry.sector_size)
-    body = sector * geometry.max_hosts
-    return body + bytes(geometry.area_size - len(body))
-
-
-def resource_area_image(
-    lockspace: str, resource: str, geometry: Geometry, num_hosts: int = 0
-) -> bytes:
-    """The whole resource area as `init -r` leaves it."""
-    leader = new_paxos_leader(lockspace, resource, geometry, num_hosts)
-    head = pad_sector(leader.encode(), geometry.sector_size)
-    head += pad_sector(Request().encode(), geometry.sector_size)
-    return head + bytes(geometry.area_size - len(head))
 
 
 def format_lockspace(

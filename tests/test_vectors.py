@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from leasestore.direct import lockspace_area_image, resource_area_image
+from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import decode_leader
 from leasestore.ondisk.request import decode_request

@@ -69,6 +69,9 @@ LEADER_LAYOUT = Struct(
     "write_timestamp" / Int64ul,
 )
 assert LEADER_LAYOUT.sizeof() == LEADER_SIZE
+_LEADER_CODEC = LEADER_LAYOUT.compile()
+"""The same layout compiled to Python by construct: identical bytes, far less time per call."""
+_FIELD_NAMES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,11 @@ class Leader:
 
     def encode(self) -> bytes:
         """The 200 on-disk bytes, checksum included."""
-        fields = dataclasses.asdict(self)
+        fields = {name: getattr(self, name) for name in _FIELD_NAMES}
         fields["space_name"] = encode_name(self.space_name)
         fields["resource_name"] = encode_name(self.resource_name)
         fields["checksum"] = 0
-        raw = bytearray(LEADER_LAYOUT.build(fields))
+        raw = bytearray(_LEADER_CODEC.build(fields))
         crc = sanlock_crc(raw[:LEADER_CHECKSUM_OFFSET])
         raw[LEADER_CHECKSUM_OFFSET:LEADER_CHECKSUM_OFFSET + 4] = crc.to_bytes(4, "little")
         return bytes(raw)
@@ -132,6 +135,9 @@ class Leader:
     def compare_key(self) -> bytes:
         """The bytes sanlock compares to see whether a leader changed (all before timestamp)."""
         return self.encode()[:LEADER_COMPARE_LEN]
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Leader))
 
 
 def decode_leader(data: bytes | memoryview, magics: tuple[int, ...] | None = None) -> Leader:
@@ -143,7 +149,7 @@ def decode_leader(data: bytes | memoryview, magics: tuple[int, ...] | None = Non
     raw = bytes(data[:LEADER_SIZE])
     if len(raw) < LEADER_SIZE:
         raise TruncatedRecord("leader", f"{len(raw)} bytes, need {LEADER_SIZE}")
-    parsed = LEADER_LAYOUT.parse(raw)
+    parsed = _LEADER_CODEC.parse(raw)
     allowed = magics if magics is not None else tuple(_VERSION_FOR_MAGIC)
     if parsed.magic not in allowed:
         names = "/".join(f"{m:#010x}" for m in allowed)

@@ -1,0 +1,293 @@
+"""Delta leases (host_id leases), as effect generators. Light-weight leases after Chockler and
+Malkhi, with sanlock's exact rules so that sanlock hosts and ours share a lockspace safely.
+
+Each host writes only its own sector; other hosts only read it. Timestamps are the writer's
+monotonic seconds and are never compared across hosts: a peer is alive when *we* see its
+(owner_id, generation, timestamp) change.
+
+acquire:  read own sector. Free (timestamp 0) or last held under our own host name: write at
+          once. Otherwise wait max(host_dead, 8*io_timeout) of the *previous* holder, watching the
+          sector: any change means it is alive (HostIdBusy). Then write (generation + 1, our name,
+          timestamp = now), wait 2*io_timeout, re-read: anything but our record means another host
+          raced us (HostIdBusy).
+renew:    one read of the whole area (all hosts' sectors), verify our sector is exactly what we
+          last wrote, then one write of our sector with a new timestamp.
+release:  write our sector with timestamp 0.
+
+Invariant for callers: the lease is valid until `last_success_s + id_renewal_fail_s` on our
+monotonic clock, where last_success_s is the timestamp of our last successful write, taken before
+that write was issued. A host that takes over our host_id does so no earlier than host_dead
+seconds after it last saw our timestamp change, which is later than that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from leasestore.effects import Algorithm, Now, Read, Sleep, Write
+from leasestore.errors import (
+    BadGeometry,
+    BadSectorSize,
+    Cancelled,
+    CorruptRecord,
+    HostIdBusy,
+    HostIdInvalid,
+    LeasestoreError,
+    RenewDiff,
+    RenewOwner,
+    StorageError,
+    UsageError,
+    WrongLockspace,
+)
+from leasestore.ondisk.geometry import SECTOR_SIZES, Geometry
+from leasestore.ondisk.leader import (
+    LEADER_SIZE,
+    Leader,
+    LeaderMagic,
+    decode_leader,
+    encode_delta_sector,
+)
+from leasestore.timeouts import Timeouts
+
+PROBE_SIZE_B = 4096
+ACQUIRE_WATCH_INTERVAL_S_FACTOR = 2
+"""While waiting out a previous holder, re-read its sector every 2*io_timeout."""
+RENEW_RETRY_S = 0.5
+"""Pause between a failed renewal and the next try (sanlock retries about this often)."""
+
+
+@dataclass(frozen=True)
+class DeltaParams:
+    """Everything the algorithm needs to know about one host's lease in one lockspace."""
+
+    device: str
+    area_offset_b: int
+    geometry: Geometry
+    space_name: str
+    host_id: int
+    host_name: str
+    timeouts: Timeouts
+
+    @property
+    def sector_offset_b(self) -> int:
+        return self.area_offset_b + self.geometry.delta_offset(self.host_id)
+
+    @property
+    def io_timeout_s(self) -> float:
+        return float(self.timeouts.io_timeout_s)
+
+
+@dataclass(frozen=True)
+class RenewOutcome:
+    """A successful renewal: what we wrote, the area as read before the write, and timings."""
+
+    leader: Leader
+    area: bytes
+    read_started_s: float
+    read_s: float
+    write_s: float
+
+
+def verify_delta(raw: bytes | memoryview, space_name: str, offset_b: int) -> Leader:
+    """Decode a delta sector and check it belongs to `space_name` (sanlock's order of checks)."""
+    try:
+        leader = decode_leader(raw, (LeaderMagic.DELTA,))
+    except CorruptRecord as exc:
+        raise exc.at(offset_b) from None
+    if leader.space_name != space_name:
+        raise WrongLockspace(
+            f"sector at {offset_b} belongs to lockspace {leader.space_name!r}, not {space_name!r}"
+        )
+    return leader
+
+
+def probe_geometry(
+    device: str, area_offset_b: int, space_name: str, host_id: int, timeouts: Timeouts
+) -> Algorithm[Geometry]:
+    """Read host 1's sector and take the area's geometry from it; check host_id fits."""
+    raw = yield Read(device, area_offset_b, PROBE_SIZE_B, float(timeouts.io_timeout_s))
+    leader = verify_delta(raw, space_name, area_offset_b)
+    if leader.sector_size not in SECTOR_SIZES:
+        raise BadSectorSize("delta leader", f"sector size {leader.sector_size}", area_offset_b)
+    try:
+        geometry = leader.geometry()
+    except UsageError as exc:
+        raise BadGeometry("delta leader", str(exc), area_offset_b) from None
+    if not 1 <= host_id <= geometry.max_hosts:
+        raise HostIdInvalid(f"host_id {host_id} is outside 1..{geometry.max_hosts}")
+    if area_offset_b % geometry.align_size:
+        raise UsageError(f"lockspace offset {area_offset_b} is not a multiple of "
+                         f"{geometry.align_size}")
+    return geometry
+
+
+def _now_stamp(now_s: float) -> int:
+    """On-disk timestamps are whole seconds and 0 means free, so never write 0."""
+    return max(1, int(now_s))
+
+
+def read_own(p: DeltaParams) -> Algorithm[Leader]:
+    raw = yield Read(p.device, p.sector_offset_b, p.geometry.sector_size, p.io_timeout_s)
+    return verify_delta(raw, p.space_name, p.sector_offset_b)
+
+
+def _write_own(p: DeltaParams, leader: Leader, bitmap: bytes, timeout_s: float) -> Algorithm[None]:
+    sector = encode_delta_sector(leader, p.geometry.sector_size, bitmap)
+    yield Write(p.device, p.sector_offset_b, sector, timeout_s)
+
+
+def _wait_out_previous_holder(p: DeltaParams, seen: Leader) -> Algorithm[None]:
+    """Wait until the previous holder must be dead, re-reading its sector as we go.
+
+    Raises HostIdBusy as soon as the record changes (other than being released).
+    """
+    other = p.timeouts.for_other(seen.io_timeout)
+    delay_s = max(other.host_dead_s, other.delta_large_delay_s)
+    watch_s = ACQUIRE_WATCH_INTERVAL_S_FACTOR * p.io_timeout_s
+    start_s: float = yield Now()
+    while True:
+        now_s: float = yield Now()
+        remaining_s = delay_s - (now_s - start_s)
+        if remaining_s <= 0:
+            break
+        yield Sleep(min(watch_s, remaining_s))
+        current = yield from read_own(p)
+        if current.timestamp == 0:
+            return
+        if current.encode() != seen.encode():
+            raise HostIdBusy(
+                f"host_id {p.host_id} of {p.space_name!r} is held by live host "
+                f"{current.resource_name!r} (generation {current.owner_generation})"
+            )
+
+
+def acquire(p: DeltaParams) -> Algorithm[Leader]:
+    """Take our host_id; returns the record written. Its timestamp starts the lease's validity."""
+    seen = yield from read_own(p)
+    if seen.timestamp != 0 and seen.resource_name != p.host_name:
+        yield from _wait_out_previous_holder(p, seen)
+        seen = yield from read_own(p)
+    now_s: float = yield Now()
+    mine = seen.replace(
+        owner_id=p.host_id,
+        owner_generation=seen.owner_generation + 1,
+        resource_name=p.host_name,
+        timestamp=_now_stamp(now_s),
+        io_timeout=p.timeouts.io_timeout_s,
+    )
+    yield from _write_own(p, mine, b"", p.io_timeout_s)
+    other = p.timeouts.for_other(seen.io_timeout)
+    try:
+        yield Sleep(other.delta_short_delay_s)
+        check = yield from read_own(p)
+    except Cancelled:
+        yield from release(p, mine)
+        raise
+    if check.encode() != mine.encode():
+        raise HostIdBusy(
+            f"host_id {p.host_id} of {p.space_name!r} was taken by "
+            f"{check.resource_name!r} while we acquired it"
+        )
+    return mine
+
+
+def renew(
+    p: DeltaParams, last: Leader, last_ok: bool, bitmap: bytes = b""
+) -> Algorithm[RenewOutcome]:
+    """One renewal. RenewOwner / RenewDiff / CorruptRecord mean the lease is lost for good."""
+    read_started_s: float = yield Now()
+    area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s)
+    read_done_s: float = yield Now()
+    own_at = p.geometry.delta_offset(p.host_id)
+    current = verify_delta(
+        area[own_at:own_at + p.geometry.sector_size], p.space_name, p.sector_offset_b
+    )
+    if (current.owner_id, current.owner_generation, current.resource_name) != (
+        last.owner_id, last.owner_generation, last.resource_name
+    ):
+        raise RenewOwner(
+            f"host_id {p.host_id} of {p.space_name!r} now belongs to {current.resource_name!r} "
+            f"generation {current.owner_generation}"
+        )
+    if last_ok and bytes(area[own_at:own_at + LEADER_SIZE]) != last.encode():
+        raise RenewDiff(f"our sector in {p.space_name!r} changed under us")
+    mine = last.replace(timestamp=_now_stamp(read_done_s), io_timeout=p.timeouts.io_timeout_s)
+    yield from _write_own(p, mine, bitmap, p.timeouts.renewal_write_timeout_s)
+    write_done_s: float = yield Now()
+    return RenewOutcome(
+        leader=mine,
+        area=bytes(area),
+        read_started_s=read_started_s,
+        read_s=read_done_s - read_started_s,
+        write_s=write_done_s - read_done_s,
+    )
+
+
+def release(p: DeltaParams, last: Leader) -> Algorithm[None]:
+    """Give the host_id up: our record with timestamp 0 (name and generation kept)."""
+    yield from _write_own(p, last.replace(timestamp=0), b"", p.io_timeout_s)
+
+
+class HostLeaseObserver:
+    """Receives a host lease's events. Methods run synchronously inside the algorithm."""
+
+    def joined(self, leader: Leader) -> None:
+        """We hold the host_id; `leader.timestamp` starts the validity window."""
+
+    def renewed(self, outcome: RenewOutcome) -> None:
+        """A renewal succeeded."""
+
+    def renewal_failed(self, error: LeasestoreError, started_s: float, elapsed_s: float) -> None:
+        """A renewal attempt failed with an I/O error; the loop will retry."""
+
+    def lost(self, error: LeasestoreError) -> None:
+        """The lease is gone for good (taken, corrupted, or expired)."""
+
+    def released(self) -> None:
+        """The host_id was given up cleanly."""
+
+
+def host_lease_loop(
+    p: DeltaParams,
+    observer: HostLeaseObserver,
+    bitmap: Callable[[], bytes] = lambda: b"",
+) -> Algorithm[None]:
+    """Acquire, then renew every id_renewal_s until cancelled (then release) or lost.
+
+    The runner stops the loop by throwing Cancelled into a Sleep. The loop gives up on its own
+    once id_renewal_fail_s pass without a successful renewal: past that our lease may already be
+    judged expired by our own rules, so we must not renew it back to life.
+    """
+    last = yield from acquire(p)
+    observer.joined(last)
+    last_success_s = float(last.timestamp)
+    last_ok = True
+    while True:
+        now_s: float = yield Now()
+        if now_s - last_success_s >= p.timeouts.id_renewal_fail_s:
+            observer.lost(RenewOwner(f"no successful renewal of {p.space_name!r} for "
+                                     f"{now_s - last_success_s:.1f} s: lease expired"))
+            return
+        due_s = (last_success_s + p.timeouts.id_renewal_s) if last_ok else now_s + RENEW_RETRY_S
+        try:
+            if due_s > now_s:
+                yield Sleep(due_s - now_s)
+        except Cancelled:
+            yield from release(p, last)
+            observer.released()
+            return
+        started_s: float = yield Now()
+        try:
+            outcome = yield from renew(p, last, last_ok, bitmap())
+        except StorageError as exc:
+            ended_s: float = yield Now()
+            last_ok = False
+            observer.renewal_failed(exc, started_s, ended_s - started_s)
+            continue
+        except (CorruptRecord, RenewOwner, RenewDiff, WrongLockspace) as exc:
+            observer.lost(exc)
+            return
+        last, last_ok = outcome.leader, True
+        last_success_s = float(last.timestamp)
+        observer.renewed(outcome)

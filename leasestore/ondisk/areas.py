@@ -1,0 +1,25 @@
+"""Whole-area images, exactly as sanlock's `direct init` leaves them."""
+
+from __future__ import annotations
+
+from leasestore.ondisk.geometry import Geometry, pad_sector
+from leasestore.ondisk.leader import encode_delta_sector, new_delta_leader, new_paxos_leader
+from leasestore.ondisk.request import Request
+
+
+def lockspace_area_image(name: str, geometry: Geometry, io_timeout_s: int) -> bytes:
+    """The whole lockspace area as `init -s` leaves it (every host sector a free delta leader)."""
+    leader = new_delta_leader(name, geometry, io_timeout_s)
+    sector = encode_delta_sector(leader, geometry.sector_size)
+    body = sector * geometry.max_hosts
+    return body + bytes(geometry.area_size - len(body))
+
+
+def resource_area_image(
+    lockspace: str, resource: str, geometry: Geometry, num_hosts: int = 0
+) -> bytes:
+    """The whole resource area as `init -r` leaves it."""
+    leader = new_paxos_leader(lockspace, resource, geometry, num_hosts)
+    head = pad_sector(leader.encode(), geometry.sector_size)
+    head += pad_sector(Request().encode(), geometry.sector_size)
+    return head + bytes(geometry.area_size - len(head))

@@ -1,0 +1,235 @@
+"""The simulator's scheduler: virtual time, seeded choices, injected faults.
+
+Each `SimTask` is an effect generator (a host's algorithm) with its own monotonic clock (a fixed
+offset from virtual time, as unsynchronised hosts have). The world repeatedly takes the earliest
+event: resuming a task with an effect's result, or landing a write on a disk. Everything random
+comes from one `random.Random(seed)`, so a seed replays a run exactly.
+
+Faults, drawn per I/O: an error; a slow I/O that outlives its timeout (a slow write still lands,
+after the task was told it timed out); a torn multi-sector write (sectors land separately).
+Per task: crash (the generator is dropped, its in-flight writes still land) and pause (the task
+stops running; its clock keeps going). Sleep is cancellable like the real driver's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from leasestore.effects import Algorithm, Batch, Effect, Now, Read, Sleep, Write
+from leasestore.errors import Cancelled, IOFailed, IOTimeout, StorageError
+from leasestore.testing.simdisk import SimDisk
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Per-I/O fault probabilities and latency bounds (seconds)."""
+
+    io_error: float = 0.0
+    slow_io: float = 0.0
+    torn_write: float = 0.0
+    min_latency_s: float = 0.0002
+    max_latency_s: float = 0.005
+    slow_factor: tuple[float, float] = (1.05, 4.0)
+
+    @staticmethod
+    def none() -> Faults:
+        return Faults()
+
+
+@dataclass
+class SimTask:
+    name: str
+    algorithm: Algorithm[Any]
+    clock_offset_s: float
+    alive: bool = True
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    paused_until: float = 0.0
+    cancel_requested: bool = False
+    sleeping_token: int | None = None
+    token: int = 0
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class SimWorld:
+    def __init__(self, seed: int, disks: dict[str, SimDisk], faults: Faults | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.disks = disks
+        self.faults = faults or Faults()
+        self.now = 0.0
+        self.steps = 0
+        self.fault_counts: dict[str, int] = {}
+        self._events: list[_Event] = []
+        self._seq = 0
+        self.tasks: list[SimTask] = []
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def at(self, time: float, action: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, _Event(max(time, self.now), self._seq, action))
+
+    def count(self, fault: str) -> None:
+        self.fault_counts[fault] = self.fault_counts.get(fault, 0) + 1
+
+    def clock(self, task: SimTask) -> float:
+        return self.now + task.clock_offset_s
+
+    def spawn(self, name: str, algorithm: Algorithm[Any], clock_offset_s: float) -> SimTask:
+        task = SimTask(name, algorithm, clock_offset_s)
+        self.tasks.append(task)
+        self.at(self.now, lambda: self._step(task, task.token, None, None))
+        return task
+
+    def crash(self, task: SimTask) -> None:
+        """The task's host dies: no further steps; writes already issued may still land."""
+        if task.alive and not task.done:
+            task.alive = False
+            task.algorithm.close()
+            self.count("crash")
+
+    def pause(self, task: SimTask, seconds: float) -> None:
+        task.paused_until = max(task.paused_until, self.now + seconds)
+        self.count("pause")
+
+    def cancel(self, task: SimTask) -> None:
+        """Like the driver's stop event: the current or next Sleep raises Cancelled."""
+        task.cancel_requested = True
+        if task.sleeping_token is not None:
+            token = task.sleeping_token
+            self.at(self.now, lambda: self._step(task, token, None, Cancelled("stopped")))
+
+    def run_until(self, end: float, after_step: Callable[[], None] | None = None) -> None:
+        while self._events and self._events[0].time <= end:
+            event = heapq.heappop(self._events)
+            self.now = event.time
+            event.action()
+            self.steps += 1
+            if after_step is not None:
+                after_step()
+        self.now = max(self.now, end)
+
+    # -- running tasks -------------------------------------------------------------------------
+
+    def _step(self, task: SimTask, token: int, value: Any, error: BaseException | None) -> None:
+        if not task.alive or task.done or token != task.token:
+            return
+        if self.now < task.paused_until:
+            self.at(task.paused_until, lambda: self._step(task, token, value, error))
+            return
+        task.token += 1
+        task.sleeping_token = None
+        while True:
+            try:
+                effect = (task.algorithm.throw(error) if error is not None
+                          else task.algorithm.send(value))
+            except StopIteration as stop:
+                task.done, task.result = True, stop.value
+                return
+            except Exception as exc:  # the algorithm failed: record it as its outcome
+                task.done, task.error = True, exc
+                return
+            value, error = None, None
+            if isinstance(effect, Now):
+                value = self.clock(task)
+                continue
+            if isinstance(effect, Sleep) and task.cancel_requested:
+                error = Cancelled("stopped")
+                continue
+            self._perform(task, task.token, effect)
+            return
+
+    def _resume(self, task: SimTask, token: int, when: float, value: Any = None,
+                error: BaseException | None = None) -> None:
+        self.at(when, lambda: self._step(task, token, value, error))
+
+    def _perform(self, task: SimTask, token: int, effect: Effect) -> None:
+        if isinstance(effect, Sleep):
+            task.sleeping_token = token
+            self._resume(task, token, self.now + max(0.0, effect.seconds))
+        elif isinstance(effect, Batch):
+            self._batch(task, token, effect)
+        elif isinstance(effect, Read | Write):
+            done_at, outcome = self._io(effect)
+
+            def finish() -> None:
+                result = outcome()
+                if isinstance(result, StorageError):
+                    self._step(task, token, None, result)
+                else:
+                    self._step(task, token, result, None)
+
+            self.at(done_at, finish)
+        else:
+            raise TypeError(f"unknown effect {effect!r}")
+
+    def _batch(self, task: SimTask, token: int, batch: Batch) -> None:
+        planned = [self._io(effect) for effect in batch.effects]
+        results: list[Any] = [None] * len(planned)
+        remaining = [len(planned)]
+
+        def collect(index: int, outcome: Callable[[], Any]) -> None:
+            results[index] = outcome()
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._step(task, token, tuple(results), None)
+
+        if not planned:
+            self._resume(task, token, self.now, ())
+        for index, (done_at, outcome) in enumerate(planned):
+            self.at(done_at, lambda i=index, o=outcome: collect(i, o))  # type: ignore[misc]
+
+    def _latency(self) -> float:
+        return self.rng.uniform(self.faults.min_latency_s, self.faults.max_latency_s)
+
+    def _io(self, effect: Read | Write) -> tuple[float, Callable[[], Any]]:
+        """When the task hears back, and a thunk giving what it hears (evaluated then)."""
+        disk = self.disks[effect.device]
+        roll = self.rng.random()
+        if roll < self.faults.io_error:
+            self.count("io_error")
+            failure: StorageError = IOFailed(
+                f"simulated I/O error on {disk.name} at {effect.offset_b}"
+            )
+            return self.now + self._latency(), lambda: failure
+        slow = roll < self.faults.io_error + self.faults.slow_io
+        latency = (effect.timeout_s * self.rng.uniform(*self.faults.slow_factor) if slow
+                   else min(self._latency(), effect.timeout_s * 0.5))
+        if slow:
+            self.count("slow_io")
+        if isinstance(effect, Write):
+            self._schedule_landing(disk, effect, latency)
+        if slow:
+            timeout: StorageError = IOTimeout(
+                f"simulated timeout on {disk.name} at {effect.offset_b}"
+            )
+            return self.now + effect.timeout_s, lambda: timeout
+        if isinstance(effect, Read):
+            offset, length = effect.offset_b, effect.length_b
+            return self.now + latency, lambda: disk.read(offset, length)
+        return self.now + latency, lambda: None
+
+    def _schedule_landing(self, disk: SimDisk, write: Write, latency: float) -> None:
+        ss = disk.sector_size
+        sectors = len(write.data) // ss
+        if sectors > 1 and self.rng.random() < self.faults.torn_write:
+            self.count("torn_write")
+            for i in range(sectors):
+                chunk = write.data[i * ss:(i + 1) * ss]
+                when = self.now + self.rng.uniform(0, latency)
+                self.at(when, lambda o=write.offset_b + i * ss, c=chunk: disk.land(o, c))  # type: ignore[misc]
+            return
+        when = self.now + self.rng.uniform(0, latency)
+        self.at(when, lambda: disk.land(write.offset_b, write.data))
