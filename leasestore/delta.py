@@ -247,6 +247,11 @@ class HostLeaseObserver:
     def released(self) -> None:
         """The host_id was given up cleanly."""
 
+    def may_release(self) -> bool:
+        """Asked when cancelled: False if the lease expired meanwhile. Releasing an expired lease
+        would mark our slot free, letting others skip the wait that protects our holders."""
+        return True
+
 
 def host_lease_loop(
     p: DeltaParams,
@@ -274,8 +279,9 @@ def host_lease_loop(
             if due_s > now_s:
                 yield Sleep(due_s - now_s)
         except Cancelled:
-            yield from release(p, last)
-            observer.released()
+            if observer.may_release():
+                yield from release(p, last)
+                observer.released()
             return
         started_s: float = yield Now()
         try:

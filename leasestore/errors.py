@@ -13,6 +13,11 @@ class LeasestoreError(Exception):
 
     code = -201
 
+    @property
+    def errno(self) -> int:
+        """The code, under the name the sanlock binding's SanlockException uses."""
+        return self.code
+
 
 # --- on-disk records ------------------------------------------------------------------------
 
@@ -172,6 +177,12 @@ class LockspaceNotJoined(LeasestoreError):
 
 class LockspaceExists(LeasestoreError):
     code = -17
+
+
+class PermissionDenied(LeasestoreError):
+    """The caller may not do this (e.g. a non-root client changing lockspaces)."""
+
+    code = -1
 
 
 class ProtocolError(LeasestoreError):

@@ -272,3 +272,18 @@ def test_checker_catches_a_broken_algorithm() -> None:
     rogue_obs.last_success_s = cluster.world.clock(other.task)
     cluster.check()
     assert cluster.violations and "validly held by 2 hosts" in str(cluster.violations[0])
+
+
+def test_cancel_after_expiry_does_not_release() -> None:
+    world, disk = world_with_lockspace()
+
+    class Expired(Recorder):
+        def may_release(self) -> bool:
+            return False
+
+    task = world.spawn("a", host_lease_loop(params(1, "host-a"), Expired(world)), 0)
+    world.run_until(50)
+    stamp = sector(disk, 1).timestamp
+    world.cancel(task)
+    world.run_until(60)
+    assert task.done and sector(disk, 1).timestamp == stamp != 0

@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return 141
 
 
 if __name__ == "__main__":

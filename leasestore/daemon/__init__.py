@@ -1,0 +1,1 @@
+"""The leasestore daemon: wire protocol, socket server, supervision and watchdog."""

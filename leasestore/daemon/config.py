@@ -1,0 +1,58 @@
+"""Daemon configuration: defaults, a TOML file, then command-line overrides.
+
+Keys (all optional): run_dir, host_name, io_timeout, watchdog ("none" or a device path),
+watchdog_fire_timeout, renewal_history_size. Unknown keys are an error, so typos surface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from leasestore.daemon.wire import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from leasestore.errors import UsageError
+from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, DEFAULT_WATCHDOG_FIRE_TIMEOUT_S
+
+
+def default_run_dir() -> str:
+    return os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    run_dir: str = field(default_factory=default_run_dir)
+    host_name: str = field(default_factory=lambda: str(uuid.uuid4()))
+    io_timeout: int = DEFAULT_IO_TIMEOUT_S
+    watchdog: str = "none"
+    watchdog_fire_timeout: float = DEFAULT_WATCHDOG_FIRE_TIMEOUT_S
+    renewal_history_size: int = 180
+
+    @classmethod
+    def load(cls, path: str | None, **overrides: Any) -> DaemonConfig:
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    values = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise UsageError(f"config {path}: {exc}") from None
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise UsageError(f"config {path}: unknown key(s) {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if not 1 <= self.io_timeout <= 255:
+            raise UsageError("io_timeout must be 1..255 seconds")
+        if self.watchdog_fire_timeout <= 0:
+            raise UsageError("watchdog_fire_timeout must be positive")
+        if not self.host_name or len(self.host_name.encode()) > 48:
+            raise UsageError("host_name must be 1..48 bytes")

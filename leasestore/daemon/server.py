@@ -1,0 +1,353 @@
+"""The daemon: a Unix-socket server over the host's lockspaces.
+
+Threads: the accept loop (caller of `serve_forever`), one per client connection, one renewal
+thread per lockspace, and a monitor that every second fails expired lockspaces and pets the
+watchdog only while every lockspace is healthy. A malformed or failing request gets an error
+reply; no request can take the daemon down. The caller's identity comes from SO_PEERCRED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from leasestore import __version__
+from leasestore.daemon import wire
+from leasestore.daemon.config import DaemonConfig
+from leasestore.daemon.watchdog import Watchdog, open_watchdog
+from leasestore.errors import (
+    LeasestoreError,
+    LockspaceExists,
+    LockspaceNotJoined,
+    PermissionDenied,
+    ProtocolError,
+    UsageError,
+)
+from leasestore.lockspace import Lockspace, LockspaceState
+from leasestore.specs import LockspaceSpec
+from leasestore.timeouts import Timeouts
+
+log = logging.getLogger(__name__)
+MAX_CONNECTIONS = 1000
+SOCKET_MODE = 0o660
+LSFLAG_ADD = 1
+LSFLAG_REM = 2
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, conn: socket.socket) -> Peer:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return cls(pid, uid, gid)
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.lockspaces: dict[str, Lockspace] = {}
+        self._removing: set[str] = set()
+        self._lock = threading.Lock()
+        self._shutdown = threading.Event()
+        self._connections = 0
+        self.started_s = time.monotonic()
+        self.watchdog: Watchdog = open_watchdog(config.watchdog, config.watchdog_fire_timeout)
+        self._handlers: dict[type[wire.Command], Callable[[Any, Peer], Any]] = {
+            wire.AddLockspace: self._add_lockspace,
+            wire.RemLockspace: self._rem_lockspace,
+            wire.InqLockspace: self._inq_lockspace,
+            wire.GetLockspaces: self._get_lockspaces,
+            wire.GetHosts: self._get_hosts,
+            wire.Renewal: self._renewal,
+            wire.Status: self._status,
+            wire.Version: lambda cmd, peer: {"version": __version__,
+                                             "protocol": wire.PROTOCOL_VERSION},
+        }
+        self._listener: socket.socket | None = None
+        self._pid_file: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.config.run_dir, wire.SOCKET_NAME)
+
+    def open(self) -> None:
+        """Prepare the run dir, take its lock, bind the socket. Raises UsageError on conflict."""
+        run_dir = self.config.run_dir
+        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        mode = os.stat(run_dir).st_mode
+        if mode & stat.S_IWOTH:
+            raise UsageError(f"run dir {run_dir} is world-writable; refusing to use it")
+        self._pid_file = os.open(os.path.join(run_dir, wire.PID_FILE_NAME),
+                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._pid_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another leasestore daemon is running in {run_dir}") from None
+        os.ftruncate(self._pid_file, 0)
+        os.write(self._pid_file, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        os.chmod(self.socket_path, SOCKET_MODE)
+        listener.listen(64)
+        listener.settimeout(0.5)
+        self._listener = listener
+
+    def serve_forever(self) -> None:
+        if self._listener is None:
+            self.open()
+        assert self._listener is not None
+        monitor = threading.Thread(target=self._monitor, name="monitor", daemon=True)
+        monitor.start()
+        log.info("leasestore daemon %s: host name %s, socket %s, watchdog %s", __version__,
+                 self.config.host_name, self.socket_path, self.watchdog.describe())
+        notify_systemd("READY=1")
+        try:
+            while not self._shutdown.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                self._accept(conn)
+        finally:
+            self._close()
+            monitor.join(2)
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    def _close(self) -> None:
+        notify_systemd("STOPPING=1")
+        with self._lock:
+            lockspaces = list(self.lockspaces.values())
+        for lockspace in lockspaces:
+            lockspace.stop(wait=False)
+        for lockspace in lockspaces:
+            lockspace.stop(wait=True, timeout_s=lockspace.timeouts.io_timeout_s * 4)
+        healthy = all(not ls.is_running() for ls in lockspaces)
+        self.watchdog.close(clean=healthy)
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+        if self._pid_file is not None:
+            os.close(self._pid_file)
+        log.info("leasestore daemon stopped")
+
+    # -- monitor -------------------------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        interval_s = min(1.0, self.config.watchdog_fire_timeout / 4)
+        while not self._shutdown.wait(interval_s):
+            now_s = time.monotonic()
+            with self._lock:
+                lockspaces = list(self.lockspaces.values())
+            healthy = True
+            for lockspace in lockspaces:
+                state = lockspace.check_expiry(now_s)
+                if state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
+                    healthy = healthy and now_s < lockspace.valid_until_s
+                # FAILED lockspaces hold no processes to protect yet; they do not stop petting.
+            if healthy:
+                self.watchdog.pet()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _accept(self, conn: socket.socket) -> None:
+        with self._lock:
+            if self._connections >= MAX_CONNECTIONS:
+                conn.close()
+                log.warning("refused a connection: %d connections open", self._connections)
+                return
+            self._connections += 1
+        threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(None)
+            peer = Peer.of(conn)
+            reader = conn.makefile("rb")
+            while not self._shutdown.is_set():
+                line = reader.readline(wire.MAX_MESSAGE_B + 1)
+                if not line:
+                    return
+                if len(line) > wire.MAX_MESSAGE_B or not line.endswith(b"\n"):
+                    conn.sendall(wire.encode_error(0, ProtocolError("message too long")))
+                    return
+                conn.sendall(self._respond(line, peer))
+        except OSError:
+            return
+        finally:
+            conn.close()
+            with self._lock:
+                self._connections -= 1
+
+    def _respond(self, line: bytes, peer: Peer) -> bytes:
+        seq = 0
+        try:
+            seq, name, args = wire.parse_envelope(line)
+            command = wire.command_from(name, args)
+            result = self._handlers[type(command)](command, peer)
+            return wire.encode_result(seq, result)
+        except LeasestoreError as exc:
+            return wire.encode_error(seq, exc)
+        except Exception as exc:
+            log.exception("internal error handling a request")
+            return wire.encode_error(seq, LeasestoreError(f"internal error: {exc}"))
+
+    def _require_admin(self, peer: Peer) -> None:
+        if peer.uid not in (0, os.geteuid()):
+            raise PermissionDenied(f"uid {peer.uid} may not change lockspaces")
+
+    # -- lockspace commands --------------------------------------------------------------------
+
+    def _add_lockspace(self, cmd: wire.AddLockspace, peer: Peer) -> None:
+        self._require_admin(peer)
+        spec = LockspaceSpec(cmd.lockspace, cmd.host_id, cmd.path, cmd.offset)
+        timeouts = Timeouts(cmd.io_timeout or self.config.io_timeout,
+                            self.config.watchdog_fire_timeout)
+        with self._lock:
+            if cmd.lockspace in self.lockspaces:
+                raise LockspaceExists(f"lockspace {cmd.lockspace!r} is already added")
+            lockspace = Lockspace(spec, self.config.host_name, timeouts,
+                                  history_size=self.config.renewal_history_size)
+            self.lockspaces[cmd.lockspace] = lockspace
+        log.info("add_lockspace %s (pid %d uid %d)", spec, peer.pid, peer.uid)
+        lockspace.start()
+        if cmd.wait:
+            try:
+                lockspace.wait_joined()
+            except LeasestoreError:
+                self._forget(lockspace)
+                raise
+
+    def _forget(self, lockspace: Lockspace) -> None:
+        with self._lock:
+            if self.lockspaces.get(lockspace.name) is lockspace:
+                del self.lockspaces[lockspace.name]
+
+    def _find(self, cmd: wire.LockspaceCommand) -> Lockspace:
+        with self._lock:
+            lockspace = self.lockspaces.get(cmd.lockspace)
+        if lockspace is None:
+            raise LockspaceNotJoined(f"lockspace {cmd.lockspace!r} is not added")
+        spec = lockspace.spec
+        if (spec.host_id, spec.path, spec.offset_b) != (cmd.host_id, cmd.path, cmd.offset):
+            raise UsageError(f"lockspace {cmd.lockspace!r} was added as {spec}")
+        return lockspace
+
+    def _rem_lockspace(self, cmd: wire.RemLockspace, peer: Peer) -> None:
+        self._require_admin(peer)
+        lockspace = self._find(cmd)
+        log.info("rem_lockspace %s (pid %d uid %d)", lockspace.spec, peer.pid, peer.uid)
+        with self._lock:
+            self._removing.add(lockspace.name)
+
+        def remove() -> None:
+            lockspace.stop(wait=True)
+            self._forget(lockspace)
+            with self._lock:
+                self._removing.discard(lockspace.name)
+
+        if cmd.wait:
+            remove()
+        else:
+            threading.Thread(target=remove, daemon=True).start()
+
+    def _inq_lockspace(self, cmd: wire.InqLockspace, peer: Peer) -> bool | None:
+        try:
+            lockspace = self._find(cmd)
+        except LockspaceNotJoined:
+            return False
+        if cmd.wait:
+            with contextlib.suppress(LeasestoreError):
+                lockspace.wait_joined()
+        if lockspace.name in self._removing:
+            return None
+        state = lockspace.state
+        if state == LockspaceState.JOINING:
+            return None
+        return state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
+
+    def _lockspace_info(self, lockspace: Lockspace) -> dict[str, Any]:
+        spec = lockspace.spec
+        flags = LSFLAG_ADD if lockspace.state == LockspaceState.JOINING else 0
+        if lockspace.name in self._removing:
+            flags |= LSFLAG_REM
+        now_s = time.monotonic()
+        return {
+            "lockspace": spec.name, "host_id": spec.host_id, "path": spec.path,
+            "offset": spec.offset_b, "flags": flags, "state": str(lockspace.state),
+            "generation": lockspace.generation, "io_timeout": lockspace.timeouts.io_timeout_s,
+            "valid_for_s": round(lockspace.valid_until_s - now_s, 3)
+            if lockspace.last_success_s else None,
+            "error": str(lockspace.error) if lockspace.error else None,
+        }
+
+    def _get_lockspaces(self, cmd: wire.GetLockspaces, peer: Peer) -> list[dict[str, Any]]:
+        with self._lock:
+            lockspaces = list(self.lockspaces.values())
+        return [self._lockspace_info(ls) for ls in lockspaces]
+
+    def _named(self, name: str) -> Lockspace:
+        with self._lock:
+            lockspace = self.lockspaces.get(name)
+        if lockspace is None:
+            raise LockspaceNotJoined(f"lockspace {name!r} is not added")
+        return lockspace
+
+    def _get_hosts(self, cmd: wire.GetHosts, peer: Peer) -> list[dict[str, object]]:
+        lockspace = self._named(cmd.lockspace)
+        if cmd.host_id and not 1 <= cmd.host_id <= 2000:
+            raise UsageError(f"host_id {cmd.host_id} out of range")
+        try:
+            return [h.to_json() for h in lockspace.hosts(cmd.host_id)]
+        except UsageError:
+            raise
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _renewal(self, cmd: wire.Renewal, peer: Peer) -> list[dict[str, object]]:
+        return [r.to_json() for r in self._named(cmd.lockspace).history()]
+
+    def _status(self, cmd: wire.Status, peer: Peer) -> dict[str, Any]:
+        lockspaces = self._get_lockspaces(wire.GetLockspaces(), peer)
+        return {
+            "pid": os.getpid(), "version": __version__, "host_name": self.config.host_name,
+            "run_dir": self.config.run_dir, "watchdog": self.watchdog.describe(),
+            "watchdog_pets": self.watchdog.pets,
+            "uptime_s": round(time.monotonic() - self.started_s, 3),
+            "connections": self._connections, "lockspaces": lockspaces,
+        }

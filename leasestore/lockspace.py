@@ -1,0 +1,238 @@
+"""One host's membership of one lockspace: a thread that acquires and renews the host lease.
+
+States, and what a holder of the lockspace may assume in each:
+- JOINING: nothing yet; the host_id is not ours. add_lockspace waiters block here.
+- HELD: our host lease is valid until `valid_until_s` (last successful renewal timestamp +
+  id_renewal_fail_s on our monotonic clock). Resource leases in this lockspace may be used.
+- RENEWAL_FAILING: the last renewal failed; the lease is still valid until `valid_until_s`,
+  and renewal is being retried. Nothing new should be acquired.
+- FAILED: the lease is lost or expired (`error` says why). Holders must be stopped; the renewal
+  thread has ended and never renews again (a renewal now could make a host that others are about
+  to judge dead look alive again). Leave with rem_lockspace; re-join with add_lockspace.
+- RELEASED: we gave the host_id up cleanly (rem_lockspace); the thread has ended.
+
+Each lockspace has its own thread and its own device handle (its own AIO context), so a stuck
+device delays only its own lockspace. `check_expiry` is called by the daemon's monitor every
+second: it does not depend on the renewal thread being responsive (a renewal write may hang for
+up to host_dead_seconds).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from leasestore.delta import (
+    DeltaParams,
+    HostLeaseObserver,
+    RenewOutcome,
+    host_lease_loop,
+    probe_geometry,
+)
+from leasestore.errors import Cancelled, LeasestoreError, RenewOwner
+from leasestore.liveness import HostStatus, HostTable
+from leasestore.ondisk.leader import Leader
+from leasestore.specs import LockspaceSpec
+from leasestore.storage.direct import DirectDevice
+from leasestore.storage.driver import Driver
+from leasestore.timeouts import Timeouts
+
+log = logging.getLogger(__name__)
+DEVICE = "lockspace"
+DEFAULT_HISTORY = 180
+
+
+class LockspaceState(StrEnum):
+    JOINING = "joining"
+    HELD = "held"
+    RENEWAL_FAILING = "renewal_failing"
+    FAILED = "failed"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class RenewalRecord:
+    """One renewal attempt. Times are µs; `timestamp` is what we wrote (0 if it failed)."""
+
+    time_s: float
+    timestamp: int
+    read_us: int
+    write_us: int
+    total_us: int
+    error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"time": round(self.time_s, 3), "timestamp": self.timestamp,
+                "read_us": self.read_us, "write_us": self.write_us,
+                "total_us": self.total_us, "error": self.error}
+
+
+class Lockspace(HostLeaseObserver):
+    def __init__(
+        self,
+        spec: LockspaceSpec,
+        host_name: str,
+        timeouts: Timeouts,
+        on_change: Callable[[Lockspace], None] | None = None,
+        history_size: int = DEFAULT_HISTORY,
+    ) -> None:
+        self.spec = spec
+        self.host_name = host_name
+        self.timeouts = timeouts
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._state = LockspaceState.JOINING
+        self.error: LeasestoreError | None = None
+        self.generation = 0
+        self.last_success_s = 0.0
+        self.table: HostTable | None = None
+        self._history: collections.deque[RenewalRecord] = collections.deque(maxlen=history_size)
+        self._thread = threading.Thread(target=self._run, name=f"lockspace-{spec.name}",
+                                        daemon=True)
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def state(self) -> LockspaceState:
+        return self._state
+
+    @property
+    def valid_until_s(self) -> float:
+        """Our monotonic time at which the host lease expires unless renewed."""
+        return self.last_success_s + self.timeouts.id_renewal_fail_s
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_joined(self, timeout_s: float | None = None) -> None:
+        """Block until the join finishes; raise its error if it failed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._changed:
+            while self._state == LockspaceState.JOINING:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"lockspace {self.name!r} still joining")
+                self._changed.wait(remaining)
+            if self._state in (LockspaceState.FAILED, LockspaceState.RELEASED) and self.error:
+                raise self.error
+
+    def stop(self, wait: bool = True, timeout_s: float | None = None) -> None:
+        """Leave the lockspace: cancel a join in progress, or release the host_id."""
+        self._stop.set()
+        if wait and self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    def check_expiry(self, now_s: float) -> LockspaceState:
+        """Fail the lockspace if the host lease outlived id_renewal_fail_s without renewal."""
+        with self._lock:
+            state = self._state
+            expired = (state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
+                       and now_s >= self.valid_until_s)
+        if expired:
+            self._set(LockspaceState.FAILED, RenewOwner(
+                f"lockspace {self.name!r}: no successful renewal for "
+                f"{now_s - self.last_success_s:.1f} s (limit {self.timeouts.id_renewal_fail_s} s)"))
+            self._stop.set()
+        return self._state
+
+    def hosts(self, host_id: int = 0) -> list[HostStatus]:
+        with self._lock:
+            if self.table is None:
+                return []
+            return self.table.status(time.monotonic(), host_id)
+
+    def history(self) -> list[RenewalRecord]:
+        with self._lock:
+            return list(self._history)
+
+    # -- HostLeaseObserver (called on the renewal thread) -------------------------------------
+
+    def joined(self, leader: Leader) -> None:
+        with self._lock:
+            self.generation = leader.owner_generation
+            self.last_success_s = float(leader.timestamp)
+        log.info("lockspace %s: joined as host_id %d generation %d", self.name,
+                 self.spec.host_id, leader.owner_generation)
+        self._set(LockspaceState.HELD)
+
+    def renewed(self, outcome: RenewOutcome) -> None:
+        record = RenewalRecord(
+            time_s=outcome.read_started_s, timestamp=outcome.leader.timestamp,
+            read_us=round(outcome.read_s * 1e6), write_us=round(outcome.write_s * 1e6),
+            total_us=round((outcome.read_s + outcome.write_s) * 1e6),
+        )
+        with self._lock:
+            self.last_success_s = float(outcome.leader.timestamp)
+            self._history.append(record)
+            if self.table is not None:
+                self.table.observe(outcome.area, outcome.read_started_s + outcome.read_s)
+        if self._state == LockspaceState.RENEWAL_FAILING:
+            self._set(LockspaceState.HELD)
+
+    def renewal_failed(self, error: LeasestoreError, started_s: float, elapsed_s: float) -> None:
+        log.warning("lockspace %s: renewal failed: %s", self.name, error)
+        with self._lock:
+            self._history.append(RenewalRecord(started_s, 0, 0, 0, round(elapsed_s * 1e6),
+                                               str(error)))
+        if self._state == LockspaceState.HELD:
+            self._set(LockspaceState.RENEWAL_FAILING)
+
+    def lost(self, error: LeasestoreError) -> None:
+        log.error("lockspace %s: host lease lost: %s", self.name, error)
+        self._set(LockspaceState.FAILED, error)
+
+    def released(self) -> None:
+        self._set(LockspaceState.RELEASED)
+
+    def may_release(self) -> bool:
+        return self._state != LockspaceState.FAILED
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _set(self, state: LockspaceState, error: LeasestoreError | None = None) -> None:
+        with self._changed:
+            if self._state in (LockspaceState.FAILED, LockspaceState.RELEASED):
+                return  # terminal
+            self._state = state
+            if error is not None:
+                self.error = error
+            self._changed.notify_all()
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _run(self) -> None:
+        try:
+            with DirectDevice(self.spec.path) as device:
+                driver = Driver({DEVICE: device}, self._stop)
+                geometry = driver.run(probe_geometry(
+                    DEVICE, self.spec.offset_b, self.spec.name, self.spec.host_id, self.timeouts))
+                params = DeltaParams(DEVICE, self.spec.offset_b, geometry, self.spec.name,
+                                     self.spec.host_id, self.host_name, self.timeouts)
+                with self._lock:
+                    self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
+                                           self.timeouts)
+                driver.run(host_lease_loop(params, self))
+        except Cancelled:
+            self._set(LockspaceState.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
+        except LeasestoreError as exc:
+            self._set(LockspaceState.FAILED, exc)
+        except Exception as exc:  # a bug must not leave waiters blocked forever
+            log.exception("lockspace %s: unexpected error", self.name)
+            self._set(LockspaceState.FAILED, LeasestoreError(f"internal error: {exc}"))
+        finally:
+            if self._state == LockspaceState.JOINING:
+                self._set(LockspaceState.FAILED, LeasestoreError("renewal thread ended"))

@@ -1,0 +1,131 @@
+"""Real processes for tests: leasestore daemons and the sanlock daemon, each stopped by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from leasestore import client
+from leasestore.daemon import wire
+
+T = TypeVar("T")
+
+
+def poll(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.1,
+         what: str = "condition") -> T:
+    """Return the first truthy value of predicate() within timeout_s, else fail."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def run_dir(path: str) -> Iterator[None]:
+    """Point leasestore.client at a daemon's run dir for the duration."""
+    old = os.environ.get(wire.RUN_DIR_ENV)
+    os.environ[wire.RUN_DIR_ENV] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(wire.RUN_DIR_ENV, None)
+        else:
+            os.environ[wire.RUN_DIR_ENV] = old
+
+
+class DaemonProc:
+    """A `leasestore daemon` in its own run dir."""
+
+    def __init__(self, base: Path, name: str, io_timeout_s: int = 1,
+                 watchdog_fire_timeout_s: float = 5) -> None:
+        self.name = name
+        self.run_dir = str(base / f"run-{name}")
+        self.log_path = base / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", self.run_dir,
+             "--host-name", name, "--io-timeout", str(io_timeout_s),
+             "--watchdog-fire-timeout", str(watchdog_fire_timeout_s)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        socket_path = os.path.join(self.run_dir, wire.SOCKET_NAME)
+        poll(lambda: os.path.exists(socket_path) or self.proc.poll() is not None, 20,
+             what=f"daemon {name} socket")
+        assert self.proc.poll() is None, self.log()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with run_dir(self.run_dir):
+            return fn(*args, **kwargs)
+
+    def hosts(self, lockspace: str) -> dict[int, dict[str, Any]]:
+        return {h["host_id"]: h for h in self.call(client.get_hosts, lockspace)}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class SanlockProc:
+    """The real sanlock daemon, unprivileged and without a watchdog, in its own run dir."""
+
+    def __init__(self, base: Path, name: str, sanlock_bin: str) -> None:
+        self.bin = sanlock_bin
+        self.run_dir = str(base / f"sanlock-{name}")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.env = {**os.environ, "SANLOCK_PRIVILEGED": "0", "SANLOCK_RUN_DIR": self.run_dir}
+        self.log_path = base / f"sanlock-{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sanlock_bin, "daemon", "-D", "-w", "0", "-l", "0", "-e", name],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        poll(lambda: os.path.exists(os.path.join(self.run_dir, "sanlock.sock"))
+             or self.proc.poll() is not None, 20, what="sanlock socket")
+        assert self.proc.poll() is None, self.log_path.read_text()
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([self.bin, "client", *args], env=self.env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        if check:
+            assert out.returncode == 0, out.stdout + out.stderr
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.client("shutdown", "-f", "1", check=False)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
