@@ -23,9 +23,17 @@ def _missing(what: str, env: str) -> None:
     pytest.skip(f"{what} not available")
 
 
-def make_file(path: Path, size_b: int) -> str:
+def make_file(path: Path, size_b: int, allocate: bool = False) -> str:
+    """A zero-filled file; sparse unless `allocate` (then every block is really written)."""
     with path.open("wb") as f:
-        f.truncate(size_b)
+        if allocate:
+            chunk = bytes(1 << 20)
+            for _ in range(size_b // len(chunk)):
+                f.write(chunk)
+            f.write(bytes(size_b % len(chunk)))
+            os.fsync(f.fileno())
+        else:
+            f.truncate(size_b)
     return str(path)
 
 

@@ -1,21 +1,33 @@
 """`leasestore demo`: the main job on an embedded default, a file-backed shared disk in a temp dir.
 
-It formats a lockspace and a resource lease, dumps them, and removes everything it made.
+It formats a lockspace and a resource lease, starts three daemons as three hosts (io_timeout 1 s,
+watchdog_fire_timeout 5 s, so host_dead is 13 s), joins them, kills host 1, shows the other hosts
+judging it FAIL then DEAD on their own clocks, and removes every process and file it made.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from leasestore import direct
+from leasestore import client, direct
 from leasestore.cli.area_cmds import print_table
+from leasestore.daemon import wire
+from leasestore.timeouts import Timeouts
 from leasestore.units import MiB
 
 DISK_SIZE_B = 4 * MiB
+LOCKSPACE = "demo-space"
+IO_TIMEOUT_S = 1
+WATCHDOG_FIRE_TIMEOUT_S = 5
+HOSTS = 3
 
 
 def register(sub: Any) -> None:
@@ -24,26 +36,106 @@ def register(sub: Any) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-def step(message: str, started: float) -> None:
-    print(f"[{time.monotonic() - started:7.3f}s] {message}", flush=True)
+class Clock:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def step(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:7.3f}s] {message}", flush=True)
+
+
+def _start_daemon(base: Path, index: int) -> tuple[subprocess.Popen[bytes], str]:
+    run_dir = str(base / f"host{index}")
+    log = (base / f"host{index}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", run_dir,
+         "--host-name", f"demo-host-{index}", "--io-timeout", str(IO_TIMEOUT_S),
+         "--watchdog-fire-timeout", str(WATCHDOG_FIRE_TIMEOUT_S)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(os.path.join(run_dir, wire.SOCKET_NAME)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"daemon {index} did not start; see {base}/host{index}.log")
+        time.sleep(0.05)
+    return proc, run_dir
+
+
+def _hosts(run_dir: str) -> dict[int, dict[str, Any]]:
+    os.environ[wire.RUN_DIR_ENV] = run_dir
+    return {h["host_id"]: h for h in client.get_hosts(LOCKSPACE)}
+
+
+def _watch_death(clock: Clock, observer_dir: str, victim: int, timeouts: Timeouts) -> None:
+    last_state = ""
+    deadline = time.monotonic() + timeouts.host_dead_s + 15
+    while time.monotonic() < deadline:
+        view = _hosts(observer_dir)[victim]
+        if view["state"] != last_state:
+            last_state = view["state"]
+            clock.step(f"host 2 sees host {victim}: {last_state.upper()} "
+                       f"(its last timestamp {view['timestamp']})")
+        if last_state == "dead":
+            return
+        time.sleep(0.25)
+    raise RuntimeError("host 1 was never judged dead")
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+    clock = Clock()
+    timeouts = Timeouts(IO_TIMEOUT_S, WATCHDOG_FIRE_TIMEOUT_S)
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="leasestore-demo-", dir=args.dir) as tmp:
-        disk = Path(tmp) / "shared-disk.img"
+        base = Path(tmp)
+        disk = base / "shared-disk.img"
         with disk.open("wb") as f:
             f.truncate(DISK_SIZE_B)
-        step(f"created a {DISK_SIZE_B // MiB} MiB shared disk at {disk}", started)
-        geometry = direct.format_lockspace(str(disk), "demo-space", 0, io_timeout_s=1)
-        step(f"formatted lockspace 'demo-space' at offset 0 ({geometry}, "
-             f"{geometry.max_hosts} host slots)", started)
-        direct.format_resource(str(disk), "demo-space", "vm-disk-1", MiB)
-        step("formatted resource 'vm-disk-1' at offset 1 MiB", started)
-        records = direct.dump(str(disk))
-        shown = [r for r in records if r.kind != "delta" or r.acquired]
-        step(f"dump found {len(records)} records ({len(records) - len(shown)} free host "
-             "slots hidden):", started)
-        print_table(shown)
-    step("removed the temp dir; done", started)
+        clock.step(f"created a {DISK_SIZE_B // MiB} MiB shared disk at {disk}")
+        try:
+            geometry = direct.format_lockspace(str(disk), LOCKSPACE, 0, io_timeout_s=IO_TIMEOUT_S)
+            direct.format_resource(str(disk), LOCKSPACE, "vm-disk-1", MiB)
+            clock.step(f"formatted lockspace {LOCKSPACE!r} ({geometry}, {geometry.max_hosts} "
+                       "host slots) and resource 'vm-disk-1' at 1 MiB")
+            clock.step(f"timings from io_timeout {IO_TIMEOUT_S} s: renew every "
+                       f"{timeouts.id_renewal_s:g} s, fail after {timeouts.id_renewal_fail_s:g} s,"
+                       f" dead after {timeouts.host_dead_s:g} s")
+            dirs = []
+            for index in range(1, HOSTS + 1):
+                proc, run_dir = _start_daemon(base, index)
+                procs.append(proc)
+                dirs.append(run_dir)
+            clock.step(f"started {HOSTS} daemons (pids {', '.join(str(p.pid) for p in procs)})")
+            for index, run_dir in enumerate(dirs, start=1):
+                os.environ[wire.RUN_DIR_ENV] = run_dir
+                began = time.monotonic()
+                client.add_lockspace(LOCKSPACE, index, str(disk), 0)
+                clock.step(f"host {index} joined as host_id {index} in "
+                           f"{time.monotonic() - began:.2f} s")
+            deadline = time.monotonic() + 15
+            while any(h["state"] != "live" for h in _hosts(dirs[1]).values()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("hosts never saw each other live")
+                time.sleep(0.25)
+            clock.step("host 2 sees: " + ", ".join(
+                f"host {i} {h['state'].upper()}" for i, h in sorted(_hosts(dirs[1]).items())))
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait()
+            clock.step("killed host 1's daemon with SIGKILL")
+            _watch_death(clock, dirs[1], 1, timeouts)
+            records = [r for r in direct.dump(str(disk)) if r.kind != "delta" or r.acquired]
+            clock.step("the shared disk now holds:")
+            print_table(records)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            clock.step(f"stopped {len(procs)} daemons")
+    clock.step("removed the temp dir; done")
     return 0

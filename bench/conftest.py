@@ -1,0 +1,73 @@
+"""Benchmark support: a device per run, and a summary of each group's ratio to its baseline.
+
+Each benchmark puts itself in a group and says in extra_info["role"] whether it is the
+"baseline" (raw O_DIRECT I/O of the same pattern, or sanlock) or "leasestore".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LoopDevices, make_file
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def bench_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, str]]:
+    """{sector_size: path}: loop devices when root, else regular files (512 only).
+
+    Backing files are fully written first: reading a hole of a sparse file costs no physical
+    I/O, which would make any baseline measured on it meaninglessly fast.
+    """
+    base = tmp_path_factory.mktemp("bench")
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        yield {512: make_file(base / "bench512.img", 16 * MiB, allocate=True)}
+        return
+    loops = LoopDevices()
+    try:
+        yield {
+            512: loops.attach(make_file(base / "bench512.img", 16 * MiB, allocate=True), 512),
+            4096: loops.attach(make_file(base / "bench4k.img", 16 * MiB, allocate=True), 4096),
+        }
+    finally:
+        loops.detach_all()
+
+
+def _stats(bench: Any) -> tuple[float, float]:
+    data = sorted(bench.stats.data)
+    p99 = data[min(len(data) - 1, int(len(data) * 0.99))]
+    return statistics.median(data), p99
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    groups: dict[str, dict[str, Any]] = {}
+    for bench in session.benchmarks:
+        groups.setdefault(bench.group or bench.name, {})[bench.extra_info.get("role", "")] = bench
+    terminalreporter.section("leasestore vs baseline (median, p99)")
+    for group, roles in sorted(groups.items()):
+        if "baseline" not in roles or "leasestore" not in roles:
+            continue
+        base_med, base_p99 = _stats(roles["baseline"])
+        ours_med, ours_p99 = _stats(roles["leasestore"])
+        terminalreporter.write_line(
+            f"{group:<28} baseline {base_med * 1e6:9.1f} us (p99 {base_p99 * 1e6:9.1f})  "
+            f"leasestore {ours_med * 1e6:9.1f} us (p99 {ours_p99 * 1e6:9.1f})  "
+            f"ratio {ours_med / base_med:5.2f} (p99 {ours_p99 / base_p99:5.2f})"
+        )
+
+
+def path_of(devices: dict[int, str], sector_size: int) -> Path:
+    if sector_size not in devices:
+        pytest.skip(f"no {sector_size}-byte device (needs root and losetup)")
+    return Path(devices[sector_size])

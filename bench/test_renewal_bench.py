@@ -1,0 +1,113 @@
+"""Host-lease renewal latency beside the raw O_DIRECT I/O of the same pattern, in the same run.
+
+Pattern per renewal: one read of the whole lockspace area and one write of our own sector
+(1 MiB + 512 B at 512/1M; 8 MiB + 4 KiB at 4096/8M). The leasestore figure is one call of the
+real L1 `renew` through the real driver (AIO, timeouts, decoding and verification included).
+Run: python3 -m pytest bench/ --benchmark-json=bench/results.json
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any
+
+import pytest
+
+from leasestore.delta import DeltaParams, renew
+from leasestore.direct import format_lockspace
+from leasestore.liveness import HostTable
+from leasestore.ondisk.areas import lockspace_area_image
+from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.leader import decode_leader, encode_delta_sector
+from leasestore.storage.direct import DirectDevice
+from leasestore.storage.driver import Driver
+from leasestore.timeouts import Timeouts
+
+from .conftest import path_of
+
+MiB = 1 << 20
+GEOMETRIES = [(512, 1 * MiB), (4096, 8 * MiB)]
+
+
+def _ids(geometry: tuple[int, int]) -> str:
+    return f"{geometry[0]}-{geometry[1] // MiB}M"
+
+
+def _raw_round(fd: int, area: mmap.mmap, sector: memoryview, host_offset: int) -> None:
+    os.preadv(fd, [area], 0)
+    os.pwritev(fd, [sector], host_offset)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_ids)
+def test_raw_o_direct_baseline(benchmark: Any, bench_devices: dict[int, str],
+                               geometry: tuple[int, int]) -> None:
+    sector_size, align = geometry
+    path = path_of(bench_devices, sector_size)
+    benchmark.group = f"renewal-{_ids(geometry)}"
+    benchmark.extra_info["role"] = "baseline"
+    format_lockspace(str(path), "bench", 0, sector_size=sector_size, align=align, force=True)
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT | os.O_SYNC)
+    try:
+        area = mmap.mmap(-1, align)
+        sector_buf = mmap.mmap(-1, mmap.PAGESIZE)
+        sector = memoryview(sector_buf)[:sector_size]
+        benchmark.pedantic(_raw_round, args=(fd, area, sector, 4 * sector_size),
+                           rounds=300, warmup_rounds=20)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_ids)
+def test_leasestore_renewal(benchmark: Any, bench_devices: dict[int, str],
+                            geometry: tuple[int, int]) -> None:
+    sector_size, align = geometry
+    path = str(path_of(bench_devices, sector_size))
+    benchmark.group = f"renewal-{_ids(geometry)}"
+    benchmark.extra_info["role"] = "leasestore"
+    geo = Geometry(sector_size, align)
+    format_lockspace(path, "bench", 0, sector_size=sector_size, align=align, force=True)
+    params = DeltaParams("dev", 0, geo, "bench", 5, "bench-host", Timeouts(10))
+    with DirectDevice(path) as device:
+        driver = Driver({"dev": device})
+        free = decode_leader(device.read(geo.delta_offset(5), sector_size, 10))
+        held = free.replace(owner_id=5, owner_generation=1, resource_name="bench-host",
+                            timestamp=1)
+        device.write(geo.delta_offset(5), encode_delta_sector(held, sector_size), 10)
+        state = {"last": held}
+
+        def one_renewal() -> None:
+            state["last"] = driver.run(renew(params, state["last"], True)).leader
+
+        benchmark.pedantic(one_renewal, rounds=300, warmup_rounds=20)
+
+
+def test_liveness_cpu_per_renewal_2000_hosts(benchmark: Any) -> None:
+    """CPU to fold one renewal read of a 2000-host area in which 64 hosts renewed."""
+    geo = Geometry(512, MiB)
+    timeouts = Timeouts(10)
+    table = HostTable(geo, "bench", 1, timeouts)
+    area = bytearray(lockspace_area_image("bench", geo, 10))
+    free = decode_leader(bytes(area[:512]))
+    for host_id in range(1, 65):
+        leader = free.replace(owner_id=host_id, owner_generation=1, resource_name=f"h{host_id}",
+                              timestamp=100)
+        area[geo.delta_offset(host_id):geo.delta_offset(host_id) + 512] = encode_delta_sector(
+            leader, 512)
+    table.observe(bytes(area), 0.0)
+    areas = []
+    for step in range(2):
+        copy = bytearray(area)
+        for host_id in range(1, 65):
+            at = geo.delta_offset(host_id)
+            leader = decode_leader(bytes(copy[at:at + 512])).replace(timestamp=200 + step)
+            copy[at:at + 512] = encode_delta_sector(leader, 512)
+        areas.append(bytes(copy))
+    clock = [1.0]
+
+    def observe() -> None:
+        clock[0] += 1
+        table.observe(areas[int(clock[0]) % 2], clock[0])
+
+    benchmark.group = "liveness-cpu"
+    benchmark.pedantic(observe, rounds=300, warmup_rounds=5)
