@@ -15,9 +15,11 @@ renew:    one read of the whole area (all hosts' sectors), verify our sector is 
 release:  write our sector with timestamp 0.
 
 Invariant for callers: the lease is valid until `last_success_s + id_renewal_fail_s` on our
-monotonic clock, where last_success_s is the timestamp of our last successful write, taken before
-that write was issued. A host that takes over our host_id does so no earlier than host_dead
-seconds after it last saw our timestamp change, which is later than that.
+monotonic clock, where last_success_s is the timestamp of our last successful renewal: the time
+its verifying read was issued (for acquire, the time just before the write). Past that moment it
+is never renewed again, however long the host was paused. A host that takes over our host_id
+does so no earlier than host_dead seconds after it last saw our timestamp change, which is
+later than that.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from leasestore.errors import (
     CorruptRecord,
     HostIdBusy,
     HostIdInvalid,
+    HostLeaseExpired,
     LeasestoreError,
     RenewDiff,
     RenewOwner,
@@ -193,10 +196,16 @@ def acquire(p: DeltaParams) -> Algorithm[Leader]:
 
 
 def renew(
-    p: DeltaParams, last: Leader, last_ok: bool, bitmap: bytes = b""
+    p: DeltaParams, last: Leader, last_ok: bool, bitmap: bytes = b"",
+    expires_at_s: float | None = None,
 ) -> Algorithm[RenewOutcome]:
-    """One renewal. RenewOwner / RenewDiff / CorruptRecord mean the lease is lost for good."""
+    """One renewal. RenewOwner / RenewDiff / CorruptRecord / HostLeaseExpired mean the lease is
+    lost for good. `expires_at_s` (our clock): past it the lease must not be renewed at all,
+    however long we were paused before getting here."""
     read_started_s: float = yield Now()
+    if expires_at_s is not None and read_started_s >= expires_at_s:
+        raise HostLeaseExpired(
+            f"host lease of {p.space_name!r} expired {read_started_s - expires_at_s:.1f} s ago")
     area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s)
     read_done_s: float = yield Now()
     own_at = p.geometry.delta_offset(p.host_id)
@@ -212,7 +221,9 @@ def renew(
         )
     if last_ok and bytes(area[own_at:own_at + LEADER_SIZE]) != last.encode():
         raise RenewDiff(f"our sector in {p.space_name!r} changed under us")
-    mine = last.replace(timestamp=_now_stamp(read_done_s), io_timeout=p.timeouts.io_timeout_s)
+    # The new timestamp is the time the read was *issued*: the verification above is only as
+    # fresh as that read, so a pause between read and write must not extend the lease.
+    mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s)
     yield from _write_own(p, mine, bitmap, p.timeouts.renewal_write_timeout_s)
     write_done_s: float = yield Now()
     return RenewOutcome(
@@ -271,8 +282,8 @@ def host_lease_loop(
     while True:
         now_s: float = yield Now()
         if now_s - last_success_s >= p.timeouts.id_renewal_fail_s:
-            observer.lost(RenewOwner(f"no successful renewal of {p.space_name!r} for "
-                                     f"{now_s - last_success_s:.1f} s: lease expired"))
+            observer.lost(HostLeaseExpired(f"no successful renewal of {p.space_name!r} for "
+                                           f"{now_s - last_success_s:.1f} s: lease expired"))
             return
         due_s = (last_success_s + p.timeouts.id_renewal_s) if last_ok else now_s + RENEW_RETRY_S
         try:
@@ -285,13 +296,14 @@ def host_lease_loop(
             return
         started_s: float = yield Now()
         try:
-            outcome = yield from renew(p, last, last_ok, bitmap())
+            outcome = yield from renew(p, last, last_ok, bitmap(),
+                                       last_success_s + p.timeouts.id_renewal_fail_s)
         except StorageError as exc:
             ended_s: float = yield Now()
             last_ok = False
             observer.renewal_failed(exc, started_s, ended_s - started_s)
             continue
-        except (CorruptRecord, RenewOwner, RenewDiff, WrongLockspace) as exc:
+        except (CorruptRecord, RenewOwner, RenewDiff, WrongLockspace, HostLeaseExpired) as exc:
             observer.lost(exc)
             return
         last, last_ok = outcome.leader, True

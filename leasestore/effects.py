@@ -8,6 +8,7 @@ Result of each effect sent back into the generator:
   Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results)
   Sleep -> None             (Cancelled is thrown in if the runner is told to stop)
   Now   -> float, local monotonic seconds
+  Random -> float in [0, 1), from the runner's source (seeded in the simulator)
 `device` names a device the runner was given; it is not a path the algorithm may open.
 """
 
@@ -51,7 +52,12 @@ class Now:
     pass
 
 
-Effect = Read | Write | Batch | Sleep | Now
+@dataclass(frozen=True)
+class Random:
+    pass
+
+
+Effect = Read | Write | Batch | Sleep | Now | Random
 BatchOutcome = bytes | None | StorageError
 
 T = TypeVar("T")

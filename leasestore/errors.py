@@ -169,6 +169,77 @@ class RenewDiff(LeasestoreError):
     code = -261
 
 
+# --- paxos leases ------------------------------------------------------------------------------
+
+
+class DblockLver(LeasestoreError):
+    """A ballot saw a dblock for a later lease version: someone else moved on."""
+
+    code = -212
+
+
+class DblockMbal(LeasestoreError):
+    """A ballot saw a higher ballot number: a competing acquirer."""
+
+    code = -213
+
+
+class AcquireLver(LeasestoreError):
+    """The lease's version is not the one the caller required (the fencing check)."""
+
+    code = -240
+
+
+class AcquireIdLive(LeasestoreError):
+    """The lease is owned by a host that is alive."""
+
+    code = -243
+
+
+class AcquireOwned(LeasestoreError):
+    """Another host committed this lease version first."""
+
+    code = -244
+
+
+class AcquireOther(LeasestoreError):
+    """Our ballot committed another host's proposed value."""
+
+    code = -245
+
+
+class SharedHolders(LeasestoreError):
+    """Live shared holders prevent an exclusive acquire (sanlock: -EAGAIN)."""
+
+    code = -11
+
+
+class ReleaseLver(LeasestoreError):
+    code = -250
+
+
+class ReleaseOwner(LeasestoreError):
+    code = -251
+
+
+class LeaseNotHeld(LeasestoreError):
+    """Release or inquire of a lease the caller does not hold (sanlock: -EPERM/-ENOENT)."""
+
+    code = -2
+
+
+class LeaseAlreadyHeld(LeasestoreError):
+    """The caller already holds this lease (sanlock: -EEXIST)."""
+
+    code = -17
+
+
+class HostLeaseExpired(LeasestoreError):
+    """Our host lease went id_renewal_fail_seconds without renewal; it must not be renewed."""
+
+    code = -263
+
+
 class LockspaceNotJoined(LeasestoreError):
     """The lockspace is not held by this daemon (sanlock: -ENOSPC)."""
 

@@ -34,7 +34,7 @@ from leasestore.delta import (
     host_lease_loop,
     probe_geometry,
 )
-from leasestore.errors import Cancelled, LeasestoreError, RenewOwner
+from leasestore.errors import Cancelled, HostLeaseExpired, LeasestoreError
 from leasestore.liveness import HostStatus, HostTable
 from leasestore.ondisk.leader import Leader
 from leasestore.specs import LockspaceSpec
@@ -143,7 +143,7 @@ class Lockspace(HostLeaseObserver):
             expired = (state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
                        and now_s >= self.valid_until_s)
         if expired:
-            self._set(LockspaceState.FAILED, RenewOwner(
+            self._set(LockspaceState.FAILED, HostLeaseExpired(
                 f"lockspace {self.name!r}: no successful renewal for "
                 f"{now_s - self.last_success_s:.1f} s (limit {self.timeouts.id_renewal_fail_s} s)"))
             self._stop.set()

@@ -6,12 +6,13 @@ removal or shutdown interrupts long delays at once (Cancelled is thrown into the
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from leasestore.effects import Algorithm, Batch, Effect, Now, Read, Sleep, Write
+from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
 from leasestore.errors import Cancelled, StorageError
 from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
 
@@ -50,6 +51,8 @@ class Driver:
     def _perform(self, effect: Effect) -> Any:
         if isinstance(effect, Now):
             return monotonic_s()
+        if isinstance(effect, Random):
+            return random.random()
         if isinstance(effect, Sleep):
             if self.stop.wait(max(0.0, effect.seconds)):
                 raise Cancelled("stopped while waiting")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leasestore.effects import Algorithm, Batch, Effect, Now, Read, Sleep, Write
+from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
 from leasestore.errors import Cancelled, IOFailed, IOTimeout, StorageError
 from leasestore.testing.simdisk import SimDisk
 
@@ -144,6 +144,9 @@ class SimWorld:
             value, error = None, None
             if isinstance(effect, Now):
                 value = self.clock(task)
+                continue
+            if isinstance(effect, Random):
+                value = self.rng.random()
                 continue
             if isinstance(effect, Sleep) and task.cancel_requested:
                 error = Cancelled("stopped")

@@ -1,0 +1,479 @@
+"""Paxos leases (resource leases): Disk Paxos (Gafni and Lamport) on one disk, with sanlock's
+records, ballot numbering and order of I/O, so sanlock hosts and ours can contend for one lease.
+
+acquire: read the leader and every dblock (read 1). If the lease is free, ours, or our earlier
+  incarnation's, run a ballot. If another host owns it, watch that host's delta lease: a change
+  (or our renewal thread having just seen one) means it is alive -> AcquireIdLive, unless it marked
+  its dblock RELEASED; no change for host_dead_seconds (its io_timeout) means its watchdog has
+  fired -> ballot. The leader changing meanwhile restarts from read 1.
+ballot (next_lver = lver + 1, mbal stride = max_hosts):
+  P1 write our dblock {mbal, lver} -> P1 read all dblocks -> choose the value of the highest bal,
+  or ourselves -> P2 write {mbal, bal = mbal, value} -> P2 read -> commit the leader.
+  A dblock with a higher mbal, or for a later lver, aborts the ballot; we retry after a random
+  pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1).
+release: mark our dblock RELEASED, then clear the leader's timestamp if we still own it.
+shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader
+  is released; exclusive acquirers must wait for shared holders to leave or die.
+
+Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
+lver, never beside a valid shared holder, and lver only grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from leasestore.delta import verify_delta
+from leasestore.effects import Algorithm, Now, Random, Read, Sleep, Write
+from leasestore.errors import (
+    AcquireIdLive,
+    AcquireLver,
+    AcquireOther,
+    AcquireOwned,
+    BadDblockChecksum,
+    BadMagic,
+    CorruptRecord,
+    DblockLver,
+    DblockMbal,
+    NumHostsTooSmall,
+    ReleaseLver,
+    ReleaseOwner,
+    SharedHolders,
+    StorageError,
+    UsageError,
+    WrongLockspace,
+    WrongResource,
+)
+from leasestore.ondisk.bulk import scan_dblocks
+from leasestore.ondisk.checksum import sanlock_crc
+from leasestore.ondisk.dblock import (
+    DBLOCK_CHECKSUM_OFFSET,
+    DBLOCK_FLAG_RELEASED,
+    MODE_FLAG_SHARED,
+    Dblock,
+    ModeBlock,
+    decode_dblock,
+    decode_mode_block,
+    encode_dblock_sector,
+)
+from leasestore.ondisk.geometry import FIRST_DBLOCK_SECTOR, Geometry, pad_sector
+from leasestore.ondisk.leader import FLAG_SHORT_HOLD, Leader, LeaderMagic, decode_leader
+from leasestore.timeouts import Timeouts
+
+OWNER_POLL_S = 1.0
+SH_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class OwnerView:
+    """What our renewal thread knows of a host's delta lease (our monotonic clock)."""
+
+    generation: int
+    timestamp: int
+    last_live_s: float
+    changed_at_last_check: bool
+
+
+def _no_view(host_id: int) -> OwnerView | None:
+    del host_id
+    return None
+
+
+@dataclass(frozen=True)
+class PaxosParams:
+    device: str
+    offset_b: int
+    geometry: Geometry
+    lockspace: str
+    resource: str
+    host_id: int
+    generation: int
+    timeouts: Timeouts
+    delta_device: str
+    delta_offset_b: int
+    delta_geometry: Geometry
+    host_info: Callable[[int], OwnerView | None] = field(default=_no_view, compare=False)
+
+    @property
+    def io_timeout_s(self) -> float:
+        return float(self.timeouts.io_timeout_s)
+
+    @property
+    def dblock_at(self) -> int:
+        return self.offset_b + self.geometry.dblock_offset(self.host_id)
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """A lease we hold: the leader as we left it, our last dblock, the version we hold."""
+
+    leader: Leader
+    dblock: Dblock
+    lver: int
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseRead:
+    leader: Leader
+    max_mbal: int
+
+
+class _Restart(Exception):
+    """The leader changed while we waited: start again from read 1."""
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def verify_paxos_leader(raw: bytes | memoryview, p: PaxosParams) -> Leader:
+    try:
+        leader = decode_leader(raw, (LeaderMagic.PAXOS, LeaderMagic.PAXOS_CLEAR))
+    except CorruptRecord as exc:
+        raise exc.at(p.offset_b) from None
+    if leader.magic == LeaderMagic.PAXOS_CLEAR:
+        raise BadMagic("paxos leader", "lease was cleared", p.offset_b)
+    if leader.space_name != p.lockspace:
+        raise WrongLockspace(f"lease at {p.offset_b} is in lockspace {leader.space_name!r}")
+    if leader.resource_name != p.resource:
+        raise WrongResource(f"lease at {p.offset_b} is resource {leader.resource_name!r}, "
+                            f"not {p.resource!r}")
+    if leader.num_hosts < p.host_id:
+        raise NumHostsTooSmall(f"lease {p.resource!r} serves {leader.num_hosts} hosts; "
+                               f"host_id {p.host_id} is beyond")
+    if leader.geometry() != p.geometry:
+        raise UsageError(f"lease {p.resource!r} has geometry {leader.geometry()}, "
+                         f"expected {p.geometry}")
+    return leader
+
+
+def _dblock_rows(raw: bytes, p: PaxosParams, num_hosts: int
+                 ) -> tuple[npt.NDArray[np.void], list[int], set[int]]:
+    """(rows, touched indices, indices with a bad checksum) of num_hosts dblocks in `raw`."""
+    ss = p.geometry.sector_size
+    count = min(num_hosts, len(raw) // ss - FIRST_DBLOCK_SECTOR)
+    rows = scan_dblocks(raw, ss, FIRST_DBLOCK_SECTOR, count)
+    touched_mask = ((rows["mbal"] != 0) | (rows["bal"] != 0) | (rows["inp"] != 0)
+                    | (rows["lver"] != 0) | (rows["checksum"] != 0) | (rows["mode_flags"] != 0))
+    touched = np.flatnonzero(touched_mask).tolist()
+    bad = set()
+    for index in touched:
+        start = (FIRST_DBLOCK_SECTOR + index) * ss
+        crc = sanlock_crc(raw[start:start + DBLOCK_CHECKSUM_OFFSET])
+        if crc != int(rows["checksum"][index]) and not (
+            rows["checksum"][index] == 0 and rows["mbal"][index] == 0 and rows["bal"][index] == 0
+            and rows["inp"][index] == 0 and rows["lver"][index] == 0
+        ):
+            bad.add(index)
+    return rows, touched, bad
+
+
+def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
+    """Read 1: the leader and every dblock; any bad dblock checksum fails it."""
+    size = p.geometry.ballot_read_size(p.geometry.max_hosts)
+    raw = yield Read(p.device, p.offset_b, size, p.io_timeout_s)
+    leader = verify_paxos_leader(raw, p)
+    rows, touched, bad = _dblock_rows(raw, p, leader.num_hosts)
+    if bad:
+        host = min(bad) + 1
+        raise BadDblockChecksum("dblock", f"host {host}: checksum mismatch",
+                                p.offset_b + p.geometry.dblock_offset(host))
+    max_mbal = int(rows["mbal"][touched].max()) if touched else 0
+    return LeaseRead(leader, max_mbal)
+
+
+def read_leader(p: PaxosParams) -> Algorithm[Leader]:
+    raw = yield Read(p.device, p.offset_b, p.geometry.sector_size, p.io_timeout_s)
+    return verify_paxos_leader(raw, p)
+
+
+# --- deciding whether the current owner is gone -------------------------------------------------
+
+
+def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
+    at = p.offset_b + p.geometry.dblock_offset(leader.owner_id)
+    raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
+    dblock = decode_dblock(raw)
+    return dblock.released and dblock.lver == leader.lver
+
+
+def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
+    """True once the owner cannot be using the lease; raises AcquireIdLive or _Restart."""
+    owner = cur.owner_id
+    delta_at = p.delta_offset_b + p.delta_geometry.delta_offset(owner)
+    view = p.host_info(owner)
+    now_s: float = yield Now()
+    if view is not None and view.generation == cur.owner_generation:
+        wait_start_s, last_ts = view.last_live_s, view.timestamp
+    else:
+        wait_start_s, last_ts = now_s, 0
+    while True:
+        raw = yield Read(p.delta_device, delta_at, p.delta_geometry.sector_size, p.io_timeout_s)
+        delta = verify_delta(raw, p.lockspace, delta_at)
+        if delta.timestamp == 0:
+            return True
+        if delta.owner_id != owner or delta.owner_generation > cur.owner_generation:
+            return True
+        view = p.host_info(owner)
+        seen_alive = (view is not None and view.generation == cur.owner_generation
+                      and view.changed_at_last_check)
+        if last_ts == 0:
+            last_ts = delta.timestamp
+        elif delta.timestamp != last_ts:
+            seen_alive = True
+        if seen_alive:
+            if cur.write_id != cur.owner_id:
+                released = yield from _owner_released(p, cur)
+                if released:
+                    return True
+            raise AcquireIdLive(f"lease {p.resource!r} is held by live host {owner} "
+                                f"(generation {cur.owner_generation})")
+        now_s = yield Now()
+        if now_s - wait_start_s > p.timeouts.for_other(delta.io_timeout).host_dead_s:
+            return True
+        yield Sleep(OWNER_POLL_S)
+        again = yield from read_leader(p)
+        if again.encode() != cur.encode():
+            raise _Restart
+
+
+def _may_ballot(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
+    if cur.timestamp == 0 or cur.owner_id == 0:
+        return True
+    if cur.owner_id == p.host_id and cur.owner_generation <= p.generation:
+        return True
+    gone = yield from _owner_gone(p, cur)
+    return gone
+
+
+# --- the ballot -----------------------------------------------------------------------------
+
+
+def _write_dblock(p: PaxosParams, dblock: Dblock, mode: ModeBlock | None = None
+                  ) -> Algorithm[None]:
+    sector = encode_dblock_sector(dblock, p.geometry.sector_size, mode)
+    yield Write(p.device, p.dblock_at, sector, p.io_timeout_s)
+
+
+def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
+                ) -> Algorithm[tuple[Dblock | None, list[int]]]:
+    """Read all dblocks; return the accepted dblock with the highest bal, and shared holders."""
+    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s)
+    rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+    best: Dblock | None = None
+    shared = []
+    for index in touched:
+        if index in bad:
+            continue
+        row = rows[index]
+        if int(row["mode_flags"]) & MODE_FLAG_SHARED:
+            shared.append(index + 1)
+        lver = int(row["lver"])
+        if lver < next_lver:
+            continue
+        if lver > next_lver:
+            raise DblockLver(f"host {index + 1} is at lver {lver} > {next_lver}")
+        if int(row["mbal"]) > our_mbal:
+            raise DblockMbal(f"host {index + 1} has mbal {int(row['mbal'])} > {our_mbal}")
+        if int(row["inp"]) and int(row["bal"]) and (best is None or int(row["bal"]) > best.bal):
+            best = Dblock(mbal=int(row["mbal"]), bal=int(row["bal"]), inp=int(row["inp"]),
+                          inp2=int(row["inp2"]), inp3=int(row["inp3"]), lver=lver)
+    return best, shared
+
+
+def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
+            ) -> Algorithm[tuple[Dblock, list[int]]]:
+    yield from _write_dblock(p, Dblock(mbal=our_mbal, lver=next_lver))
+    best, _ = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
+    if best is None:
+        now_s: float = yield Now()
+        value = (p.host_id, p.generation, max(1, int(now_s)))
+    else:
+        value = (best.inp, best.inp2, best.inp3)
+    accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=value[0], inp2=value[1], inp3=value[2],
+                      lver=next_lver)
+    yield from _write_dblock(p, accepted)
+    _, shared = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
+    return accepted, shared
+
+
+def _first_mbal(p: PaxosParams, max_mbal: int, max_hosts: int) -> int:
+    if max_mbal == 0:
+        return p.host_id
+    return (max_mbal - max_mbal % max_hosts) + max_hosts + p.host_id
+
+
+def _commit(p: PaxosParams, cur: Leader, accepted: Dblock, shared: bool) -> Algorithm[Leader]:
+    now_s: float = yield Now()
+    ours = (accepted.inp, accepted.inp2) == (p.host_id, p.generation)
+    flags = (cur.flags | FLAG_SHORT_HOLD) if (shared and ours) else (cur.flags & ~FLAG_SHORT_HOLD)
+    leader = cur.replace(lver=accepted.lver, owner_id=accepted.inp,
+                         owner_generation=accepted.inp2, timestamp=accepted.inp3, flags=flags,
+                         write_id=p.host_id, write_generation=p.generation,
+                         write_timestamp=max(1, int(now_s)))
+    yield Write(p.device, p.offset_b, pad_sector(leader.encode(), p.geometry.sector_size),
+                p.io_timeout_s)
+    return leader
+
+
+def _released(dblock: Dblock) -> Dblock:
+    return dataclasses.replace(dblock, flags=DBLOCK_FLAG_RELEASED)
+
+
+def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
+    """After an I/O failure past phase 2 we may have won: mark our dblock RELEASED."""
+    with contextlib.suppress(StorageError):
+        yield from _write_dblock(p, _released(accepted))
+
+
+def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Leader, Dblock,
+                                                                              list[int]]]:
+    """Run ballots for lver + 1 until one commits; returns (leader, our dblock, SH holders)."""
+    cur = read1.leader
+    next_lver = cur.lver + 1
+    our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
+    first = True
+    while True:
+        if not first:
+            again = yield from read_leader(p)
+            if again.lver == next_lver:
+                if (again.owner_id, again.owner_generation) == (p.host_id, p.generation):
+                    raise AcquireOwned(f"lease {p.resource!r} lver {next_lver} committed to us "
+                                       "by another host; retry to take it")
+                raise AcquireOwned(f"lease {p.resource!r} lver {next_lver} went to host "
+                                   f"{again.owner_id}")
+            if again.encode() != cur.encode():
+                raise _Restart
+        first = False
+        try:
+            accepted, holders = yield from _ballot(p, cur.num_hosts, next_lver, our_mbal)
+        except (DblockMbal, DblockLver):
+            pause: float = yield Random()
+            yield Sleep(pause)
+            our_mbal += cur.max_hosts
+            continue
+        try:
+            leader = yield from _commit(p, cur, accepted, shared)
+        except StorageError:
+            yield from _retract(p, accepted)
+            raise
+        if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
+            raise AcquireOther(f"lease {p.resource!r}: our ballot committed host "
+                               f"{accepted.inp}'s proposal")
+        return leader, accepted, [h for h in holders if h != p.host_id]
+
+
+# --- public operations --------------------------------------------------------------------------
+
+
+def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None
+            ) -> Algorithm[HeldLease]:
+    """Acquire the lease exclusively (or shared). `lver`: fail with AcquireLver unless the lease
+    is at exactly that version now (the holding will be lver + 1)."""
+    attempts = 0
+    while True:
+        try:
+            return (yield from _acquire_once(p, shared, lver))
+        except _Restart:
+            continue
+        except (AcquireIdLive, AcquireOwned, AcquireOther):
+            attempts += 1
+            if not shared or attempts > SH_RETRIES:
+                raise
+            leader = yield from read_leader(p)
+            if not leader.short_hold:
+                raise
+            pause: float = yield Random()
+            yield Sleep(pause)
+
+
+def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[HeldLease]:
+    read1 = yield from read_lease(p)
+    if lver is not None and read1.leader.lver != lver:
+        raise AcquireLver(f"lease {p.resource!r} is at lver {read1.leader.lver}, not {lver}")
+    may = yield from _may_ballot(p, read1.leader)
+    if not may:
+        raise _Restart
+    leader, accepted, holders = yield from _win(p, read1, shared)
+    if shared:
+        return (yield from _become_shared(p, leader, accepted))
+    if holders:
+        yield from _clear_dead_shared(p, leader, accepted, holders)
+    return HeldLease(leader, accepted, leader.lver)
+
+
+def _become_shared(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[HeldLease]:
+    released = _released(accepted)
+    yield from _write_dblock(p, released, ModeBlock(MODE_FLAG_SHARED, p.generation))
+    now_s: float = yield Now()
+    free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
+                          write_timestamp=max(1, int(now_s)))
+    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
+                p.io_timeout_s)
+    return HeldLease(free, released, leader.lver, shared=True)
+
+
+def _shared_holder_alive(p: PaxosParams, host_id: int, generation: int) -> Algorithm[bool]:
+    at = p.delta_offset_b + p.delta_geometry.delta_offset(host_id)
+    raw = yield Read(p.delta_device, at, p.delta_geometry.sector_size, p.io_timeout_s)
+    delta = verify_delta(raw, p.lockspace, at)
+    if delta.timestamp == 0 or delta.owner_generation > generation:
+        return False
+    view = p.host_info(host_id)
+    if view is None or view.generation != delta.owner_generation:
+        return True
+    now_s: float = yield Now()
+    return now_s - view.last_live_s <= p.timeouts.for_other(delta.io_timeout).host_dead_s
+
+
+def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders: list[int]
+                       ) -> Algorithm[None]:
+    """We won exclusively; shared holders that are dead lose their mode block, live ones make
+    us give the leader back (SharedHolders)."""
+    for host_id in holders:
+        at = p.offset_b + p.geometry.dblock_offset(host_id)
+        raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
+        mode = decode_mode_block(raw)
+        if not mode.shared:
+            continue
+        alive = yield from _shared_holder_alive(p, host_id, mode.generation)
+        if alive:
+            yield from release(p, HeldLease(leader, accepted, leader.lver))
+            raise SharedHolders(f"lease {p.resource!r} is held shared by live host {host_id}")
+        yield Write(p.device, at, bytes(p.geometry.sector_size), p.io_timeout_s)
+
+
+def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
+    """Give the lease up. Exclusive: RELEASED dblock, then the leader's timestamp to 0."""
+    if held.lver == 0:
+        return
+    released = _released(held.dblock)
+    if held.shared:
+        yield from _write_dblock(p, released)
+        return
+    with contextlib.suppress(StorageError):
+        # The leader write below is what matters; a stale dblock only slows acquirers down.
+        yield from _write_dblock(p, released)
+    leader = yield from read_leader(p)
+    if leader.write_id != p.host_id:
+        if (leader.owner_id, leader.owner_generation) == (p.host_id, p.generation):
+            return  # another host committed our value; the RELEASED dblock tells acquirers
+        raise ReleaseOwner(f"lease {p.resource!r} was taken over by host {leader.owner_id} "
+                           f"(lver {leader.lver})")
+    if leader.lver != held.lver:
+        raise ReleaseLver(f"lease {p.resource!r} moved to lver {leader.lver}")
+    if (leader.timestamp == 0 or leader.owner_id != p.host_id
+            or leader.encode() != held.leader.encode()):
+        raise ReleaseOwner(f"lease {p.resource!r} is no longer ours")
+    now_s: float = yield Now()
+    free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
+                          write_id=p.host_id, write_generation=p.generation,
+                          write_timestamp=max(1, int(now_s)))
+    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
+                p.io_timeout_s)

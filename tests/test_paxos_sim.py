@@ -1,0 +1,194 @@
+"""Paxos (resource) leases in virtual time: the real L1 code in the simulator."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+import leasestore.paxos as paxos_module
+from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
+from leasestore.effects import Algorithm
+from leasestore.errors import (
+    AcquireIdLive,
+    AcquireLver,
+    BadDblockChecksum,
+    ReleaseOwner,
+    SharedHolders,
+)
+from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
+from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
+from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.leader import Leader, decode_leader
+from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
+from leasestore.testing.paxos_cluster import PaxosCluster
+from leasestore.timeouts import Timeouts
+
+G = Geometry(512, 1 << 20)
+T = Timeouts(10, 60)
+LS, RES = "px", "res"
+RES_AT = G.align_size
+
+
+class Disk:
+    def __init__(self, seed: int = 1) -> None:
+        self.disk = SimDisk(2 * G.align_size, 512, "d")
+        self.disk.land(0, lockspace_area_image(LS, G, 10))
+        self.disk.land(RES_AT, resource_area_image(LS, RES, G))
+        self.world = SimWorld(seed, {"d": self.disk})
+        self.ios: list[tuple[str, int, int]] = []
+
+    def join(self, host_id: int, offset: float = 0.0) -> tuple[SimTask, list[Leader]]:
+        joined: list[Leader] = []
+
+        class Obs(HostLeaseObserver):
+            def joined(self, leader: Leader) -> None:
+                joined.append(leader)
+
+        params = DeltaParams("d", 0, G, LS, host_id, f"host{host_id}", T)
+        task = self.world.spawn(f"delta{host_id}", host_lease_loop(params, Obs()), offset)
+        self.world.run_until(self.world.now + 25)
+        assert joined
+        return task, joined
+
+    def params(self, host_id: int, generation: int = 1) -> PaxosParams:
+        return PaxosParams("d", RES_AT, G, LS, RES, host_id, generation, T, "d", 0, G)
+
+    def run(self, algorithm: Algorithm[Any], offset: float = 0.0, limit_s: float = 400) -> SimTask:
+        task = self.world.spawn("op", algorithm, offset)
+        end = self.world.now + limit_s
+        while not task.done and self.world.now < end:
+            self.world.run_until(self.world.now + 0.5)
+        assert task.done, "operation did not finish"
+        return task
+
+    def leader(self) -> Leader:
+        return decode_leader(self.disk.read(RES_AT, 512))
+
+
+def test_uncontended_acquire_and_release_match_sanlock_records() -> None:
+    d = Disk()
+    d.join(1)
+    task = d.run(acquire(d.params(1)))
+    held: HeldLease = task.result
+    assert held.lver == 1 and not held.shared
+    leader = d.leader()
+    assert (leader.owner_id, leader.owner_generation, leader.lver) == (1, 1, 1)
+    assert (leader.write_id, leader.write_generation) == (1, 1) and leader.timestamp != 0
+    d.run(release(d.params(1), held))
+    leader = d.leader()
+    assert leader.timestamp == 0 and leader.lver == 1 and leader.owner_id == 1
+    dblock = decode_dblock(d.disk.read(RES_AT + G.dblock_offset(1), 512))
+    assert (dblock.mbal, dblock.bal, dblock.inp, dblock.inp2, dblock.lver) == (1, 1, 1, 1, 1)
+    assert dblock.released
+
+
+def test_ballot_numbers_advance_by_max_hosts() -> None:
+    d = Disk()
+    d.join(1)
+    for _ in range(6):
+        held = d.run(acquire(d.params(1))).result
+        d.run(release(d.params(1), held))
+    dblock = decode_dblock(d.disk.read(RES_AT + G.dblock_offset(1), 512))
+    assert dblock.mbal == 5 * 2000 + 1 and dblock.lver == 6
+
+
+def test_live_owner_refuses_and_dead_owner_is_taken_over_after_host_dead() -> None:
+    d = Disk()
+    owner_delta, _ = d.join(1, offset=5000)
+    d.join(2, offset=9000)
+    d.run(acquire(d.params(1)), offset=5000)
+    refused = d.run(acquire(d.params(2)), offset=9000)
+    assert isinstance(refused.error, AcquireIdLive)
+    d.world.crash(owner_delta)
+    last_stamp = decode_leader(d.disk.read(0, 512)).timestamp  # owner's clock = world + 5000
+    task = d.run(acquire(d.params(2)), offset=9000, limit_s=400)
+    assert task.error is None, task.error
+    took_at_owner_clock = d.world.now + 5000
+    assert took_at_owner_clock - last_stamp >= T.host_dead_s
+    leader = d.leader()
+    assert (leader.owner_id, leader.lver) == (2, 2)
+
+
+def test_acquire_with_lver_is_a_fencing_check() -> None:
+    d = Disk()
+    d.join(1)
+    held = d.run(acquire(d.params(1))).result
+    d.run(release(d.params(1), held))
+    wrong = d.run(acquire(d.params(1), lver=0))
+    assert isinstance(wrong.error, AcquireLver)
+    right = d.run(acquire(d.params(1), lver=1))
+    assert right.error is None and right.result.lver == 2
+
+
+def test_shared_holders_coexist_and_block_exclusive() -> None:
+    d = Disk()
+    d.join(1, 100)
+    d.join(2, 200)
+    d.join(3, 300)
+    a = d.run(acquire(d.params(1), shared=True), 100)
+    b = d.run(acquire(d.params(2), shared=True), 200)
+    assert a.error is None and b.error is None
+    assert a.result.shared and b.result.shared and d.leader().timestamp == 0
+    mode = decode_mode_block(d.disk.read(RES_AT + G.dblock_offset(2), 512))
+    assert mode.shared and mode.generation == 1
+    ex = d.run(acquire(d.params(3)), 300)
+    assert isinstance(ex.error, SharedHolders)
+    assert d.leader().timestamp == 0  # the exclusive attempt gave the leader back
+    d.run(release(d.params(1), a.result), 100)
+    d.run(release(d.params(2), b.result), 200)
+    ex = d.run(acquire(d.params(3)), 300)
+    assert ex.error is None and not ex.result.shared
+
+
+def test_bad_dblock_checksum_fails_the_first_read() -> None:
+    d = Disk()
+    d.join(1)
+    held = d.run(acquire(d.params(1))).result
+    d.run(release(d.params(1), held))
+    d.disk.corrupt(RES_AT + G.dblock_offset(1), 3)
+    before = bytes(d.disk.data)
+    task = d.run(acquire(d.params(1)))
+    assert isinstance(task.error, BadDblockChecksum)
+    assert bytes(d.disk.data) == before
+
+
+def test_release_after_takeover_is_refused() -> None:
+    d = Disk()
+    owner_delta, _ = d.join(1)
+    d.join(2, 50)
+    held = d.run(acquire(d.params(1))).result
+    d.world.crash(owner_delta)
+    assert d.run(acquire(d.params(2)), 50, limit_s=400).error is None
+    stale = d.run(release(d.params(1), held))
+    assert isinstance(stale.error, ReleaseOwner)
+    assert d.leader().owner_id == 2 and d.leader().timestamp != 0
+
+
+SEEDS = int(os.environ.get("LEASESTORE_PAXOS_SEEDS", "40"))
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, 10))
+def test_chaos_campaign_keeps_exclusion(first: int) -> None:
+    failures: list[str] = []
+    total = 0
+    for seed in range(first, min(first + 10, SEEDS)):
+        cluster = PaxosCluster(seed, 4, 2, faults=Faults(io_error=0.02, slow_io=0.02,
+                                                          torn_write=0.1))
+        failures += [str(v) for v in cluster.run(chaos_s=1500)]
+        total += sum(log.acquisitions for log in cluster.logs)
+    assert total > 100, "the campaign acquired too little to mean anything"
+    assert not failures, "replay with PaxosCluster(seed, 4, 2, ...):\n" + "\n".join(failures[:5])
+
+
+def test_checker_catches_takeover_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def take_at_once(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
+        return True
+        yield
+
+    monkeypatch.setattr(paxos_module, "_may_ballot", take_at_once)
+    cluster = PaxosCluster(0, 4, 2, faults=Faults.none())
+    violations = cluster.run(chaos_s=600)
+    assert any("validly held by" in str(v) for v in violations)
