@@ -184,6 +184,13 @@ class DblockMbal(LeasestoreError):
     code = -213
 
 
+class LeaderStale(LeasestoreError):
+    """The leader is older than decisions recorded in dblocks and cannot be repaired from them
+    (a late write rolled it back). Nobody may take the lease until its holder acts."""
+
+    code = -215
+
+
 class AcquireLver(LeasestoreError):
     """The lease's version is not the one the caller required (the fencing check)."""
 
@@ -238,6 +245,18 @@ class HostLeaseExpired(LeasestoreError):
     """Our host lease went id_renewal_fail_seconds without renewal; it must not be renewed."""
 
     code = -263
+
+
+class NotRegistered(LeasestoreError):
+    """Acquire or release on a connection (or for a pid) that is not registered."""
+
+    code = -107
+
+
+class LockspaceBusy(LeasestoreError):
+    """rem_lockspace while resource leases are held in it (sanlock: -EBUSY)."""
+
+    code = -16
 
 
 class LockspaceNotJoined(LeasestoreError):

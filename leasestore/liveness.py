@@ -72,6 +72,17 @@ class HostStatus:
         return data
 
 
+@dataclass(frozen=True)
+class OwnerView:
+    """What our renewal reads tell of one host's delta lease (times on our monotonic clock)."""
+
+    generation: int
+    timestamp: int
+    last_live_s: float
+    changed_at_last_check: bool
+    """We saw its record change between our last two reads (not merely a first sighting)."""
+
+
 _WATCHED = ("owner_id", "owner_generation", "timestamp")
 _KEPT = (*_WATCHED, "magic", "version", "checksum", "io_timeout", "space_name", "resource_name")
 _CONTENT = ("magic", "checksum")
@@ -155,6 +166,21 @@ class HostTable:
         if since_s > other.host_dead_s:
             return HostFlag.DEAD
         return HostFlag.FAIL
+
+    def owner_view(self, host_id: int) -> OwnerView | None:
+        """The paxos takeover rule's view of host_id, or None before our first read."""
+        if self._rows is None:
+            return None
+        index = host_id - 1
+        row = self._rows[index]
+        last_live = float(self.last_live_s[index])
+        return OwnerView(
+            generation=int(row["owner_generation"]),
+            timestamp=int(row["timestamp"]),
+            last_live_s=last_live,
+            changed_at_last_check=(last_live == float(self.last_check_s[index])
+                                   and last_live != float(self.first_check_s[index])),
+        )
 
     def status(self, now_s: float, host_id: int = 0) -> list[HostStatus]:
         """Slots ever acquired (or corrupt), or just `host_id`'s slot if given."""

@@ -35,7 +35,7 @@ from leasestore.delta import (
     probe_geometry,
 )
 from leasestore.errors import Cancelled, HostLeaseExpired, LeasestoreError
-from leasestore.liveness import HostStatus, HostTable
+from leasestore.liveness import HostStatus, HostTable, OwnerView
 from leasestore.ondisk.leader import Leader
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.direct import DirectDevice
@@ -154,6 +154,10 @@ class Lockspace(HostLeaseObserver):
             if self.table is None:
                 return []
             return self.table.status(time.monotonic(), host_id)
+
+    def owner_view(self, host_id: int) -> OwnerView | None:
+        with self._lock:
+            return None if self.table is None else self.table.owner_view(host_id)
 
     def history(self) -> list[RenewalRecord]:
         with self._lock:

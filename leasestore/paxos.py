@@ -41,6 +41,7 @@ from leasestore.errors import (
     CorruptRecord,
     DblockLver,
     DblockMbal,
+    LeaderStale,
     NumHostsTooSmall,
     ReleaseLver,
     ReleaseOwner,
@@ -50,6 +51,7 @@ from leasestore.errors import (
     WrongLockspace,
     WrongResource,
 )
+from leasestore.liveness import OwnerView
 from leasestore.ondisk.bulk import scan_dblocks
 from leasestore.ondisk.checksum import sanlock_crc
 from leasestore.ondisk.dblock import (
@@ -68,16 +70,6 @@ from leasestore.timeouts import Timeouts
 
 OWNER_POLL_S = 1.0
 SH_RETRIES = 8
-
-
-@dataclass(frozen=True)
-class OwnerView:
-    """What our renewal thread knows of a host's delta lease (our monotonic clock)."""
-
-    generation: int
-    timestamp: int
-    last_live_s: float
-    changed_at_last_check: bool
 
 
 def _no_view(host_id: int) -> OwnerView | None:
@@ -123,6 +115,14 @@ class HeldLease:
 class LeaseRead:
     leader: Leader
     max_mbal: int
+    max_lver: int
+    """The highest lver in any dblock: above leader.lver + 1 means the leader was rolled back."""
+    own_lver: int
+    """Our own dblock's lver on disk: we never write a lower one (it may record a decision)."""
+    stale_target: int = 0
+    """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
+    lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
+    committed, held and released), cannot coexist with a current leader."""
 
 
 class _Restart(Exception):
@@ -185,7 +185,14 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
         raise BadDblockChecksum("dblock", f"host {host}: checksum mismatch",
                                 p.offset_b + p.geometry.dblock_offset(host))
     max_mbal = int(rows["mbal"][touched].max()) if touched else 0
-    return LeaseRead(leader, max_mbal)
+    max_lver = int(rows["lver"][touched].max()) if touched else 0
+    own = p.host_id - 1
+    own_lver = int(rows["lver"][own]) if own < len(rows) else 0
+    lvers = rows["lver"].astype(np.int64)
+    released = (rows["flags"] & DBLOCK_FLAG_RELEASED) != 0
+    proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
+    stale_target = int(lvers[proof].max()) if proof.any() else 0
+    return LeaseRead(leader, max_mbal, max_lver, own_lver, stale_target)
 
 
 def read_leader(p: PaxosParams) -> Algorithm[Leader]:
@@ -337,6 +344,9 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Lead
     """Run ballots for lver + 1 until one commits; returns (leader, our dblock, SH holders)."""
     cur = read1.leader
     next_lver = cur.lver + 1
+    if read1.own_lver > next_lver:
+        raise DblockLver(f"lease {p.resource!r}: our dblock is at lver {read1.own_lver}, "
+                         f"past {next_lver}")
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
     first = True
     while True:
@@ -393,8 +403,29 @@ def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None
             yield Sleep(pause)
 
 
+def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
+    """The leader fell behind the dblocks (a late write rolled it back). Re-commit the value
+    accepted at the highest lver, adopting it as any ballot would; never propose our own."""
+    cur = read1.leader
+    target = read1.stale_target
+    our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
+    yield from _write_dblock(p, Dblock(mbal=our_mbal, lver=target))
+    best, _ = yield from _phase_read(p, cur.num_hosts, target, our_mbal)
+    if best is None:
+        raise LeaderStale(f"lease {p.resource!r}: leader at lver {cur.lver} but dblocks reach "
+                          f"lver {target} with no accepted value to recover")
+    accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=best.inp, inp2=best.inp2,
+                      inp3=best.inp3, lver=target)
+    yield from _write_dblock(p, accepted)
+    yield from _phase_read(p, cur.num_hosts, target, our_mbal)
+    yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False)
+
+
 def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[HeldLease]:
     read1 = yield from read_lease(p)
+    if read1.stale_target:
+        yield from _recover_leader(p, read1)
+        raise _Restart
     if lver is not None and read1.leader.lver != lver:
         raise AcquireLver(f"lease {p.resource!r} is at lver {read1.leader.lver}, not {lver}")
     may = yield from _may_ballot(p, read1.leader)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 
 from leasestore.delta import DeltaParams, HostLeaseObserver, acquire, host_lease_loop
+from leasestore.effects import Algorithm, Write
 from leasestore.errors import BadChecksum, HostIdBusy, LeasestoreError
 from leasestore.liveness import HostFlag, HostTable
 from leasestore.ondisk.areas import lockspace_area_image
@@ -287,3 +289,28 @@ def test_cancel_after_expiry_does_not_release() -> None:
     world.cancel(task)
     world.run_until(60)
     assert task.done and sector(disk, 1).timestamp == stamp != 0
+
+
+def test_simulated_late_write_never_lands_over_a_newer_one_of_the_same_host() -> None:
+    for seed in range(30):
+        disk = SimDisk(4096, 512, "d")
+        world = SimWorld(seed, {"d": disk}, Faults(slow_io=0.5, slow_factor=(1.5, 4.0)))
+        landed: list[int] = []
+        original = disk.land
+
+        def land(offset_b: int, data: bytes, original: object = original,
+                 landed: list[int] = landed) -> None:
+            landed.append(data[0])
+            original(offset_b, data)  # type: ignore[operator]
+
+        disk.land = land  # type: ignore[method-assign]
+
+        def writer() -> Algorithm[None]:
+            for fill in range(1, 9):
+                with contextlib.suppress(LeasestoreError):
+                    yield Write("d", 0, bytes([fill]) * 512, 1.0)
+
+        world.spawn("w", writer(), 0, host="m1")
+        world.run_until(100)
+        assert landed == sorted(landed), (seed, landed)
+        assert disk.read(0, 512)[0] == landed[-1]

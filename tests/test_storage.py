@@ -134,3 +134,13 @@ def test_timeout_in_a_batch_is_a_value(lease_file: str) -> None:
         outcomes = device.submit([ReadOp(0, MiB), ReadOp(MiB, MiB)], 0)
         assert all(isinstance(o, IOTimeout) for o in outcomes)
         assert device.read(0, 512, 5) == bytes(512)
+
+
+def test_a_newer_write_never_lands_under_an_abandoned_older_one(loop_device: str) -> None:
+    with DirectDevice(loop_device) as device:
+        with pytest.raises(IOTimeout):
+            device.write(0, b"\x01" * 512, 0)  # abandoned: it may still land later
+        assert device.abandoned_ios == 1
+        device.write(0, b"\x02" * 512, 5)  # waits for the older write before it is issued
+        assert device.abandoned_ios == 0
+        assert device.read(0, 512, 5) == b"\x02" * 512

@@ -126,6 +126,56 @@ class Renewal(Command):
 
 
 @dataclass(frozen=True)
+class Register(Command):
+    """Make this connection the calling process's registration: its leases live while it is open."""
+
+    name: ClassVar[str] = "register"
+
+
+@dataclass(frozen=True)
+class ResourceCommand(Command):
+    lockspace: str
+    resource: str
+    path: str
+    offset: int = 0
+    pid: int = 0
+    """0: the registered caller itself; otherwise (root only) another registered process."""
+
+    def validate(self) -> None:
+        _check_name(self.lockspace, "lockspace")
+        _check_name(self.resource, "resource")
+        _check_path(self.path)
+        _check_non_negative(offset=self.offset, pid=self.pid)
+
+
+@dataclass(frozen=True)
+class Acquire(ResourceCommand):
+    name: ClassVar[str] = "acquire"
+    shared: bool = False
+    lver: int = -1
+    """-1: any version; otherwise the lease must be at exactly this lver (holding lver + 1)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lver < -1 or self.lver >= 1 << 63:
+            raise ProtocolError(f"lver out of range: {self.lver}")
+
+
+@dataclass(frozen=True)
+class Release(ResourceCommand):
+    name: ClassVar[str] = "release"
+
+
+@dataclass(frozen=True)
+class Inquire(Command):
+    name: ClassVar[str] = "inquire"
+    pid: int = 0
+
+    def validate(self) -> None:
+        _check_non_negative(pid=self.pid)
+
+
+@dataclass(frozen=True)
 class Status(Command):
     name: ClassVar[str] = "status"
 
@@ -138,7 +188,7 @@ class Version(Command):
 COMMANDS: dict[str, type[Command]] = {
     cls.name: cls
     for cls in (AddLockspace, RemLockspace, InqLockspace, GetLockspaces, GetHosts, Renewal,
-                Status, Version)
+                Register, Acquire, Release, Inquire, Status, Version)
 }
 
 

@@ -109,6 +109,17 @@ class AioContext:
         self._next_ident = 1
         self._closed = False
 
+    def abandoned_writes(self, fd: int, offset_b: int, length_b: int) -> list[Completion]:
+        """Abandoned writes on fd overlapping [offset_b, offset_b + length_b), not yet reaped."""
+        with self._lock:
+            return [
+                c for c in self._inflight.values()
+                if c.abandoned and c.iocb.aio_fildes == fd
+                and c.iocb.aio_lio_opcode == IOCB_CMD_PWRITE
+                and c.iocb.aio_offset < offset_b + length_b
+                and offset_b < c.iocb.aio_offset + c.iocb.aio_nbytes
+            ]
+
     @property
     def abandoned_count(self) -> int:
         """I/Os we stopped waiting for whose completion has not been reaped yet."""

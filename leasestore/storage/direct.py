@@ -5,6 +5,10 @@ multiples of the device's logical sector size (BLKSSZGET on block devices; 512 f
 as sanlock assumes), and every I/O must lie inside the device: nothing is silently extended.
 Short transfers are continued until complete, an error, end of device, or the deadline.
 A timed-out I/O raises IOTimeout; its buffer is never returned to the pool.
+
+Write ordering: a timed-out write may still land later. A new write overlapping such a write
+first waits for it (within its own timeout) and is not issued at all if it is still in flight,
+so an older write of ours can never land over a newer one.
 """
 
 from __future__ import annotations
@@ -120,6 +124,12 @@ class DirectDevice:
         deadline = time.monotonic() + timeout_s
         for op in ops:
             self._check_bounds(op)
+        blocked = self._wait_for_abandoned_writes(ops, deadline)
+        if blocked:
+            return [IOTimeout(f"{self._path}: an earlier write at {op.offset_b} is still in "
+                              "flight; not issuing a newer one over it")
+                    if i in blocked else self.submit([op], max(0.0, deadline - time.monotonic()))[0]
+                    for i, op in enumerate(ops)]
         buffers = [self._take_buffer(self._length(op)) for op in ops]
         for op, buffer in zip(ops, buffers, strict=True):
             if isinstance(op, WriteOp):
@@ -147,6 +157,19 @@ class DirectDevice:
             self._fd = -1
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _wait_for_abandoned_writes(self, ops: Sequence[IOOp], deadline: float) -> set[int]:
+        """Indices of writes in ops still overlapping an abandoned write at the deadline."""
+        blocked = set()
+        for index, op in enumerate(ops):
+            if not isinstance(op, WriteOp):
+                continue
+            earlier = self._aio.abandoned_writes(self._fd, op.offset_b, len(op.data))
+            if earlier:
+                self._aio.wait(earlier, deadline)
+                if not all(c.done for c in earlier):
+                    blocked.add(index)
+        return blocked
 
     @staticmethod
     def _length(op: IOOp) -> int:

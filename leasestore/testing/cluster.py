@@ -124,7 +124,7 @@ class DeltaCluster:
         observer = SimObserver(table, self.world, task_ref)
         host.observer = observer
         host.task = self.world.spawn(host.host_name, host_lease_loop(params, observer),
-                                     host.clock_offset_s)
+                                     host.clock_offset_s, host.machine)
         task_ref.append(host.task)
 
     def running(self, host: SimHost) -> bool:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from leasestore.delta import DeltaParams, HostLeaseObserver, RenewOutcome, host_lease_loop
 from leasestore.effects import Algorithm, Sleep
 from leasestore.errors import LeasestoreError
-from leasestore.liveness import HostTable
+from leasestore.liveness import HostTable, OwnerView
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader
-from leasestore.paxos import HeldLease, OwnerView, PaxosParams, acquire, release
+from leasestore.paxos import HeldLease, PaxosParams, acquire, release
 from leasestore.testing.cluster import Violation
 from leasestore.testing.scheduler import Faults, SimTask, SimWorld
 from leasestore.testing.simdisk import SimDisk
@@ -130,18 +130,12 @@ class PaxosCluster:
     # -- host tasks ----------------------------------------------------------------------------
 
     def _owner_view(self, host: PaxosHost, owner: int) -> OwnerView | None:
-        if host.table is None or host.table.observations == 0:
-            return None
-        index = owner - 1
-        status = host.table.status(0.0, owner)[0]
-        last_live = float(host.table.last_live_s[index])
-        changed = (last_live == float(host.table.last_check_s[index])
-                   and last_live != float(host.table.first_check_s[index]))
-        return OwnerView(status.generation, status.timestamp, last_live, changed)
+        return None if host.table is None else host.table.owner_view(owner)
 
     def start(self, host: PaxosHost, new_name: bool = False) -> None:
         if self._alive(host) and host.delta_task is not None and not host.delta_task.done:
             return
+        self._crash(host)  # whatever is left of the previous incarnation goes with it
         host.incarnation += 1 if new_name else 0
         host.epoch += 1
         host.joined, host.holding = False, None
@@ -168,10 +162,12 @@ class PaxosCluster:
             def released(self) -> None:
                 host.joined = False
 
+        machine = f"m{host.index}"
         host.delta_task = self.world.spawn(host.name, host_lease_loop(params, Observer()),
-                                           host.clock_offset_s)
+                                           host.clock_offset_s, machine)
         host.worker_task = self.world.spawn(host.name + "-worker",
-                                            self._worker(host, incarnation), host.clock_offset_s)
+                                            self._worker(host, incarnation), host.clock_offset_s,
+                                            machine)
 
     def _kill_worker(self, host: PaxosHost) -> None:
         if host.worker_task is not None and host.worker_task.alive:

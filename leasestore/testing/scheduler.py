@@ -53,6 +53,8 @@ class SimTask:
     cancel_requested: bool = False
     sleeping_token: int | None = None
     token: int = 0
+    host: str = ""
+    """The machine the task runs on: its timed-out writes still order its later ones."""
 
 
 @dataclass(order=True)
@@ -74,6 +76,8 @@ class SimWorld:
         self._events: list[_Event] = []
         self._seq = 0
         self.tasks: list[SimTask] = []
+        self._late_writes: list[tuple[str, str, int, int, float]] = []
+        """(host, disk, start, end, lands_at) of writes reported timed out but not landed."""
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -87,8 +91,9 @@ class SimWorld:
     def clock(self, task: SimTask) -> float:
         return self.now + task.clock_offset_s
 
-    def spawn(self, name: str, algorithm: Algorithm[Any], clock_offset_s: float) -> SimTask:
-        task = SimTask(name, algorithm, clock_offset_s)
+    def spawn(self, name: str, algorithm: Algorithm[Any], clock_offset_s: float,
+              host: str = "") -> SimTask:
+        task = SimTask(name, algorithm, clock_offset_s, host=host or name)
         self.tasks.append(task)
         self.at(self.now, lambda: self._step(task, task.token, None, None))
         return task
@@ -165,7 +170,7 @@ class SimWorld:
         elif isinstance(effect, Batch):
             self._batch(task, token, effect)
         elif isinstance(effect, Read | Write):
-            done_at, outcome = self._io(effect)
+            done_at, outcome = self._io(effect, task)
 
             def finish() -> None:
                 result = outcome()
@@ -179,7 +184,7 @@ class SimWorld:
             raise TypeError(f"unknown effect {effect!r}")
 
     def _batch(self, task: SimTask, token: int, batch: Batch) -> None:
-        planned = [self._io(effect) for effect in batch.effects]
+        planned = [self._io(effect, task) for effect in batch.effects]
         results: list[Any] = [None] * len(planned)
         remaining = [len(planned)]
 
@@ -197,9 +202,24 @@ class SimWorld:
     def _latency(self) -> float:
         return self.rng.uniform(self.faults.min_latency_s, self.faults.max_latency_s)
 
-    def _io(self, effect: Read | Write) -> tuple[float, Callable[[], Any]]:
+    def _earlier_write_lands_at(self, task: SimTask, disk: str, write: Write) -> float:
+        """When the last of this host's timed-out writes overlapping `write` lands (or 0)."""
+        self._late_writes = [w for w in self._late_writes if w[4] > self.now]
+        end = write.offset_b + len(write.data)
+        return max((w[4] for w in self._late_writes
+                    if w[0] == task.host and w[1] == disk and w[2] < end and write.offset_b < w[3]),
+                   default=0.0)
+
+    def _io(self, effect: Read | Write, task: SimTask) -> tuple[float, Callable[[], Any]]:
         """When the task hears back, and a thunk giving what it hears (evaluated then)."""
         disk = self.disks[effect.device]
+        start = self.now
+        if isinstance(effect, Write):
+            earlier = self._earlier_write_lands_at(task, disk.name, effect)
+            if earlier > self.now + effect.timeout_s:
+                blocked: StorageError = IOTimeout("an earlier write is still in flight")
+                return self.now + effect.timeout_s, lambda: blocked
+            start = max(self.now, earlier)
         roll = self.rng.random()
         if roll < self.faults.io_error:
             self.count("io_error")
@@ -213,7 +233,10 @@ class SimWorld:
         if slow:
             self.count("slow_io")
         if isinstance(effect, Write):
-            self._schedule_landing(disk, effect, latency)
+            lands_at = self._schedule_landing(disk, effect, start, latency)
+            if slow:
+                self._late_writes.append((task.host, disk.name, effect.offset_b,
+                                          effect.offset_b + len(effect.data), lands_at))
         if slow:
             timeout: StorageError = IOTimeout(
                 f"simulated timeout on {disk.name} at {effect.offset_b}"
@@ -221,18 +244,24 @@ class SimWorld:
             return self.now + effect.timeout_s, lambda: timeout
         if isinstance(effect, Read):
             offset, length = effect.offset_b, effect.length_b
-            return self.now + latency, lambda: disk.read(offset, length)
-        return self.now + latency, lambda: None
+            return start + latency, lambda: disk.read(offset, length)
+        return start + latency, lambda: None
 
-    def _schedule_landing(self, disk: SimDisk, write: Write, latency: float) -> None:
+    def _schedule_landing(self, disk: SimDisk, write: Write, start: float,
+                          latency: float) -> float:
+        """Schedule the write's sectors to land within [start, start + latency]; returns when
+        the last one lands."""
         ss = disk.sector_size
         sectors = len(write.data) // ss
         if sectors > 1 and self.rng.random() < self.faults.torn_write:
             self.count("torn_write")
+            last = start
             for i in range(sectors):
                 chunk = write.data[i * ss:(i + 1) * ss]
-                when = self.now + self.rng.uniform(0, latency)
+                when = start + self.rng.uniform(0, latency)
+                last = max(last, when)
                 self.at(when, lambda o=write.offset_b + i * ss, c=chunk: disk.land(o, c))  # type: ignore[misc]
-            return
-        when = self.now + self.rng.uniform(0, latency)
+            return last
+        when = start + self.rng.uniform(0, latency)
         self.at(when, lambda: disk.land(write.offset_b, write.data))
+        return when

@@ -1,0 +1,143 @@
+"""Resource leases this host holds, on top of its lockspaces.
+
+Each acquire or release runs the Disk Paxos algorithm through a real driver. Devices are opened
+once per path and shared (their AIO context serialises waits). A lease can be acquired only in a
+lockspace whose host lease is HELD, with the lockspace's current host generation; the takeover
+rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
+Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to
+processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from leasestore.delta import PROBE_SIZE_B
+from leasestore.errors import (
+    CorruptRecord,
+    LeaseAlreadyHeld,
+    LeaseNotHeld,
+    LockspaceNotJoined,
+)
+from leasestore.lockspace import Lockspace, LockspaceState
+from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.leader import LeaderMagic, decode_leader
+from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.specs import escape_path
+from leasestore.storage.direct import DirectDevice
+from leasestore.storage.driver import Driver
+
+ResourceKey = tuple[str, str, str, int]
+RES_DEVICE = "resource"
+LS_DEVICE = "lockspace"
+
+
+@dataclass
+class HeldResource:
+    key: ResourceKey
+    lease: HeldLease
+    params: PaxosParams
+    pid: int
+
+    @property
+    def state(self) -> str:
+        """sanlock's state string: LOCKSPACE:RESOURCE:PATH:OFFSET:LVER (or :SH)."""
+        lockspace, resource, path, offset = self.key
+        suffix = "SH" if self.lease.shared else str(self.lease.lver)
+        return f"{lockspace}:{resource}:{escape_path(path)}:{offset}:{suffix}"
+
+    def to_json(self) -> dict[str, object]:
+        lockspace, resource, path, offset = self.key
+        return {"lockspace": lockspace, "resource": resource, "path": path, "offset": offset,
+                "lver": self.lease.lver, "shared": self.lease.shared, "pid": self.pid,
+                "state": self.state}
+
+
+class ResourceService:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._devices: dict[str, DirectDevice] = {}
+        self._geometries: dict[tuple[str, int], Geometry] = {}
+        self.held: dict[ResourceKey, HeldResource] = {}
+        self._busy: set[ResourceKey] = set()
+
+    def _device(self, path: str) -> DirectDevice:
+        with self._lock:
+            device = self._devices.get(path)
+            if device is None:
+                device = self._devices[path] = DirectDevice(path)
+            return device
+
+    def _geometry(self, path: str, offset_b: int, io_timeout_s: float) -> Geometry:
+        cached = self._geometries.get((path, offset_b))
+        if cached is not None:
+            return cached
+        raw = self._device(path).read(offset_b, PROBE_SIZE_B, io_timeout_s)
+        try:
+            leader = decode_leader(raw, (LeaderMagic.PAXOS,))
+            geometry = leader.geometry()
+        except CorruptRecord as exc:
+            raise exc.at(offset_b) from None
+        self._geometries[(path, offset_b)] = geometry
+        return geometry
+
+    def _params(self, lockspace: Lockspace, key: ResourceKey) -> PaxosParams:
+        name, resource, path, offset_b = key
+        timeouts = lockspace.timeouts
+        table = lockspace.table
+        if table is None:
+            raise LockspaceNotJoined(f"lockspace {name!r} has no host table yet")
+        return PaxosParams(
+            RES_DEVICE, offset_b, self._geometry(path, offset_b, timeouts.io_timeout_s), name,
+            resource, lockspace.spec.host_id, lockspace.generation, timeouts, LS_DEVICE,
+            lockspace.spec.offset_b, table.geometry, host_info=lockspace.owner_view,
+        )
+
+    def _driver(self, lockspace: Lockspace, path: str) -> Driver:
+        devices = {RES_DEVICE: self._device(path), LS_DEVICE: self._device(lockspace.spec.path)}
+        return Driver(devices)
+
+    def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
+                lver: int | None = None) -> HeldResource:
+        if lockspace.state != LockspaceState.HELD:
+            raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
+        with self._lock:
+            if key in self.held or key in self._busy:
+                raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired) "
+                                       "on this host")
+            self._busy.add(key)
+        try:
+            params = self._params(lockspace, key)
+            lease = self._driver(lockspace, key[2]).run(acquire(params, shared=shared, lver=lver))
+            held = HeldResource(key, lease, params, pid)
+            with self._lock:
+                self.held[key] = held
+            return held
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+
+    def release(self, lockspace: Lockspace, key: ResourceKey) -> None:
+        with self._lock:
+            held = self.held.pop(key, None)
+        if held is None:
+            raise LeaseNotHeld(f"lease {key[1]!r} is not held on this host")
+        self._driver(lockspace, key[2]).run(release(held.params, held.lease))
+
+    def drop(self, key: ResourceKey) -> HeldResource | None:
+        """Forget a lease without I/O (its lockspace failed: the disk is not ours to touch)."""
+        with self._lock:
+            return self.held.pop(key, None)
+
+    def in_lockspace(self, name: str) -> list[HeldResource]:
+        with self._lock:
+            return [h for h in self.held.values() if h.key[0] == name]
+
+    def close(self) -> None:
+        with self._lock:
+            devices = list(self._devices.values())
+            self._devices.clear()
+        for device in devices:
+            device.close()
+
