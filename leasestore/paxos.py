@@ -459,6 +459,8 @@ def _shared_holder_alive(p: PaxosParams, host_id: int, generation: int) -> Algor
     view = p.host_info(host_id)
     if view is None or view.generation != delta.owner_generation:
         return True
+    if delta.timestamp != view.timestamp:
+        return True  # it renewed since our table last looked: alive, whatever the table says
     now_s: float = yield Now()
     return now_s - view.last_live_s <= p.timeouts.for_other(delta.io_timeout).host_dead_s
 
