@@ -15,6 +15,7 @@ import socket
 from typing import Any
 
 from leasestore.daemon import wire
+from leasestore.direct import read_paxos_leader
 from leasestore.errors import LeasestoreError, ProtocolError
 
 HOST_UNKNOWN = 1
@@ -24,6 +25,8 @@ HOST_FAIL = 4
 HOST_DEAD = 5
 LSFLAG_ADD = 1
 LSFLAG_REM = 2
+RES_LVER = 0x1
+RES_SHARED = 0x4
 
 SanlockException = LeasestoreError
 _seq = itertools.count(1)
@@ -110,3 +113,85 @@ def renewal_history(lockspace: str | bytes) -> list[dict[str, Any]]:
 def status() -> dict[str, Any]:
     result: dict[str, Any] = call(wire.Status())
     return result
+
+
+# --- registration and resource leases ---------------------------------------------------------
+
+_registrations: dict[int, Connection] = {}
+_own: dict[str, int] = {}
+"""This process's implicit registration with each daemon (by run dir)."""
+
+
+def register() -> int:
+    """Register this process; returns the connection's fd. Leases acquired on it are released
+    when it closes, which happens at the latest when the process exits."""
+    conn = Connection()
+    conn.call(wire.Register())
+    conn.sock.set_inheritable(False)
+    fd = conn.sock.fileno()
+    _registrations[fd] = conn
+    return fd
+
+
+def _own_fd() -> int:
+    directory = run_dir()
+    if _own.get(directory) not in _registrations:
+        _own[directory] = register()
+    return _own[directory]
+
+
+def _call_for(command: wire.Command, slkfd: int | None, pid: int | None) -> Any:
+    if pid is not None and pid > 0 and (slkfd is None or slkfd < 0):
+        return call(command)
+    fd = slkfd if slkfd is not None and slkfd >= 0 else _own_fd()
+    conn = _registrations.get(fd)
+    if conn is None:
+        raise LeasestoreError(f"fd {fd} is not a registration made by register()")
+    return conn.call(command)
+
+
+def _one_disk(disks: list[tuple[str | bytes, int]]) -> tuple[str, int]:
+    if len(disks) != 1:
+        raise LeasestoreError("leasestore leases live on exactly one disk")
+    path, offset = disks[0]
+    return _text(path), offset
+
+
+def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            slkfd: int | None = None, pid: int | None = None, shared: bool = False,
+            version: int | None = None) -> dict[str, Any]:
+    """Acquire a resource lease for this process (or `slkfd`'s, or, as root, `pid`'s).
+    `version`: the lease must be at exactly that lver now (a migration's fencing check)."""
+    path, offset = _one_disk(disks)
+    command = wire.Acquire(_text(lockspace), _text(resource), path, offset, pid or 0, shared,
+                           -1 if version is None else version)
+    result: dict[str, Any] = _call_for(command, slkfd, pid)
+    return result
+
+
+def release(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            slkfd: int | None = None, pid: int | None = None) -> None:
+    path, offset = _one_disk(disks)
+    _call_for(wire.Release(_text(lockspace), _text(resource), path, offset, pid or 0),
+              slkfd, pid)
+
+
+def inquire(slkfd: int | None = None, pid: int | None = None) -> list[dict[str, Any]]:
+    """The leases held, in the sanlock binding's form (lockspace, resource, flags, version,
+    disks) plus the state string."""
+    held: list[dict[str, Any]] = _call_for(wire.Inquire(pid or 0), slkfd, pid)
+    return [
+        {"lockspace": h["lockspace"].encode(), "resource": h["resource"].encode(),
+         "flags": RES_SHARED if h["shared"] else RES_LVER, "version": h["lver"],
+         "disks": [(h["path"], h["offset"])], "state": h["state"]}
+        for h in held
+    ]
+
+
+def read_resource(path: str | bytes, offset: int = 0, align: int = 1 << 20,
+                  sector: int = 512) -> dict[str, Any]:
+    """Read a resource's leader directly from storage: {lockspace, resource, version}."""
+    del align, sector  # the leader says what they are
+    leader = read_paxos_leader(_text(path), offset)
+    return {"lockspace": leader.space_name.encode(), "resource": leader.resource_name.encode(),
+            "version": leader.lver}

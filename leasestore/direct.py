@@ -32,6 +32,7 @@ from leasestore.ondisk.bulk import scan_dblocks
 from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import (
+    Leader,
     LeaderMagic,
     decode_leader,
     encode_delta_sector,
@@ -326,3 +327,13 @@ def dump(path: str, offset_b: int = 0, length_b: int | None = None) -> list[Dump
         length = device.size_b - offset_b if length_b is None else length_b
         return list(scan_range(device, offset_b, length))
 
+
+
+def read_paxos_leader(path: str, offset_b: int = 0) -> Leader:
+    """The verified paxos leader of the resource area at offset_b."""
+    with DirectDevice(path, readonly=True) as device:
+        raw = device.read(offset_b, device.sector_size, WRITE_INIT_IO_TIMEOUT_S)
+    try:
+        return decode_leader(raw, (LeaderMagic.PAXOS,))
+    except CorruptRecord as exc:
+        raise exc.at(offset_b) from None

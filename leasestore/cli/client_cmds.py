@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from leasestore import client
 from leasestore.daemon import wire
-from leasestore.specs import LockspaceSpec
+from leasestore.errors import UsageError
+from leasestore.specs import LockspaceSpec, ResourceSpec
 
 
 def register(sub: Any) -> None:
@@ -38,6 +40,28 @@ def register(sub: Any) -> None:
     inq.add_argument("--wait", action="store_true")
     action("host_status", "every host's liveness as this host sees it")
     action("renewal", "this host's renewal history")
+
+    def resource_action(name: str, helptext: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=run_resource, action=name)
+        return p
+
+    for name, helptext in (("acquire", "acquire a lease for a registered pid (root)"),
+                           ("release", "release a registered pid's lease (root)")):
+        p = resource_action(name, helptext)
+        p.add_argument("-r", dest="resources", action="append", required=True,
+                       metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
+        p.add_argument("-p", dest="pid", type=int, required=True)
+        p.add_argument("--shared", action="store_true")
+    inq = resource_action("inquire", "the leases a registered pid holds")
+    inq.add_argument("-p", dest="pid", type=int, required=True)
+    cmd = resource_action("command", "register, acquire the leases, then exec a command "
+                                     "that holds them for its lifetime")
+    cmd.add_argument("-r", dest="resources", action="append", required=True,
+                     metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
+    cmd.add_argument("-c", dest="argv", nargs=argparse.REMAINDER, required=True,
+                     metavar="PATH ARGS")
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -98,3 +122,52 @@ def run_client(args: argparse.Namespace) -> int:
                                           None: "in progress"}[joined])
         return 0 if joined else 1
     return 0
+
+
+def _resources(texts: list[str]) -> list[ResourceSpec]:
+    specs = [ResourceSpec.parse(text) for text in texts]
+    if any(len(spec.disks) != 1 for spec in specs):
+        raise UsageError("leasestore leases live on exactly one disk")
+    return specs
+
+
+def _acquire_each(specs: list[ResourceSpec], slkfd: int | None, pid: int | None,
+                  shared: bool) -> list[dict[str, Any]]:
+    return [
+        client.acquire(spec.lockspace, spec.name, list(spec.disks), slkfd=slkfd, pid=pid,
+                       shared=shared or spec.shared, version=spec.lver)
+        for spec in specs
+    ]
+
+
+def run_resource(args: argparse.Namespace) -> int:
+    if args.run_dir:
+        os.environ[wire.RUN_DIR_ENV] = args.run_dir
+    if args.action == "inquire":
+        held = client.inquire(pid=args.pid)
+        _print(args, [{**h, "lockspace": h["lockspace"].decode(),
+                       "resource": h["resource"].decode()} for h in held],
+               "\n".join(h["state"] for h in held))
+        return 0
+    specs = _resources(args.resources)
+    if args.action == "acquire":
+        held = _acquire_each(specs, None, args.pid, args.shared)
+        _print(args, held, "\n".join(h["state"] for h in held))
+    elif args.action == "release":
+        for spec in specs:
+            client.release(spec.lockspace, spec.name, list(spec.disks), pid=args.pid)
+        _print(args, {"ok": True}, "released")
+    else:
+        return _command(args, specs)
+    return 0
+
+
+def _command(args: argparse.Namespace, specs: list[ResourceSpec]) -> int:
+    """Like sanlock's `client command`: the exec'd program inherits the registration."""
+    if not args.argv:
+        raise UsageError("command needs -c PATH [ARGS...]")
+    fd = client.register()
+    _acquire_each(specs, fd, None, False)
+    os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    os.execvp(args.argv[0], args.argv)

@@ -12,13 +12,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import socket
 import stat
 import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from leasestore import __version__
@@ -26,14 +27,18 @@ from leasestore.daemon import wire
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.watchdog import Watchdog, open_watchdog
 from leasestore.errors import (
+    LeaseNotHeld,
     LeasestoreError,
+    LockspaceBusy,
     LockspaceExists,
     LockspaceNotJoined,
+    NotRegistered,
     PermissionDenied,
     ProtocolError,
     UsageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
+from leasestore.resource import HeldResource, ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.timeouts import Timeouts
 
@@ -55,6 +60,19 @@ class Peer:
         raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
         return cls(pid, uid, gid)
+
+
+@dataclass
+class Session:
+    """One client connection. Once registered it is the process's lease context: its leases
+    are released when the connection closes (the process exited or gave up)."""
+
+    peer: Peer
+    registered: bool = False
+    closed: bool = False
+    leases: dict[ResourceKey, HeldResource] = field(default_factory=dict)
+    kill_started_s: float | None = None
+    last_signal_s: float = 0.0
 
 
 def notify_systemd(message: str) -> None:
@@ -81,7 +99,9 @@ class Daemon:
         self._connections = 0
         self.started_s = time.monotonic()
         self.watchdog: Watchdog = open_watchdog(config.watchdog, config.watchdog_fire_timeout)
-        self._handlers: dict[type[wire.Command], Callable[[Any, Peer], Any]] = {
+        self.resources = ResourceService()
+        self._registered: dict[int, Session] = {}
+        self._handlers: dict[type[wire.Command], Callable[[Any, Session], Any]] = {
             wire.AddLockspace: self._add_lockspace,
             wire.RemLockspace: self._rem_lockspace,
             wire.InqLockspace: self._inq_lockspace,
@@ -89,7 +109,11 @@ class Daemon:
             wire.GetHosts: self._get_hosts,
             wire.Renewal: self._renewal,
             wire.Status: self._status,
-            wire.Version: lambda cmd, peer: {"version": __version__,
+            wire.Register: self._register,
+            wire.Acquire: self._acquire,
+            wire.Release: self._release,
+            wire.Inquire: self._inquire,
+            wire.Version: lambda cmd, session: {"version": __version__,
                                              "protocol": wire.PROTOCOL_VERSION},
         }
         self._listener: socket.socket | None = None
@@ -152,16 +176,23 @@ class Daemon:
         notify_systemd("STOPPING=1")
         with self._lock:
             lockspaces = list(self.lockspaces.values())
+        stuck = self._kill_all_holders()
         for lockspace in lockspaces:
+            if lockspace.name in stuck:
+                log.error("lockspace %s keeps its host lease: holders did not exit",
+                          lockspace.name)
+                continue
             lockspace.stop(wait=False)
         for lockspace in lockspaces:
-            lockspace.stop(wait=True, timeout_s=lockspace.timeouts.io_timeout_s * 4)
-        healthy = all(not ls.is_running() for ls in lockspaces)
+            if lockspace.name not in stuck:
+                lockspace.stop(wait=True, timeout_s=lockspace.timeouts.io_timeout_s * 4)
+        healthy = not stuck and all(not ls.is_running() for ls in lockspaces)
         self.watchdog.close(clean=healthy)
         if self._listener is not None:
             self._listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
+        self.resources.close()
         if self._pid_file is not None:
             os.close(self._pid_file)
         log.info("leasestore daemon stopped")
@@ -179,7 +210,8 @@ class Daemon:
                 state = lockspace.check_expiry(now_s)
                 if state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
                     healthy = healthy and now_s < lockspace.valid_until_s
-                # FAILED lockspaces hold no processes to protect yet; they do not stop petting.
+                elif state == LockspaceState.FAILED and self._supervise(lockspace, now_s):
+                    healthy = False  # holders still run: let the watchdog reset the host
             if healthy:
                 self.watchdog.pet()
 
@@ -195,9 +227,10 @@ class Daemon:
         threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
     def _serve_connection(self, conn: socket.socket) -> None:
+        session: Session | None = None
         try:
             conn.settimeout(None)
-            peer = Peer.of(conn)
+            session = Session(Peer.of(conn))
             reader = conn.makefile("rb")
             while not self._shutdown.is_set():
                 line = reader.readline(wire.MAX_MESSAGE_B + 1)
@@ -206,20 +239,22 @@ class Daemon:
                 if len(line) > wire.MAX_MESSAGE_B or not line.endswith(b"\n"):
                     conn.sendall(wire.encode_error(0, ProtocolError("message too long")))
                     return
-                conn.sendall(self._respond(line, peer))
+                conn.sendall(self._respond(line, session))
         except OSError:
             return
         finally:
             conn.close()
+            if session is not None:
+                self._end_session(session)
             with self._lock:
                 self._connections -= 1
 
-    def _respond(self, line: bytes, peer: Peer) -> bytes:
+    def _respond(self, line: bytes, session: Session) -> bytes:
         seq = 0
         try:
             seq, name, args = wire.parse_envelope(line)
             command = wire.command_from(name, args)
-            result = self._handlers[type(command)](command, peer)
+            result = self._handlers[type(command)](command, session)
             return wire.encode_result(seq, result)
         except LeasestoreError as exc:
             return wire.encode_error(seq, exc)
@@ -227,13 +262,14 @@ class Daemon:
             log.exception("internal error handling a request")
             return wire.encode_error(seq, LeasestoreError(f"internal error: {exc}"))
 
-    def _require_admin(self, peer: Peer) -> None:
+    def _require_admin(self, peer: Peer, what: str = "change lockspaces") -> None:
         if peer.uid not in (0, os.geteuid()):
-            raise PermissionDenied(f"uid {peer.uid} may not change lockspaces")
+            raise PermissionDenied(f"uid {peer.uid} may not {what}")
 
     # -- lockspace commands --------------------------------------------------------------------
 
-    def _add_lockspace(self, cmd: wire.AddLockspace, peer: Peer) -> None:
+    def _add_lockspace(self, cmd: wire.AddLockspace, session: Session) -> None:
+        peer = session.peer
         self._require_admin(peer)
         spec = LockspaceSpec(cmd.lockspace, cmd.host_id, cmd.path, cmd.offset)
         timeouts = Timeouts(cmd.io_timeout or self.config.io_timeout,
@@ -268,9 +304,13 @@ class Daemon:
             raise UsageError(f"lockspace {cmd.lockspace!r} was added as {spec}")
         return lockspace
 
-    def _rem_lockspace(self, cmd: wire.RemLockspace, peer: Peer) -> None:
+    def _rem_lockspace(self, cmd: wire.RemLockspace, session: Session) -> None:
+        peer = session.peer
         self._require_admin(peer)
         lockspace = self._find(cmd)
+        if self.resources.in_lockspace(lockspace.name):
+            raise LockspaceBusy(f"lockspace {lockspace.name!r} has resource leases held; "
+                                "release them first")
         log.info("rem_lockspace %s (pid %d uid %d)", lockspace.spec, peer.pid, peer.uid)
         with self._lock:
             self._removing.add(lockspace.name)
@@ -286,7 +326,7 @@ class Daemon:
         else:
             threading.Thread(target=remove, daemon=True).start()
 
-    def _inq_lockspace(self, cmd: wire.InqLockspace, peer: Peer) -> bool | None:
+    def _inq_lockspace(self, cmd: wire.InqLockspace, session: Session) -> bool | None:
         try:
             lockspace = self._find(cmd)
         except LockspaceNotJoined:
@@ -316,7 +356,7 @@ class Daemon:
             "error": str(lockspace.error) if lockspace.error else None,
         }
 
-    def _get_lockspaces(self, cmd: wire.GetLockspaces, peer: Peer) -> list[dict[str, Any]]:
+    def _get_lockspaces(self, cmd: wire.GetLockspaces, session: Session) -> list[dict[str, Any]]:
         with self._lock:
             lockspaces = list(self.lockspaces.values())
         return [self._lockspace_info(ls) for ls in lockspaces]
@@ -328,7 +368,7 @@ class Daemon:
             raise LockspaceNotJoined(f"lockspace {name!r} is not added")
         return lockspace
 
-    def _get_hosts(self, cmd: wire.GetHosts, peer: Peer) -> list[dict[str, object]]:
+    def _get_hosts(self, cmd: wire.GetHosts, session: Session) -> list[dict[str, object]]:
         lockspace = self._named(cmd.lockspace)
         if cmd.host_id and not 1 <= cmd.host_id <= 2000:
             raise UsageError(f"host_id {cmd.host_id} out of range")
@@ -339,15 +379,143 @@ class Daemon:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    def _renewal(self, cmd: wire.Renewal, peer: Peer) -> list[dict[str, object]]:
+    def _renewal(self, cmd: wire.Renewal, session: Session) -> list[dict[str, object]]:
         return [r.to_json() for r in self._named(cmd.lockspace).history()]
 
-    def _status(self, cmd: wire.Status, peer: Peer) -> dict[str, Any]:
-        lockspaces = self._get_lockspaces(wire.GetLockspaces(), peer)
+    def _status(self, cmd: wire.Status, session: Session) -> dict[str, Any]:
+        lockspaces = self._get_lockspaces(wire.GetLockspaces(), session)
         return {
             "pid": os.getpid(), "version": __version__, "host_name": self.config.host_name,
             "run_dir": self.config.run_dir, "watchdog": self.watchdog.describe(),
             "watchdog_pets": self.watchdog.pets,
             "uptime_s": round(time.monotonic() - self.started_s, 3),
             "connections": self._connections, "lockspaces": lockspaces,
+            "leases": [h.to_json() for h in self.resources.held.values()],
         }
+
+    # -- registration and resource leases ----------------------------------------------------
+
+    def _register(self, cmd: wire.Register, session: Session) -> dict[str, int]:
+        pid = session.peer.pid
+        with self._lock:
+            if session.registered:
+                return {"pid": pid}
+            previous = self._registered.get(pid)
+            if previous is not None and not previous.closed:
+                raise UsageError(f"pid {pid} is already registered on another connection")
+            session.registered = True
+            self._registered[pid] = session
+        log.info("registered pid %d (uid %d)", pid, session.peer.uid)
+        return {"pid": pid}
+
+    def _target(self, session: Session, pid: int) -> Session:
+        """The registration a command acts for: the caller's own, or (root only) another pid's."""
+        if pid in (0, session.peer.pid):
+            if not session.registered:
+                raise NotRegistered(f"pid {session.peer.pid} is not registered on this "
+                                    "connection (call register first)")
+            return session
+        self._require_admin(session.peer, f"act for pid {pid}")
+        with self._lock:
+            target = self._registered.get(pid)
+        if target is None or target.closed:
+            raise NotRegistered(f"pid {pid} is not registered")
+        return target
+
+    def _acquire(self, cmd: wire.Acquire, session: Session) -> dict[str, object]:
+        target = self._target(session, cmd.pid)
+        lockspace = self._named(cmd.lockspace)
+        key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        held = self.resources.acquire(lockspace, key, target.peer.pid, shared=cmd.shared,
+                                      lver=None if cmd.lver < 0 else cmd.lver)
+        with self._lock:
+            gone = target.closed
+            if not gone:
+                target.leases[key] = held
+        if gone:  # the holder exited while we acquired for it
+            self._release_quietly(key)
+            raise NotRegistered(f"pid {target.peer.pid} exited during the acquire")
+        log.info("pid %d acquired %s", target.peer.pid, held.state)
+        return held.to_json()
+
+    def _release(self, cmd: wire.Release, session: Session) -> None:
+        target = self._target(session, cmd.pid)
+        key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        with self._lock:
+            held = target.leases.pop(key, None)
+        if held is None:
+            raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
+        self.resources.release(self._named(cmd.lockspace), key)
+        log.info("pid %d released %s", target.peer.pid, held.state)
+
+    def _inquire(self, cmd: wire.Inquire, session: Session) -> list[dict[str, object]]:
+        target = self._target(session, cmd.pid)
+        with self._lock:
+            return [h.to_json() for h in target.leases.values()]
+
+    def _release_quietly(self, key: ResourceKey) -> None:
+        """Release after the holder is gone. In a lockspace that is not held any more the disk
+        is not ours to write: the lease is only forgotten (others take it after host_dead)."""
+        with self._lock:
+            lockspace = self.lockspaces.get(key[0])
+        if lockspace is None or lockspace.state not in (LockspaceState.HELD,
+                                                        LockspaceState.RENEWAL_FAILING):
+            self.resources.drop(key)
+            return
+        try:
+            self.resources.release(lockspace, key)
+        except LeasestoreError as exc:
+            log.warning("release of %s after its holder left failed: %s", key[1], exc)
+
+    def _end_session(self, session: Session) -> None:
+        with self._lock:
+            session.closed = True
+            if self._registered.get(session.peer.pid) is session:
+                del self._registered[session.peer.pid]
+            leases = list(session.leases)
+            session.leases.clear()
+        for key in leases:
+            self._release_quietly(key)
+        if leases:
+            log.info("pid %d left; released %d lease(s)", session.peer.pid, len(leases))
+
+    # -- supervision -------------------------------------------------------------------------
+
+    def _kill_all_holders(self, timeout_s: float = 10.0) -> set[str]:
+        """On shutdown: SIGKILL every lease holder and wait for their leases to be released.
+        Returns the lockspaces that still have holders (their host leases must not be
+        released: others would take the resources while the holders still run)."""
+        with self._lock:
+            holders = [s for s in self._registered.values() if s.leases]
+        for session in holders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(session.peer.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(s.leases for s in holders):
+            time.sleep(0.05)
+        with self._lock:
+            return {key[0] for s in holders for key in s.leases}
+
+    def _holders_in(self, name: str) -> list[Session]:
+        with self._lock:
+            return [s for s in self._registered.values()
+                    if any(key[0] == name for key in s.leases)]
+
+    def _supervise(self, lockspace: Lockspace, now_s: float) -> bool:
+        """Stop the holders of a failed lockspace: SIGTERM, then SIGKILL after the grace period
+        (kill_grace_seconds, shortened with small watchdog timeouts), all before host_dead.
+        Returns True while holders remain."""
+        holders = self._holders_in(lockspace.name)
+        grace_s = lockspace.timeouts.kill_grace_s
+        for session in holders:
+            if session.kill_started_s is None:
+                session.kill_started_s = now_s
+                log.error("lockspace %s failed: stopping pid %d", lockspace.name,
+                          session.peer.pid)
+            if now_s - session.last_signal_s < 1.0:
+                continue
+            sig = signal.SIGTERM if now_s - session.kill_started_s < grace_s else signal.SIGKILL
+            session.last_signal_s = now_s
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(session.peer.pid, sig)
+        return bool(holders)

@@ -1,0 +1,146 @@
+"""Resource leases through real daemons on loop devices (one per host over one file).
+
+Shared daemons, tests in order: exclusion between hosts, shared leases, fencing with lver,
+release when the holder exits, and finally host 1's storage failing: its holder is killed before
+host_dead, and host 2 takes the lease no earlier than host_dead, with a larger lver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from leasestore import client
+from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
+from leasestore.errors import AcquireIdLive, AcquireLver, SharedHolders
+from leasestore.timeouts import Timeouts
+
+from .conftest import LoopDevices, make_file
+from .procs import DaemonProc, poll
+
+pytestmark = pytest.mark.slow
+LS = "res-ls"
+T = Timeouts(1, 5)
+MiB = 1 << 20
+VM1, VM2, VM3 = MiB, 2 * MiB, 3 * MiB
+
+
+@dataclass
+class Hosts:
+    devices: list[str]
+    daemons: list[DaemonProc]
+    holders: list[subprocess.Popen[bytes]]
+
+    def hold(self, index: int, resource: str, offset: int, shared: bool = False) -> int:
+        """Start a process on host `index` that holds the lease until killed; returns its pid."""
+        spec = f"{LS}:{resource}:{self.devices[index]}:{offset}" + (":SH" if shared else "")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leasestore.cli.main", "client", "--run-dir",
+             self.daemons[index].run_dir, "command", "-r", spec, "-c", "sleep", "600"])
+        self.holders.append(proc)
+        daemon = self.daemons[index]
+        poll(lambda: proc.poll() is not None or any(
+            h["pid"] == proc.pid for h in daemon.call(client.status)["leases"]),
+            20, what=f"{resource} held")
+        assert proc.poll() is None, "the holder could not acquire"
+        return proc.pid
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
+            pytest.fail("root and losetup are required")
+        pytest.skip("needs root and losetup")
+    base = tmp_path_factory.mktemp("resources")
+    loops = LoopDevices()
+    state = Hosts([], [], [])
+    try:
+        backing = make_file(base / "shared.img", 4 * MiB)
+        state.devices = [loops.attach(backing), loops.attach(backing)]
+        format_lockspace(state.devices[0], LS, 0, io_timeout_s=1)
+        for name, offset in (("vm1", VM1), ("vm2", VM2), ("vm3", VM3)):
+            format_resource(state.devices[0], LS, name, offset)
+        state.daemons = [DaemonProc(base, f"rhost-{c}", 1, 5) for c in "ab"]
+        for index, daemon in enumerate(state.daemons):
+            daemon.call(client.add_lockspace, LS, index + 1, state.devices[index], 0)
+        yield state
+    finally:
+        for proc in state.holders:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for daemon in state.daemons:
+            daemon.stop()
+        loops.detach_all()
+
+
+def test_a_holder_on_host_1_blocks_host_2(hosts: Hosts) -> None:
+    pid = hosts.hold(0, "vm1", VM1)
+    held = hosts.daemons[0].call(client.inquire, pid=pid)
+    assert [h["state"] for h in held] == [f"{LS}:vm1:{hosts.devices[0]}:{VM1}:1"]
+    with pytest.raises(AcquireIdLive, match="held by live host 1"):
+        hosts.daemons[1].call(client.acquire, LS, "vm1", [(hosts.devices[1], VM1)])
+    assert read_paxos_leader(hosts.devices[1], VM1).owner_id == 1
+
+
+def test_shared_beside_shared_but_not_exclusive(hosts: Hosts) -> None:
+    hosts.hold(0, "vm2", VM2, shared=True)
+    with pytest.raises(SharedHolders, match="held shared by live host 1"):
+        hosts.daemons[1].call(client.acquire, LS, "vm2", [(hosts.devices[1], VM2)])
+    assert read_paxos_leader(hosts.devices[1], VM2).timestamp == 0  # the leader was given back
+    hosts.hold(1, "vm2", VM2, shared=True)
+    owners = [r.host_id for r in dump(hosts.devices[0], VM2, MiB)
+              if r.kind == "dblock" and r.extra["mode_flags"] == 1]
+    assert owners == [1, 2]
+
+
+def test_fencing_with_lver_and_release_when_the_holder_exits(hosts: Hosts) -> None:
+    b = hosts.daemons[1]
+    lver = read_paxos_leader(hosts.devices[1], VM3).lver
+    with pytest.raises(AcquireLver):
+        b.call(client.acquire, LS, "vm3", [(hosts.devices[1], VM3)], version=lver + 5)
+    pid = hosts.hold(1, "vm3", VM3)
+    assert read_paxos_leader(hosts.devices[1], VM3).lver == lver + 1
+    os.kill(pid, 9)
+    poll(lambda: read_paxos_leader(hosts.devices[1], VM3).timestamp == 0, 10,
+         what="vm3 released after its holder died")
+
+
+def test_failed_storage_kills_the_holder_before_host_dead_then_host_2_takes_over(
+    hosts: Hosts,
+) -> None:
+    holder = next(p for p in hosts.holders if p.poll() is None and "vm1" in " ".join(
+        map(str, p.args)))  # type: ignore[arg-type]
+    lver_before = read_paxos_leader(hosts.devices[1], VM1).lver
+    subprocess.run(["blockdev", "--setro", hosts.devices[0]], check=True)
+    poll(lambda: holder.poll() is not None, T.host_dead_s + 5, interval_s=0.05,
+         what="holder killed")
+    killed_at = time.monotonic()
+    last_renewal = next(r.timestamp for r in dump(hosts.devices[1], 0, MiB) if r.host_id == 1)
+    # Every process here shares CLOCK_MONOTONIC: the on-disk timestamp is on our clock.
+    assert T.id_renewal_fail_s - 1 <= killed_at - last_renewal < T.host_dead_s
+
+    def take() -> bool:
+        try:
+            hosts.daemons[1].call(client.acquire, LS, "vm1", [(hosts.devices[1], VM1)])
+        except AcquireIdLive:
+            return False
+        return True
+
+    poll(take, T.host_dead_s + 20, interval_s=0.2, what="host 2 takes vm1")
+    taken_at = time.monotonic()
+    assert taken_at - last_renewal >= T.host_dead_s
+    leader = read_paxos_leader(hosts.devices[1], VM1)
+    assert leader.owner_id == 2 and leader.lver > lver_before
+    # This test process holds vm1 now: give it back (a daemon stopping kills lease holders).
+    hosts.daemons[1].call(client.release, LS, "vm1", [(hosts.devices[1], VM1)])
+    assert read_paxos_leader(hosts.devices[1], VM1).timestamp == 0
+    subprocess.run(["blockdev", "--setrw", hosts.devices[0]], check=True)
