@@ -119,6 +119,8 @@ class LeaseRead:
     """The highest lver in any dblock: above leader.lver + 1 means the leader was rolled back."""
     own_lver: int
     """Our own dblock's lver on disk: we never write a lower one (it may record a decision)."""
+    own: Dblock | None
+    """Our own dblock as read."""
     stale_target: int = 0
     """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
     lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
@@ -192,7 +194,14 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     released = (rows["flags"] & DBLOCK_FLAG_RELEASED) != 0
     proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
     stale_target = int(lvers[proof].max()) if proof.any() else 0
-    return LeaseRead(leader, max_mbal, max_lver, own_lver, stale_target)
+    own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
+    return LeaseRead(leader, max_mbal, max_lver, own_lver, own_dblock, stale_target)
+
+
+def _row_dblock(row: np.void) -> Dblock:
+    return Dblock(mbal=int(row["mbal"]), bal=int(row["bal"]), inp=int(row["inp"]),
+                  inp2=int(row["inp2"]), inp3=int(row["inp3"]), lver=int(row["lver"]),
+                  flags=int(row["flags"]))
 
 
 def read_leader(p: PaxosParams) -> Algorithm[Leader]:
@@ -294,9 +303,21 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
     return best, shared
 
 
-def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
-            ) -> Algorithm[tuple[Dblock, list[int]]]:
-    yield from _write_dblock(p, Dblock(mbal=our_mbal, lver=next_lver))
+def _phase1_dblock(own: Dblock | None, lver: int, our_mbal: int) -> Dblock:
+    """Our phase-1 record. Disk Paxos keeps a process's accepted (bal, value) when it starts a
+    new ballot for the same version: erasing it could erase the only proof that the version was
+    decided. (sanlock zeroes it, assuming each ballot is for a fresh version.)"""
+    if own is not None and own.lver == lver and own.bal:
+        return dataclasses.replace(own, mbal=our_mbal)
+    return Dblock(mbal=our_mbal, lver=lver)
+
+
+def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int,
+            own: list[Dblock | None]) -> Algorithm[tuple[Dblock, list[int]]]:
+    """One ballot. `own[0]` tracks our dblock as it stands on disk."""
+    phase1 = _phase1_dblock(own[0], next_lver, our_mbal)
+    yield from _write_dblock(p, phase1)
+    own[0] = phase1
     best, _ = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
     if best is None:
         now_s: float = yield Now()
@@ -306,6 +327,7 @@ def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
     accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=value[0], inp2=value[1], inp3=value[2],
                       lver=next_lver)
     yield from _write_dblock(p, accepted)
+    own[0] = accepted
     _, shared = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
     return accepted, shared
 
@@ -348,6 +370,7 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Lead
         raise DblockLver(f"lease {p.resource!r}: our dblock is at lver {read1.own_lver}, "
                          f"past {next_lver}")
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
+    own: list[Dblock | None] = [read1.own]
     first = True
     while True:
         if not first:
@@ -362,7 +385,7 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Lead
                 raise _Restart
         first = False
         try:
-            accepted, holders = yield from _ballot(p, cur.num_hosts, next_lver, our_mbal)
+            accepted, holders = yield from _ballot(p, cur.num_hosts, next_lver, our_mbal, own)
         except (DblockMbal, DblockLver):
             pause: float = yield Random()
             yield Sleep(pause)
@@ -409,7 +432,7 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     cur = read1.leader
     target = read1.stale_target
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
-    yield from _write_dblock(p, Dblock(mbal=our_mbal, lver=target))
+    yield from _write_dblock(p, _phase1_dblock(read1.own, target, our_mbal))
     best, _ = yield from _phase_read(p, cur.num_hosts, target, our_mbal)
     if best is None:
         raise LeaderStale(f"lease {p.resource!r}: leader at lver {cur.lver} but dblocks reach "
