@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from leasestore import client
-from leasestore.direct import dump, format_lockspace
-from leasestore.errors import HostIdBusy
+from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
+from leasestore.errors import AcquireIdLive, HostIdBusy
 
 from .conftest import LoopDevices, make_file
 from .procs import DaemonProc, SanlockProc, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.sanlock]
 LS = "mixed-ls"
+RES_THEIRS = 1 << 20
+RES_OURS = 2 << 20
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,11 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
     try:
-        backing = make_file(base / "shared.img", 8 << 20)
+        backing = make_file(base / "shared.img", 4 << 20)
         devices = [loops.attach(backing), loops.attach(backing)]
         format_lockspace(devices[0], LS, 0, io_timeout_s=1)
+        format_resource(devices[0], LS, "theirs", RES_THEIRS)
+        format_resource(devices[0], LS, "ours", RES_OURS)
         theirs = SanlockProc(base, "slk-host", sanlock_bin)
         procs.append(theirs)
         ours = DaemonProc(base, "our-host", io_timeout_s=1, watchdog_fire_timeout_s=60)
@@ -64,6 +69,54 @@ def test_sanlock_and_leasestore_see_each_other_live(
     records = {r.host_id: r for r in dump(devices[0], 0, 1 << 20) if r.acquired}
     assert records[1].host_name == "slk-host" and records[2].host_name == "our-host"
     assert records[1].io_timeout == records[2].io_timeout == 1
+
+
+def test_a_lease_held_through_sanlock_is_refused_to_leasestore(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    theirs, ours, devices = mixed
+    holder = subprocess.Popen(
+        [theirs.bin, "client", "command", "-r", f"{LS}:theirs:{devices[0]}:{RES_THEIRS}",
+         "-c", "/bin/sleep", "600"], env=theirs.env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: read_paxos_leader(devices[1], RES_THEIRS).timestamp != 0, 20,
+             what="sanlock holds the lease")
+        leader = read_paxos_leader(devices[1], RES_THEIRS)
+        assert (leader.owner_id, leader.lver) == (1, 1)
+        with pytest.raises(AcquireIdLive, match="held by live host 1"):
+            ours.call(client.acquire, LS, "theirs", [(devices[1], RES_THEIRS)])
+        assert read_paxos_leader(devices[1], RES_THEIRS).owner_id == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    poll(lambda: read_paxos_leader(devices[1], RES_THEIRS).timestamp == 0, 20,
+         what="sanlock released after its holder died")
+    # Free again: leasestore takes it at the next version, then gives it back.
+    held = ours.call(client.acquire, LS, "theirs", [(devices[1], RES_THEIRS)])
+    assert held["lver"] == 2
+    ours.call(client.release, LS, "theirs", [(devices[1], RES_THEIRS)])
+
+
+def test_a_lease_held_through_leasestore_is_refused_to_sanlock(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    theirs, ours, devices = mixed
+    held = ours.call(client.acquire, LS, "ours", [(devices[1], RES_OURS)])
+    try:
+        assert held["lver"] == 1
+        refused = theirs.client("command", "-r", f"{LS}:ours:{devices[0]}:{RES_OURS}",
+                                "-c", "/bin/true", check=False)
+        assert refused.returncode != 0
+        assert "-243" in refused.stdout + refused.stderr  # ACQUIRE_IDLIVE
+        assert read_paxos_leader(devices[0], RES_OURS).owner_id == 2
+    finally:
+        ours.call(client.release, LS, "ours", [(devices[1], RES_OURS)])
+    # Released by us, sanlock now takes it at the next version.
+    taken = theirs.client("command", "-r", f"{LS}:ours:{devices[0]}:{RES_OURS}", "-c",
+                          "/bin/true", check=False)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert read_paxos_leader(devices[0], RES_OURS).lver == 2
 
 
 def test_leasestore_refuses_the_host_id_sanlock_holds(
