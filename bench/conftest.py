@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import LoopDevices, make_file
 
 MiB = 1 << 20
+ACQUIRE_REPORTS: list[dict[str, Any]] = []
+"""Filled by test_acquire_bench (measured outside pytest-benchmark, interleaved with sanlock)."""
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +50,15 @@ def _stats(bench: Any) -> tuple[float, float]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    for report in ACQUIRE_REPORTS:
+        terminalreporter.section("acquire/release vs sanlock (interleaved, median / p99)")
+        for op in ("acquire", "release"):
+            row = report[op]
+            terminalreporter.write_line(
+                f"{op:<8} sanlock {row['sanlock']['median_us']:8.0f} us "
+                f"(p99 {row['sanlock']['p99_us']:8.0f})  leasestore "
+                f"{row['leasestore']['median_us']:8.0f} us (p99 {row['leasestore']['p99_us']:8.0f})"
+                f"  ratio {row['ratio_median']:5.2f} (p99 {row['ratio_p99']:5.2f})")
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
