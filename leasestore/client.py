@@ -27,6 +27,8 @@ LSFLAG_ADD = 1
 LSFLAG_REM = 2
 RES_LVER = 0x1
 RES_SHARED = 0x4
+REQ_FORCE = 1
+REQ_GRACEFUL = 2
 
 SanlockException = LeasestoreError
 _seq = itertools.count(1)
@@ -186,6 +188,23 @@ def inquire(slkfd: int | None = None, pid: int | None = None) -> list[dict[str, 
          "disks": [(h["path"], h["offset"])], "state": h["state"]}
         for h in held
     ]
+
+
+def request(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            action: int = REQ_GRACEFUL, version: int | None = None) -> int:
+    """Ask the lease's holder to give it up (REQ_FORCE: killed; REQ_GRACEFUL: its killpath or
+    SIGTERM). Returns the owner's host_id (0 if the lease was free)."""
+    path, offset = _one_disk(disks)
+    result: dict[str, int] = call(wire.RequestRelease(
+        _text(lockspace), _text(resource), path, offset, 0,
+        -1 if version is None else version, action))
+    return result["owner"]
+
+
+def killpath(path: str | bytes, args: list[str | bytes], slkfd: int | None = None) -> None:
+    """Run `path args... PID` instead of SIGTERM when this process must give its leases up."""
+    command = wire.Killpath(_text(path), " ".join(_text(a) for a in args))
+    _call_for(command, slkfd, None)
 
 
 def read_resource(path: str | bytes, offset: int = 0, align: int = 1 << 20,

@@ -221,6 +221,18 @@ class SharedHolders(LeasestoreError):
     code = -11
 
 
+class RequestOld(LeasestoreError):
+    """A request for a version the lease already reached."""
+
+    code = -272
+
+
+class RequestLver(LeasestoreError):
+    """A request for a lower version than one already recorded."""
+
+    code = -273
+
+
 class ReleaseLver(LeasestoreError):
     code = -250
 

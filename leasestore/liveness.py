@@ -105,6 +105,8 @@ class HostTable:
         self.last_live_s = np.zeros(n)
         self.errors: dict[int, str] = {}
         self.observations = 0
+        self.changed_last: list[int] = []
+        """Slots whose (owner, generation, timestamp) changed in the last observation."""
 
     def observe(self, area: bytes, now_s: float) -> None:
         """Fold one read of the whole area, made at our monotonic time `now_s`."""
@@ -119,6 +121,7 @@ class HostTable:
             for name in _WATCHED:
                 changed |= rows[name] != self._rows[name]
             self.last_live_s[changed] = now_s
+            self.changed_last = np.flatnonzero(changed).tolist()
             content = changed.copy()
             for name in _CONTENT:
                 content |= rows[name] != self._rows[name]

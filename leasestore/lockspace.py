@@ -36,6 +36,7 @@ from leasestore.delta import (
 )
 from leasestore.errors import Cancelled, HostLeaseExpired, LeasestoreError
 from leasestore.liveness import HostStatus, HostTable, OwnerView
+from leasestore.ondisk.bitmap import host_bit_is_set, set_host_bits
 from leasestore.ondisk.leader import Leader
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.direct import DirectDevice
@@ -80,11 +81,15 @@ class Lockspace(HostLeaseObserver):
         timeouts: Timeouts,
         on_change: Callable[[Lockspace], None] | None = None,
         history_size: int = DEFAULT_HISTORY,
+        on_request: Callable[[Lockspace], None] | None = None,
     ) -> None:
         self.spec = spec
         self.host_name = host_name
         self.timeouts = timeouts
         self.on_change = on_change
+        self.on_request = on_request
+        self._flags: dict[int, float] = {}
+        """host_id -> our monotonic time until which its bit stays set in our bitmap."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -155,6 +160,26 @@ class Lockspace(HostLeaseObserver):
                 return []
             return self.table.status(time.monotonic(), host_id)
 
+    def flag_host(self, host_id: int) -> None:
+        """Set host_id's bit in our delta bitmap for set_bitmap_seconds: "look at requests"."""
+        with self._lock:
+            self._flags[host_id] = time.monotonic() + self.timeouts.set_bitmap_s
+
+    def _bitmap(self) -> bytes:
+        now_s = time.monotonic()
+        with self._lock:
+            live = {h for h, until in self._flags.items() if until > now_s}
+        return set_host_bits(live) if live else b""
+
+    def _requests_for_us(self, area: bytes) -> bool:
+        """Did a host that renewed since our last read set our bit (a request for us)?"""
+        assert self.table is not None
+        ss = self.table.geometry.sector_size
+        return any(
+            host_bit_is_set(area[i * ss:(i + 1) * ss], self.spec.host_id)
+            for i in self.table.changed_last if i + 1 != self.spec.host_id
+        )
+
     def owner_view(self, host_id: int) -> OwnerView | None:
         with self._lock:
             return None if self.table is None else self.table.owner_view(host_id)
@@ -182,8 +207,12 @@ class Lockspace(HostLeaseObserver):
         with self._lock:
             self.last_success_s = float(outcome.leader.timestamp)
             self._history.append(record)
+            requested = False
             if self.table is not None:
                 self.table.observe(outcome.area, outcome.read_started_s + outcome.read_s)
+                requested = self._requests_for_us(outcome.area)
+        if requested and self.on_request is not None:
+            self.on_request(self)
         if self._state == LockspaceState.RENEWAL_FAILING:
             self._set(LockspaceState.HELD)
 
@@ -229,7 +258,7 @@ class Lockspace(HostLeaseObserver):
                 with self._lock:
                     self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
                                            self.timeouts)
-                driver.run(host_lease_loop(params, self))
+                driver.run(host_lease_loop(params, self, self._bitmap))
         except Cancelled:
             self._set(LockspaceState.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
         except LeasestoreError as exc:

@@ -45,6 +45,8 @@ from leasestore.errors import (
     NumHostsTooSmall,
     ReleaseLver,
     ReleaseOwner,
+    RequestLver,
+    RequestOld,
     SharedHolders,
     StorageError,
     UsageError,
@@ -66,6 +68,7 @@ from leasestore.ondisk.dblock import (
 )
 from leasestore.ondisk.geometry import FIRST_DBLOCK_SECTOR, Geometry, pad_sector
 from leasestore.ondisk.leader import FLAG_SHORT_HOLD, Leader, LeaderMagic, decode_leader
+from leasestore.ondisk.request import Request, decode_request
 from leasestore.timeouts import Timeouts
 
 OWNER_POLL_S = 1.0
@@ -533,3 +536,37 @@ def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
                           write_timestamp=max(1, int(now_s)))
     yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
                 p.io_timeout_s)
+
+
+def request(p: PaxosParams, lver: int | None, force_mode: int) -> Algorithm[int]:
+    """Ask the holder of the lease to give it up: write the request record {lver, force_mode}.
+
+    lver None means the next version. Returns the current owner's host_id (0 if the lease is
+    free and nothing was written); the caller then flags that host in its delta bitmap.
+    A request for lver 0 with mode 0 clears the record.
+    """
+    leader = yield from read_leader(p)
+    at = p.offset_b + p.geometry.request_offset
+    if lver == 0 and force_mode == 0:
+        yield Write(p.device, at, pad_sector(Request().encode(), p.geometry.sector_size),
+                    p.io_timeout_s)
+        return 0
+    if leader.timestamp == 0:
+        return 0
+    wanted = leader.lver + 1 if lver is None else lver
+    if leader.lver >= wanted:
+        raise RequestOld(f"lease {p.resource!r} is already at lver {leader.lver}")
+    raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
+    current = decode_request(raw)
+    if current.lver > wanted:
+        raise RequestLver(f"a request for lver {current.lver} is already recorded")
+    record = Request(lver=wanted, force_mode=force_mode)
+    yield Write(p.device, at, pad_sector(record.encode(), p.geometry.sector_size),
+                p.io_timeout_s)
+    return leader.owner_id
+
+
+def read_request(p: PaxosParams) -> Algorithm[Request]:
+    raw = yield Read(p.device, p.offset_b + p.geometry.request_offset, p.geometry.sector_size,
+                     p.io_timeout_s)
+    return decode_request(raw)

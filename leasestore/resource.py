@@ -23,7 +23,8 @@ from leasestore.errors import (
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
-from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.ondisk.request import Request
+from leasestore.paxos import HeldLease, PaxosParams, acquire, read_request, release, request
 from leasestore.specs import escape_path
 from leasestore.storage.direct import DirectDevice
 from leasestore.storage.driver import Driver
@@ -124,6 +125,20 @@ class ResourceService:
         if held is None:
             raise LeaseNotHeld(f"lease {key[1]!r} is not held on this host")
         self._driver(lockspace, key[2]).run(release(held.params, held.lease))
+
+    def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
+                force_mode: int) -> int:
+        """Write the request record; returns the owner's host_id (0: nothing requested)."""
+        params = self._params(lockspace, key)
+        owner: int = self._driver(lockspace, key[2]).run(request(params, lver, force_mode))
+        return owner
+
+    def pending_request(self, lockspace: Lockspace, held: HeldResource) -> Request | None:
+        """The request record of a lease we hold, if it asks us to give it up."""
+        record: Request = self._driver(lockspace, held.key[2]).run(read_request(held.params))
+        if record.force_mode and record.lver > held.lease.lver:
+            return record
+        return None
 
     def drop(self, key: ResourceKey) -> HeldResource | None:
         """Forget a lease without I/O (its lockspace failed: the disk is not ours to touch)."""

@@ -15,13 +15,16 @@ from leasestore.errors import (
     AcquireLver,
     BadDblockChecksum,
     ReleaseOwner,
+    RequestLver,
+    RequestOld,
     SharedHolders,
 )
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, decode_leader
-from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.ondisk.request import decode_request
+from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
 from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
 from leasestore.testing.paxos_cluster import PaxosCluster
 from leasestore.timeouts import Timeouts
@@ -192,3 +195,19 @@ def test_checker_catches_takeover_without_waiting(monkeypatch: pytest.MonkeyPatc
     cluster = PaxosCluster(0, 4, 2, faults=Faults.none())
     violations = cluster.run(chaos_s=600)
     assert any("validly held by" in str(v) for v in violations)
+
+
+def test_request_record_rules() -> None:
+    d = Disk()
+    d.join(1)
+    free = d.run(request(d.params(1), None, 1))
+    assert free.result == 0  # a free lease: nothing to ask
+    held = d.run(acquire(d.params(1))).result
+    assert d.run(request(d.params(1), None, 2)).result == 1
+    record = decode_request(d.disk.read(RES_AT + 512, 512))
+    assert (record.lver, record.force_mode) == (held.lver + 1, 2)
+    assert isinstance(d.run(request(d.params(1), held.lver, 1)).error, RequestOld)
+    assert d.run(request(d.params(1), held.lver + 5, 1)).result == 1
+    assert isinstance(d.run(request(d.params(1), held.lver + 2, 1)).error, RequestLver)
+    d.run(request(d.params(1), 0, 0))
+    assert decode_request(d.disk.read(RES_AT + 512, 512)).lver == 0

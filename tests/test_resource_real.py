@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +113,57 @@ def test_fencing_with_lver_and_release_when_the_holder_exits(hosts: Hosts) -> No
     os.kill(pid, 9)
     poll(lambda: read_paxos_leader(hosts.devices[1], VM3).timestamp == 0, 10,
          what="vm3 released after its holder died")
+
+
+def test_a_forced_request_gets_the_holder_killed(hosts: Hosts) -> None:
+    pid = hosts.hold(0, "vm3", VM3)
+    holder = next(p for p in hosts.holders if p.pid == pid)
+    lver = read_paxos_leader(hosts.devices[1], VM3).lver
+    asked = time.monotonic()
+    owner = hosts.daemons[1].call(client.request, LS, "vm3", [(hosts.devices[1], VM3)],
+                                  client.REQ_FORCE)
+    assert owner == 1
+    record = next(r for r in dump(hosts.devices[1], VM3, MiB) if r.kind == "request")
+    assert (record.lver, record.extra["force_mode"]) == (lver + 1, 1)
+    # Our renewal sets host 1's bit; host 1's next renewal sees it and kills the holder.
+    poll(lambda: holder.poll() is not None, 4 * T.id_renewal_s + 3, interval_s=0.05,
+         what="holder killed by the request")
+    assert time.monotonic() - asked < 4 * T.id_renewal_s + 3
+    poll(lambda: read_paxos_leader(hosts.devices[1], VM3).timestamp == 0, 10,
+         what="vm3 released")
+
+
+HOLDER_WITH_KILLPATH = r"""
+import sys, time
+from leasestore import client
+fd = client.register()
+client.killpath(sys.argv[1], [sys.argv[2]], slkfd=fd)
+client.acquire(sys.argv[3], "vm3", [(sys.argv[4], int(sys.argv[5]))], slkfd=fd)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_graceful_request_runs_the_holders_killpath(hosts: Hosts, tmp_path: Path) -> None:
+    marker = tmp_path / "killpath-ran"
+    script = tmp_path / "killpath.sh"
+    script.write_text("#!/bin/sh\necho \"$1 $2\" > \"$1\"\n")
+    script.chmod(0o755)
+    env = {**os.environ, "LEASESTORE_RUN_DIR": hosts.daemons[0].run_dir}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_WITH_KILLPATH, str(script), str(marker), LS,
+         hosts.devices[0], str(VM3)], env=env, stdout=subprocess.PIPE, text=True)
+    hosts.holders.append(holder)  # type: ignore[arg-type]
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    hosts.daemons[1].call(client.request, LS, "vm3", [(hosts.devices[1], VM3)],
+                          client.REQ_GRACEFUL)
+    poll(marker.exists, 4 * T.id_renewal_s + 3, what="killpath run")
+    assert marker.read_text().split() == [str(marker), str(holder.pid)]
+    assert holder.poll() is None  # graceful: the killpath decides, nobody was signalled
+    holder.kill()
+    holder.wait()
+    poll(lambda: read_paxos_leader(hosts.devices[1], VM3).timestamp == 0, 10,
+         what="vm3 released")
 
 
 def test_failed_storage_kills_the_holder_before_host_dead_then_host_2_takes_over(

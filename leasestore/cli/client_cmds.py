@@ -54,6 +54,11 @@ def register(sub: Any) -> None:
                        metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
         p.add_argument("-p", dest="pid", type=int, required=True)
         p.add_argument("--shared", action="store_true")
+    req = resource_action("request", "ask the holder of a lease to give it up")
+    req.add_argument("-r", dest="resources", action="append", required=True,
+                     metavar="LS:RES:PATH:OFFSET[:LVER]")
+    req.add_argument("-f", dest="force_mode", type=int, choices=(0, 1, 2), default=2,
+                     help="1: kill the holder, 2: its killpath or SIGTERM, 0 with lver 0: clear")
     inq = resource_action("inquire", "the leases a registered pid holds")
     inq.add_argument("-p", dest="pid", type=int, required=True)
     cmd = resource_action("command", "register, acquire the leases, then exec a command "
@@ -150,6 +155,12 @@ def run_resource(args: argparse.Namespace) -> int:
                "\n".join(h["state"] for h in held))
         return 0
     specs = _resources(args.resources)
+    if args.action == "request":
+        owners = [client.request(spec.lockspace, spec.name, list(spec.disks), args.force_mode,
+                                 spec.lver) for spec in specs]
+        _print(args, owners, "\n".join(f"{spec.name}: owner host {owner}"
+                                       for spec, owner in zip(specs, owners, strict=True)))
+        return 0
     if args.action == "acquire":
         held = _acquire_each(specs, None, args.pid, args.shared)
         _print(args, held, "\n".join(h["state"] for h in held))

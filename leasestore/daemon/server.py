@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class Session:
     leases: dict[ResourceKey, HeldResource] = field(default_factory=dict)
     kill_started_s: float | None = None
     last_signal_s: float = 0.0
+    killpath: list[str] = field(default_factory=list)
 
 
 def notify_systemd(message: str) -> None:
@@ -113,6 +115,8 @@ class Daemon:
             wire.Acquire: self._acquire,
             wire.Release: self._release,
             wire.Inquire: self._inquire,
+            wire.RequestRelease: self._request,
+            wire.Killpath: self._killpath,
             wire.Version: lambda cmd, session: {"version": __version__,
                                              "protocol": wire.PROTOCOL_VERSION},
         }
@@ -278,7 +282,8 @@ class Daemon:
             if cmd.lockspace in self.lockspaces:
                 raise LockspaceExists(f"lockspace {cmd.lockspace!r} is already added")
             lockspace = Lockspace(spec, self.config.host_name, timeouts,
-                                  history_size=self.config.renewal_history_size)
+                                  history_size=self.config.renewal_history_size,
+                                  on_request=self._on_request)
             self.lockspaces[cmd.lockspace] = lockspace
         log.info("add_lockspace %s (pid %d uid %d)", spec, peer.pid, peer.uid)
         lockspace.start()
@@ -453,6 +458,53 @@ class Daemon:
         with self._lock:
             return [h.to_json() for h in target.leases.values()]
 
+    def _request(self, cmd: wire.RequestRelease, session: Session) -> dict[str, int]:
+        lockspace = self._named(cmd.lockspace)
+        key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        owner = self.resources.request(lockspace, key, None if cmd.lver < 0 else cmd.lver,
+                                       cmd.force_mode)
+        if owner and owner != lockspace.spec.host_id:
+            lockspace.flag_host(owner)
+        elif owner:
+            threading.Thread(target=self._examine, args=(lockspace,), daemon=True).start()
+        log.info("request %s force_mode %d: owner host %d", cmd.resource, cmd.force_mode, owner)
+        return {"owner": owner}
+
+    def _killpath(self, cmd: wire.Killpath, session: Session) -> None:
+        if not session.registered:
+            raise NotRegistered("register before setting a killpath")
+        session.killpath = [cmd.path, *cmd.args.split()]
+
+    def _on_request(self, lockspace: Lockspace) -> None:
+        """Called on the renewal thread: another host flagged us. Examine off that thread."""
+        threading.Thread(target=self._examine, args=(lockspace,), daemon=True).start()
+
+    def _examine(self, lockspace: Lockspace) -> None:
+        """Act on requests recorded against leases we hold in this lockspace."""
+        with self._lock:
+            holders = [(s, h) for s in self._registered.values() for h in s.leases.values()
+                       if h.key[0] == lockspace.name]
+        for session, held in holders:
+            try:
+                record = self.resources.pending_request(lockspace, held)
+            except LeasestoreError as exc:
+                log.warning("examining %s failed: %s", held.key[1], exc)
+                continue
+            if record is None:
+                continue
+            log.warning("request for %s (lver %d, mode %d): stopping pid %d", held.key[1],
+                        record.lver, record.force_mode, session.peer.pid)
+            self._stop_holder(session, graceful=record.force_mode == 2)
+
+    def _stop_holder(self, session: Session, graceful: bool) -> None:
+        if graceful and session.killpath:
+            with contextlib.suppress(OSError):
+                subprocess.Popen([*session.killpath, str(session.peer.pid)],
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(session.peer.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+
     def _release_quietly(self, key: ResourceKey) -> None:
         """Release after the holder is gone. In a lockspace that is not held any more the disk
         is not ours to write: the lease is only forgotten (others take it after host_dead)."""
@@ -514,8 +566,6 @@ class Daemon:
                           session.peer.pid)
             if now_s - session.last_signal_s < 1.0:
                 continue
-            sig = signal.SIGTERM if now_s - session.kill_started_s < grace_s else signal.SIGKILL
             session.last_signal_s = now_s
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(session.peer.pid, sig)
+            self._stop_holder(session, graceful=now_s - session.kill_started_s < grace_s)
         return bool(holders)

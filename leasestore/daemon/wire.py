@@ -167,6 +167,37 @@ class Release(ResourceCommand):
 
 
 @dataclass(frozen=True)
+class RequestRelease(ResourceCommand):
+    """Ask whoever holds the lease to give it up (sanlock's request)."""
+
+    name: ClassVar[str] = "request"
+    lver: int = -1
+    """-1: the next version."""
+    force_mode: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        if self.force_mode not in (0, 1, 2):
+            raise ProtocolError("force_mode must be 0 (clear), 1 (force) or 2 (graceful)")
+        if self.lver < -1 or self.lver >= 1 << 63:
+            raise ProtocolError(f"lver out of range: {self.lver}")
+
+
+@dataclass(frozen=True)
+class Killpath(Command):
+    """The program the daemon runs (with the holder's pid appended) instead of SIGTERM."""
+
+    name: ClassVar[str] = "killpath"
+    path: str
+    args: str = ""
+
+    def validate(self) -> None:
+        _check_path(self.path)
+        if len(self.args.encode()) > 128 or "\0" in self.args:
+            raise ProtocolError("killpath args must be at most 128 bytes")
+
+
+@dataclass(frozen=True)
 class Inquire(Command):
     name: ClassVar[str] = "inquire"
     pid: int = 0
@@ -188,7 +219,7 @@ class Version(Command):
 COMMANDS: dict[str, type[Command]] = {
     cls.name: cls
     for cls in (AddLockspace, RemLockspace, InqLockspace, GetLockspaces, GetHosts, Renewal,
-                Register, Acquire, Release, Inquire, Status, Version)
+                Register, Acquire, Release, RequestRelease, Killpath, Inquire, Status, Version)
 }
 
 
