@@ -5,9 +5,10 @@ Each host writes only its own sector; other hosts only read it. Timestamps are t
 monotonic seconds and are never compared across hosts: a peer is alive when *we* see its
 (owner_id, generation, timestamp) change.
 
-acquire:  read own sector. Free (timestamp 0) or last held under our own host name: write at
-          once. Otherwise wait max(host_dead, 8*io_timeout) of the *previous* holder, watching the
-          sector: any change means it is alive (HostIdBusy). Then write (generation + 1, our name,
+acquire:  read own sector. Free (timestamp 0): write at once. Otherwise wait
+          max(host_dead, 8*io_timeout) of the *previous* holder, watching the sector: any change
+          means it is alive (HostIdBusy). Unlike sanlock, a record carrying our own host name is
+          waited out too (see `acquire`). Then write (generation + 1, our name,
           timestamp = now), wait 2*io_timeout, re-read: anything but our record means another host
           raced us (HostIdBusy).
 renew:    one read of the whole area (all hosts' sectors), verify our sector is exactly what we
@@ -168,7 +169,9 @@ def _wait_out_previous_holder(p: DeltaParams, seen: Leader) -> Algorithm[None]:
 def acquire(p: DeltaParams) -> Algorithm[Leader]:
     """Take our host_id; returns the record written. Its timestamp starts the lease's validity."""
     seen = yield from read_own(p)
-    if seen.timestamp != 0 and seen.resource_name != p.host_name:
+    if seen.timestamp != 0:
+        # Even a record with our own host name is waited out: a late write of an earlier,
+        # failed attempt of ours can put our name over another host's live record.
         yield from _wait_out_previous_holder(p, seen)
         seen = yield from read_own(p)
     now_s: float = yield Now()

@@ -75,12 +75,16 @@ def test_join_time_free_vs_previous_holder_of_another_name() -> None:
     assert sector(disk, 1).owner_generation == 2
 
 
-def test_same_host_name_reacquires_at_once() -> None:
+def test_our_own_name_on_a_live_record_is_waited_out_too() -> None:
+    """sanlock re-acquires at once when the record carries its host name; a late write of an
+    earlier failed attempt of ours can put our name over another host's live record, so we
+    wait host_dead like for any other holder."""
     world, _ = world_with_lockspace()
     _join_time(world, "a", params(1, "host-a"), 0)
     world.crash(world.tasks[0])
     start = world.now
-    assert _join_time(world, "a2", params(1, "host-a"), 0) - start < 21
+    joined_at = _join_time(world, "a2", params(1, "host-a"), 0)
+    assert joined_at - start >= T10.host_dead_s + T10.delta_short_delay_s
 
 
 def test_live_holder_makes_acquire_fail_busy() -> None:
@@ -241,16 +245,17 @@ def test_same_seed_replays_exactly() -> None:
     assert runs[0] == runs[1]
 
 
-SEEDS = int(os.environ.get("LEASESTORE_SIM_SEEDS", "60"))
+SEEDS = int(os.environ.get("LEASESTORE_SIM_SEEDS", "1000"))
+CHUNK = 100
 
 
-@pytest.mark.parametrize("first", range(0, SEEDS, 20))
+@pytest.mark.parametrize("first", range(0, SEEDS, CHUNK))
 def test_chaos_campaign_never_two_valid_holders(first: int) -> None:
     faults = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2)
     failures = []
-    for seed in range(first, min(first + 20, SEEDS)):
+    for seed in range(first, min(first + CHUNK, SEEDS)):
         cluster = DeltaCluster(seed, [1, 2, 3, 1, 2], faults=faults)
-        violations = cluster.run(chaos_s=1500)
+        violations = cluster.run(chaos_s=400)
         failures.extend(str(v) for v in violations)
         assert cluster.world.fault_counts, "chaos injected no faults"
     assert not failures, "replay with DeltaCluster(seed, ...):\n" + "\n".join(failures[:10])
