@@ -10,8 +10,9 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from leasestore.delta import PROBE_SIZE_B
 from leasestore.errors import (
@@ -40,6 +41,8 @@ class HeldResource:
     lease: HeldLease
     params: PaxosParams
     pid: int
+    sharers: set[int] = field(default_factory=set)
+    """Local pids holding this shared lease; the disk lease is released with the last one."""
 
     @property
     def state(self) -> str:
@@ -104,14 +107,18 @@ class ResourceService:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
-            if key in self.held or key in self._busy:
+            local = self.held.get(key)
+            if local is not None and local.lease.shared and shared and pid not in local.sharers:
+                local.sharers.add(pid)
+                return local
+            if local is not None or key in self._busy:
                 raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired) "
                                        "on this host")
             self._busy.add(key)
         try:
             params = self._params(lockspace, key)
             lease = self._driver(lockspace, key[2]).run(acquire(params, shared=shared, lver=lver))
-            held = HeldResource(key, lease, params, pid)
+            held = HeldResource(key, lease, params, pid, {pid} if shared else set())
             with self._lock:
                 self.held[key] = held
             return held
@@ -119,12 +126,21 @@ class ResourceService:
             with self._lock:
                 self._busy.discard(key)
 
-    def release(self, lockspace: Lockspace, key: ResourceKey) -> None:
+    def _unhold(self, key: ResourceKey, pid: int) -> HeldResource | None:
+        """Drop pid's hold; returns the lease if that was its last holder (else None)."""
         with self._lock:
-            held = self.held.pop(key, None)
-        if held is None:
-            raise LeaseNotHeld(f"lease {key[1]!r} is not held on this host")
-        self._driver(lockspace, key[2]).run(release(held.params, held.lease))
+            held = self.held.get(key)
+            if held is None:
+                raise LeaseNotHeld(f"lease {key[1]!r} is not held on this host")
+            held.sharers.discard(pid)
+            if held.sharers:
+                return None
+            return self.held.pop(key)
+
+    def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
+        held = self._unhold(key, pid)
+        if held is not None:
+            self._driver(lockspace, key[2]).run(release(held.params, held.lease))
 
     def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                 force_mode: int) -> int:
@@ -140,10 +156,10 @@ class ResourceService:
             return record
         return None
 
-    def drop(self, key: ResourceKey) -> HeldResource | None:
-        """Forget a lease without I/O (its lockspace failed: the disk is not ours to touch)."""
-        with self._lock:
-            return self.held.pop(key, None)
+    def drop(self, key: ResourceKey, pid: int) -> None:
+        """Forget pid's hold without I/O (its lockspace failed: the disk is not ours to touch)."""
+        with contextlib.suppress(LeaseNotHeld):
+            self._unhold(key, pid)
 
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:

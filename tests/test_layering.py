@@ -36,7 +36,7 @@ ALLOWED = {
     "T": {"L0", "L1", "T"},
 }
 FORBIDDEN_STDLIB_IN_PURE = {"os", "time", "socket", "threading", "random", "subprocess", "mmap"}
-TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device"}
+TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device", "leasestore.plugin.api"}
 CLIENT_FRONT_ENDS = {"client", "plugin"}
 
 

@@ -438,7 +438,7 @@ class Daemon:
             if not gone:
                 target.leases[key] = held
         if gone:  # the holder exited while we acquired for it
-            self._release_quietly(key)
+            self._release_quietly(key, target.peer.pid)
             raise NotRegistered(f"pid {target.peer.pid} exited during the acquire")
         log.info("pid %d acquired %s", target.peer.pid, held.state)
         return held.to_json()
@@ -450,7 +450,7 @@ class Daemon:
             held = target.leases.pop(key, None)
         if held is None:
             raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
-        self.resources.release(self._named(cmd.lockspace), key)
+        self.resources.release(self._named(cmd.lockspace), key, target.peer.pid)
         log.info("pid %d released %s", target.peer.pid, held.state)
 
     def _inquire(self, cmd: wire.Inquire, session: Session) -> list[dict[str, object]]:
@@ -505,17 +505,17 @@ class Daemon:
         with contextlib.suppress(ProcessLookupError):
             os.kill(session.peer.pid, signal.SIGTERM if graceful else signal.SIGKILL)
 
-    def _release_quietly(self, key: ResourceKey) -> None:
+    def _release_quietly(self, key: ResourceKey, pid: int) -> None:
         """Release after the holder is gone. In a lockspace that is not held any more the disk
         is not ours to write: the lease is only forgotten (others take it after host_dead)."""
         with self._lock:
             lockspace = self.lockspaces.get(key[0])
         if lockspace is None or lockspace.state not in (LockspaceState.HELD,
                                                         LockspaceState.RENEWAL_FAILING):
-            self.resources.drop(key)
+            self.resources.drop(key, pid)
             return
         try:
-            self.resources.release(lockspace, key)
+            self.resources.release(lockspace, key, pid)
         except LeasestoreError as exc:
             log.warning("release of %s after its holder left failed: %s", key[1], exc)
 
@@ -527,7 +527,7 @@ class Daemon:
             leases = list(session.leases)
             session.leases.clear()
         for key in leases:
-            self._release_quietly(key)
+            self._release_quietly(key, session.peer.pid)
         if leases:
             log.info("pid %d left; released %d lease(s)", session.peer.pid, len(leases))
 
