@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,12 @@ def test_fcntl_rules(tmp_path: Path) -> None:
     with pytest.raises(LockBusy, match="already locked here"):
         again.acquire()
     assert own.release() is None
+
+
+def test_the_readme_example_runs() -> None:
+    example = Path(__file__).resolve().parent.parent / "tools" / "vm_manager_example.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "a second VM on root.img is refused" in out.stdout
+    assert "resumed: locks taken again" in out.stdout
