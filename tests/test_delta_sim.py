@@ -255,7 +255,9 @@ def test_chaos_campaign_never_two_valid_holders(first: int) -> None:
     failures = []
     for seed in range(first, min(first + CHUNK, SEEDS)):
         cluster = DeltaCluster(seed, [1, 2, 3, 1, 2], faults=faults)
-        violations = cluster.run(chaos_s=400)
+        # Fault-free phase: 6 x host_dead. A write that timed out during the chaos may land up
+        # to 4 x its timeout (renewal writes: host_dead) later, disturbing waits until then.
+        violations = cluster.run(chaos_s=400, settle_s=6 * cluster.timeouts.host_dead_s)
         failures.extend(str(v) for v in violations)
         assert cluster.world.fault_counts, "chaos injected no faults"
     assert not failures, "replay with DeltaCluster(seed, ...):\n" + "\n".join(failures[:10])

@@ -183,11 +183,11 @@ def test_chaos_campaign_keeps_exclusion(first: int) -> None:
     total = 0
     for seed in range(first, min(first + CHUNK, SEEDS)):
         cluster = PaxosCluster(seed, 4, 2, faults=CAMPAIGN_FAULTS)
-        failures += [str(v) for v in cluster.run(chaos_s=400, settle_s=300)]
+        failures += [str(v) for v in cluster.run(chaos_s=400, settle_s=560)]
         total += sum(log.acquisitions for log in cluster.logs)
     assert total > 5 * CHUNK, "the campaign acquired too little to mean anything"
     assert not failures, ("replay with PaxosCluster(seed, 4, 2, faults=CAMPAIGN_FAULTS)"
-                          ".run(chaos_s=400, settle_s=300):\n" + "\n".join(failures[:5]))
+                          ".run(chaos_s=400, settle_s=560):\n" + "\n".join(failures[:5]))
 
 
 def test_checker_catches_takeover_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
