@@ -301,8 +301,7 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
         if int(row["mbal"]) > our_mbal:
             raise DblockMbal(f"host {index + 1} has mbal {int(row['mbal'])} > {our_mbal}")
         if int(row["inp"]) and int(row["bal"]) and (best is None or int(row["bal"]) > best.bal):
-            best = Dblock(mbal=int(row["mbal"]), bal=int(row["bal"]), inp=int(row["inp"]),
-                          inp2=int(row["inp2"]), inp3=int(row["inp3"]), lver=lver)
+            best = _row_dblock(row)
     return best, shared
 
 

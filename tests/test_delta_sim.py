@@ -273,7 +273,7 @@ def test_checker_catches_a_broken_algorithm() -> None:
     assert other.task is not None
     cluster.world.crash(other.task)
     # A rogue incarnation that believes it holds host_id 1 without running the protocol.
-    rogue_obs = SimObserver(HostTable(G, SPACE, 1, original), cluster.world, [])
+    rogue_obs = SimObserver(HostTable(G, SPACE, 1, original))
     other.observer = rogue_obs
     other.task = cluster.world.spawn("rogue", iter(()), other.clock_offset_s)  # type: ignore[arg-type]
     other.task.done = False

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from leasestore import client
+from leasestore.direct import format_lockspace, format_resource
 from leasestore.plugin import (
     Capability,
     ConfigUnsupported,
@@ -24,6 +26,7 @@ from leasestore.plugin.diskpaxos import AUTO_LOCKSPACE, DiskPaxosDriver
 from leasestore.plugin.fcntl import FcntlDriver
 from leasestore.testing.conformance import ConformanceTarget, check_lock_manager
 
+from .conftest import LoopDevices, make_file
 from .procs import DaemonProc
 
 ALL_SCENARIOS = 9
@@ -73,6 +76,33 @@ def test_diskpaxos_passes_the_conformance_suite(diskpaxos_daemon: DaemonProc,
     target = ConformanceTarget(lambda: DiskPaxosDriver(config), _disks(tmp_path))  # type: ignore[arg-type]
     assert len(check_lock_manager(target)) == ALL_SCENARIOS
     assert (tmp_path / "leases" / AUTO_LOCKSPACE).exists()
+
+
+SCENARIO_LEASES = ("excl", "shared", "ro", "death", "pause", "restrict", "boot", "hotplug",
+                   "restart", "migrate")
+
+
+@pytest.mark.slow
+def test_diskpaxos_passes_with_named_leases_on_a_loop_device(
+    diskpaxos_daemon: DaemonProc, tmp_path: Path
+) -> None:
+    loops = LoopDevices()
+    try:
+        device = loops.attach(make_file(tmp_path / "leases.img", (2 + len(SCENARIO_LEASES)) << 20))
+        format_lockspace(device, "conf-ls", 0, io_timeout_s=1)
+        offsets = {name: (i + 1) << 20 for i, name in enumerate(SCENARIO_LEASES)}
+        for name, offset in offsets.items():
+            format_resource(device, "conf-ls", name, offset)
+        diskpaxos_daemon.call(client.add_lockspace, "conf-ls", 1, device, 0)
+        config = {"run_dir": diskpaxos_daemon.run_dir}
+        target = ConformanceTarget(
+            lambda: DiskPaxosDriver(config), lambda name: name,
+            lease=lambda name: (name, {"lockspace": "conf-ls", "path": device,
+                                       "offset": offsets[name]}))
+        assert len(check_lock_manager(target)) == ALL_SCENARIOS
+        diskpaxos_daemon.call(client.rem_lockspace, "conf-ls", 1, device, 0)
+    finally:
+        loops.detach_all()
 
 
 def test_load_driver_by_entry_point_with_a_toml_config(tmp_path: Path) -> None:

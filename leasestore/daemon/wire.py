@@ -54,6 +54,12 @@ def _check_path(value: str) -> None:
         raise ProtocolError(f"path must be 1..{MAX_PATH_B} bytes without NUL")
 
 
+def _check_lver(lver: int) -> None:
+    """-1 (none / next) or a valid u64 lease version."""
+    if lver < -1 or lver >= 1 << 63:
+        raise ProtocolError(f"lver out of range: {lver}")
+
+
 def _check_non_negative(**values: int) -> None:
     for what, value in values.items():
         if value < 0 or value >= 1 << 63:
@@ -157,8 +163,7 @@ class Acquire(ResourceCommand):
 
     def validate(self) -> None:
         super().validate()
-        if self.lver < -1 or self.lver >= 1 << 63:
-            raise ProtocolError(f"lver out of range: {self.lver}")
+        _check_lver(self.lver)
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,7 @@ class RequestRelease(ResourceCommand):
         super().validate()
         if self.force_mode not in (0, 1, 2):
             raise ProtocolError("force_mode must be 0 (clear), 1 (force) or 2 (graceful)")
-        if self.lver < -1 or self.lver >= 1 << 63:
-            raise ProtocolError(f"lver out of range: {self.lver}")
+        _check_lver(self.lver)
 
 
 @dataclass(frozen=True)

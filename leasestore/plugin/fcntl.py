@@ -153,10 +153,6 @@ class FcntlManager(LockManager):
     def _do_inquire(self) -> str | None:
         return None
 
-    @staticmethod
-    def held_paths() -> list[str]:
-        return sorted(_held)
-
 
 class FcntlDriver(LockDriver):
     name = "fcntl"

@@ -39,10 +39,10 @@ class Violation:
 
 
 class SimObserver(HostLeaseObserver):
-    def __init__(self, table: HostTable, world: SimWorld, task_ref: list[SimTask]) -> None:
+    """What a simulated host knows of its own host lease, for the checker."""
+
+    def __init__(self, table: HostTable) -> None:
         self.table = table
-        self.world = world
-        self.task_ref = task_ref
         self.holding = False
         self.last_success_s = 0.0
         self.generation = 0
@@ -119,13 +119,10 @@ class DeltaCluster:
             host.incarnation += 1
         params = DeltaParams(DEVICE, 0, self.geometry, SPACE, host.host_id, host.host_name,
                              self.timeouts)
-        table = HostTable(self.geometry, SPACE, host.host_id, self.timeouts)
-        task_ref: list[SimTask] = []
-        observer = SimObserver(table, self.world, task_ref)
+        observer = SimObserver(HostTable(self.geometry, SPACE, host.host_id, self.timeouts))
         host.observer = observer
         host.task = self.world.spawn(host.host_name, host_lease_loop(params, observer),
                                      host.clock_offset_s, host.machine)
-        task_ref.append(host.task)
 
     def running(self, host: SimHost) -> bool:
         return host.task is not None and host.task.alive and not host.task.done

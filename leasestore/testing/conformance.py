@@ -44,6 +44,16 @@ class ConformanceTarget:
     """A fresh driver (called again to model a manager restart)."""
     disk: Callable[[str], str]
     """A disk path, by a short name, that this backend can lock."""
+    lease: Callable[[str], tuple[str, dict[str, Any]]] | None = None
+    """If set, scenarios lock named leases instead of disks: short name -> (key, params with
+    lockspace, path, offset)."""
+
+    def add_to(self, manager: LockManager, ref: str, flags: ResourceFlags) -> None:
+        if self.lease is None:
+            manager.add_resource(ResourceType.DISK, ref, flags)
+        else:
+            key, params = self.lease(ref)
+            manager.add_resource(ResourceType.LEASE, key, flags, params)
 
 
 class VmProcess:
@@ -89,8 +99,8 @@ def _vm_main(target: ConformanceTarget, conn: multiprocessing.connection.Connect
         try:
             manager = driver.new(vm_uuid, name, 1, os.getpid(),
                                  started=kwargs.pop("started", False))
-            for path, flags in disks:
-                manager.add_resource(ResourceType.DISK, path, flags)
+            for ref, flags in disks:
+                target.add_to(manager, ref, flags)
             conn.send(("ok", getattr(manager, op)(**kwargs)))
             manager.free()
         except Exception as exc:
