@@ -55,13 +55,12 @@ from leasestore.errors import (
 )
 from leasestore.liveness import OwnerView
 from leasestore.ondisk.bulk import scan_dblocks
-from leasestore.ondisk.checksum import sanlock_crc
 from leasestore.ondisk.dblock import (
-    DBLOCK_CHECKSUM_OFFSET,
     DBLOCK_FLAG_RELEASED,
     MODE_FLAG_SHARED,
     Dblock,
     ModeBlock,
+    dblock_checksum_ok,
     decode_dblock,
     decode_mode_block,
     encode_dblock_sector,
@@ -118,16 +117,16 @@ class HeldLease:
 class LeaseRead:
     leader: Leader
     max_mbal: int
-    max_lver: int
-    """The highest lver in any dblock: above leader.lver + 1 means the leader was rolled back."""
-    own_lver: int
-    """Our own dblock's lver on disk: we never write a lower one (it may record a decision)."""
     own: Dblock | None
-    """Our own dblock as read."""
+    """Our own dblock as read: we never write a lower lver over it (it may record a decision)."""
     stale_target: int = 0
     """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
     lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
     committed, held and released), cannot coexist with a current leader."""
+
+    @property
+    def own_lver(self) -> int:
+        return self.own.lver if self.own is not None else 0
 
 
 class _Restart(Exception):
@@ -167,15 +166,8 @@ def _dblock_rows(raw: bytes, p: PaxosParams, num_hosts: int
     touched_mask = ((rows["mbal"] != 0) | (rows["bal"] != 0) | (rows["inp"] != 0)
                     | (rows["lver"] != 0) | (rows["checksum"] != 0) | (rows["mode_flags"] != 0))
     touched = np.flatnonzero(touched_mask).tolist()
-    bad = set()
-    for index in touched:
-        start = (FIRST_DBLOCK_SECTOR + index) * ss
-        crc = sanlock_crc(raw[start:start + DBLOCK_CHECKSUM_OFFSET])
-        if crc != int(rows["checksum"][index]) and not (
-            rows["checksum"][index] == 0 and rows["mbal"][index] == 0 and rows["bal"][index] == 0
-            and rows["inp"][index] == 0 and rows["lver"][index] == 0
-        ):
-            bad.add(index)
+    bad = {index for index in touched
+           if not dblock_checksum_ok(raw[(FIRST_DBLOCK_SECTOR + index) * ss:])}
     return rows, touched, bad
 
 
@@ -190,15 +182,13 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
         raise BadDblockChecksum("dblock", f"host {host}: checksum mismatch",
                                 p.offset_b + p.geometry.dblock_offset(host))
     max_mbal = int(rows["mbal"][touched].max()) if touched else 0
-    max_lver = int(rows["lver"][touched].max()) if touched else 0
     own = p.host_id - 1
-    own_lver = int(rows["lver"][own]) if own < len(rows) else 0
     lvers = rows["lver"].astype(np.int64)
     released = (rows["flags"] & DBLOCK_FLAG_RELEASED) != 0
     proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
     stale_target = int(lvers[proof].max()) if proof.any() else 0
     own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
-    return LeaseRead(leader, max_mbal, max_lver, own_lver, own_dblock, stale_target)
+    return LeaseRead(leader, max_mbal, own_dblock, stale_target)
 
 
 def _row_dblock(row: np.void) -> Dblock:

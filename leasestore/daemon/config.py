@@ -40,8 +40,7 @@ class DaemonConfig:
                     values = tomllib.load(f)
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise UsageError(f"config {path}: {exc}") from None
-        known = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(known)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise UsageError(f"config {path}: unknown key(s) {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -300,10 +300,8 @@ class Daemon:
                 del self.lockspaces[lockspace.name]
 
     def _find(self, cmd: wire.LockspaceCommand) -> Lockspace:
-        with self._lock:
-            lockspace = self.lockspaces.get(cmd.lockspace)
-        if lockspace is None:
-            raise LockspaceNotJoined(f"lockspace {cmd.lockspace!r} is not added")
+        """The named lockspace, which must have been added with the same host_id/path/offset."""
+        lockspace = self._named(cmd.lockspace)
         spec = lockspace.spec
         if (spec.host_id, spec.path, spec.offset_b) != (cmd.host_id, cmd.path, cmd.offset):
             raise UsageError(f"lockspace {cmd.lockspace!r} was added as {spec}")

@@ -83,8 +83,12 @@ class ModeBlock:
         return bytes(MODE_BLOCK_LAYOUT.build({"flags": self.flags, "generation": self.generation}))
 
 
-def _is_never_written(parsed: object) -> bool:
-    return all(getattr(parsed, f) == 0 for f in ("checksum", "mbal", "bal", "inp", "lver"))
+def dblock_checksum_ok(raw: bytes | memoryview) -> bool:
+    """Whether the dblock at the start of `raw` verifies: never written (checksum, mbal, bal,
+    inp and lver all zero) or carrying a matching checksum."""
+    stored = int.from_bytes(raw[DBLOCK_CHECKSUM_OFFSET:DBLOCK_CHECKSUM_OFFSET + 4], "little")
+    never_written = stored == 0 and not any(raw[0:24]) and not any(raw[40:48])
+    return never_written or sanlock_crc(raw[:DBLOCK_CHECKSUM_OFFSET]) == stored
 
 
 def decode_dblock(data: bytes | memoryview) -> Dblock:
@@ -93,13 +97,11 @@ def decode_dblock(data: bytes | memoryview) -> Dblock:
     if len(raw) < DBLOCK_SIZE:
         raise TruncatedRecord("dblock", f"{len(raw)} bytes, need {DBLOCK_SIZE}")
     parsed = DBLOCK_LAYOUT.parse(raw)
-    if not _is_never_written(parsed):
+    if not dblock_checksum_ok(raw):
         crc = sanlock_crc(raw[:DBLOCK_CHECKSUM_OFFSET])
-        if crc != parsed.checksum:
-            raise BadDblockChecksum(
-                "dblock",
-                f"checksum mismatch: stored {parsed.checksum:#010x}, computed {crc:#010x}",
-            )
+        raise BadDblockChecksum(
+            "dblock", f"checksum mismatch: stored {parsed.checksum:#010x}, computed {crc:#010x}"
+        )
     return Dblock(
         mbal=parsed.mbal,
         bal=parsed.bal,

@@ -126,10 +126,13 @@ class DirectDevice:
             self._check_bounds(op)
         blocked = self._wait_for_abandoned_writes(ops, deadline)
         if blocked:
-            return [IOTimeout(f"{self._path}: an earlier write at {op.offset_b} is still in "
-                              "flight; not issuing a newer one over it")
-                    if i in blocked else self.submit([op], max(0.0, deadline - time.monotonic()))[0]
-                    for i, op in enumerate(ops)]
+            # The blocked writes are never issued; the others go out together as usual.
+            rest = [i for i in range(len(ops)) if i not in blocked]
+            issued = self.submit([ops[i] for i in rest], max(0.0, deadline - time.monotonic()))
+            outcomes_by_index: dict[int, IOOutcome] = dict(zip(rest, issued, strict=True))
+            return [outcomes_by_index[i] if i not in blocked else IOTimeout(
+                f"{self._path}: an earlier write at {op.offset_b} is still in flight; "
+                "not issuing a newer one over it") for i, op in enumerate(ops)]
         buffers = [self._take_buffer(self._length(op)) for op in ops]
         for op, buffer in zip(ops, buffers, strict=True):
             if isinstance(op, WriteOp):
