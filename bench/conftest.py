@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LoopDevices, make_file
+from leasestore.testing.procs import LoopDevices, make_file
 
 MiB = 1 << 20
 ACQUIRE_REPORTS: list[dict[str, Any]] = []

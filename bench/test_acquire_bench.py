@@ -23,8 +23,7 @@ import pytest
 
 from leasestore import client
 from leasestore.direct import format_lockspace, format_resource
-from tests.conftest import LoopDevices, make_file
-from tests.procs import DaemonProc, SanlockProc
+from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file
 
 from .conftest import ACQUIRE_REPORTS
 

@@ -10,8 +10,9 @@ long enough to have seen a change, nor long enough to call it failed), LIVE, FAI
 that fails verification (magic, version, lockspace name, checksum) is never FREE; it is judged by
 the same change rule and reported with its error.
 
-Cost per observation: a few vectorised comparisons over all slots; checksums are computed only
-for slots whose header or checksum field changed since the previous read.
+Cost per observation: one vectorised comparison of the leader bytes of every slot (as 64-bit
+words) with our compact copy of the previous read; fields are decoded and checksums computed
+only for slots whose leader bytes changed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.recfunctions import repack_fields
 
-from leasestore.ondisk.bulk import leader_checksum_ok, scan_leaders
+from leasestore.ondisk.bulk import LEADER_SPAN_B, leader_checksum_ok, leader_dtype
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import DELTA_VERSION, LeaderMagic
 from leasestore.ondisk.names import decode_name, encode_name
@@ -83,9 +83,12 @@ class OwnerView:
     """We saw its record change between our last two reads (not merely a first sighting)."""
 
 
-_WATCHED = ("owner_id", "owner_generation", "timestamp")
-_KEPT = (*_WATCHED, "magic", "version", "checksum", "io_timeout", "space_name", "resource_name")
-_CONTENT = ("magic", "checksum")
+_WORDS = LEADER_SPAN_B // 8
+_LIVE_WORDS = (32 // 8, 40 // 8, 152 // 8)
+"""The 64-bit words holding owner_id, owner_generation and timestamp: a change means alive."""
+_CHANGE_WORDS = (152 // 8, 168 // 8)
+"""The words holding timestamp, and checksum and io_timeout: one cache line per slot. Every
+change to a valid record changes its checksum; so does almost every corruption of one."""
 
 
 class HostTable:
@@ -99,66 +102,93 @@ class HostTable:
         self.timeouts = timeouts
         self._space_field = encode_name(space_name).rstrip(b"\0")
         n = geometry.max_hosts
+        self._words = np.zeros((n, _WORDS), dtype="<u8")
+        """The leader bytes of every slot from our last read, one row of 64-bit words each."""
         self._rows: npt.NDArray[np.void] | None = None
+        """The same bytes as leader records (a view of `_words`); None before the first read."""
         self.first_check_s = np.zeros(n)
         self.last_check_s = np.zeros(n)
         self.last_live_s = np.zeros(n)
-        self.errors: dict[int, str] = {}
+        self._errors: dict[int, str] = {}
+        self._unverified = np.zeros(n, dtype=bool)
         self.observations = 0
         self.changed_last: list[int] = []
         """Slots whose (owner, generation, timestamp) changed in the last observation."""
 
-    def observe(self, area: bytes, now_s: float) -> None:
-        """Fold one read of the whole area, made at our monotonic time `now_s`."""
-        view = scan_leaders(area, self.geometry.sector_size, self.geometry.max_hosts)
-        rows = repack_fields(view[list(_KEPT)])
+    def observe(self, area: bytes | memoryview, now_s: float) -> None:
+        """Fold one read of the whole area, made at our monotonic time `now_s`.
+
+        A slot counts as changed when its timestamp or checksum words differ from our copy; it
+        counts as alive when its owner, generation or timestamp changed. Changed slots are copied
+        in and verified on first use.
+        """
+        n, ss = self.geometry.max_hosts, self.geometry.sector_size
+        words = np.frombuffer(area, dtype="<u8", count=n * ss // 8).reshape(n, ss // 8)
+        words = words[:, :_WORDS]
         if self._rows is None:
+            self._words[:] = words
+            self._rows = self._words.view(leader_dtype(LEADER_SPAN_B)).reshape(n)
             self.first_check_s[:] = now_s
             self.last_live_s[:] = now_s
-            recheck = np.arange(len(rows))
+            self._unverified[:] = True
         else:
-            changed = np.zeros(len(rows), dtype=bool)
-            for name in _WATCHED:
-                changed |= rows[name] != self._rows[name]
-            self.last_live_s[changed] = now_s
-            self.changed_last = np.flatnonzero(changed).tolist()
-            content = changed.copy()
-            for name in _CONTENT:
-                content |= rows[name] != self._rows[name]
-            recheck = np.flatnonzero(content)
+            changed = words[:, _CHANGE_WORDS[0]] != self._words[:, _CHANGE_WORDS[0]]
+            for column in _CHANGE_WORDS[1:]:
+                changed |= words[:, column] != self._words[:, column]
+            recheck = np.flatnonzero(changed)
+            live = np.zeros(len(recheck), dtype=bool)
+            for column in _LIVE_WORDS:
+                live |= words[recheck, column] != self._words[recheck, column]
+            self._words[recheck] = words[recheck]
+            self._unverified[recheck] = True
+            self.last_live_s[recheck[live]] = now_s
+            self.changed_last = recheck[live].tolist()
         self.last_check_s[:] = now_s
-        self._rows = rows
-        self._verify(area, recheck)
         self.observations += 1
 
-    def _verify(self, area: bytes, indices: npt.NDArray[np.intp]) -> None:
-        """Re-verify magic, major version, lockspace name and checksum of the given slots."""
-        assert self._rows is not None
+    @property
+    def errors(self) -> dict[int, str]:
+        """Slot index → why its record does not verify (checks every slot not yet verified)."""
+        self._verify(np.flatnonzero(self._unverified))
+        return self._errors
+
+    def error_of(self, index: int) -> str | None:
+        """Why slot `index`'s record does not verify, or None if it does."""
+        if self._unverified[index]:
+            self._verify(np.array([index]))
+        return self._errors.get(index)
+
+    def _verify(self, indices: npt.NDArray[np.intp]) -> None:
+        """Verify magic, major version, checksum and lockspace name of the given slots."""
+        if self._rows is None or not len(indices):
+            return
+        self._unverified[indices] = False
         rows = self._rows[indices]
         bad_magic = rows["magic"] != LeaderMagic.DELTA
         bad_version = (rows["version"] >> 16) != (DELTA_VERSION >> 16)
         bad_name = rows["space_name"] != self._space_field
         ss = self.geometry.sector_size
+        copy = memoryview(self._words.view(np.uint8).reshape(-1).data)
         for index, magic_bad, version_bad, name_bad in zip(
             indices.tolist(), bad_magic.tolist(), bad_version.tolist(), bad_name.tolist(),
             strict=True,
         ):
-            self.errors.pop(index, None)
+            self._errors.pop(index, None)
             if magic_bad:
-                self.errors[index] = f"bad magic at offset {index * ss}"
+                self._errors[index] = f"bad magic at offset {index * ss}"
             elif version_bad:
-                self.errors[index] = f"unsupported version at offset {index * ss}"
-            elif not leader_checksum_ok(area, ss, index):
-                self.errors[index] = f"checksum mismatch at offset {index * ss}"
+                self._errors[index] = f"unsupported version at offset {index * ss}"
+            elif not leader_checksum_ok(copy, LEADER_SPAN_B, index):
+                self._errors[index] = f"checksum mismatch at offset {index * ss}"
             elif name_bad:
-                self.errors[index] = f"lockspace name differs at offset {index * ss}"
+                self._errors[index] = f"lockspace name differs at offset {index * ss}"
 
     def state_of(self, index: int, now_s: float) -> HostFlag:
         assert self._rows is not None
         row = self._rows[index]
         if index + 1 == self.own_host_id:
             return HostFlag.LIVE
-        if int(row["timestamp"]) == 0 and index not in self.errors:
+        if int(row["timestamp"]) == 0 and self.error_of(index) is None:
             return HostFlag.FREE
         other = self.timeouts.for_other(int(row["io_timeout"]))
         since_s = now_s - float(self.last_live_s[index])
@@ -209,5 +239,5 @@ class HostTable:
             io_timeout=int(row["io_timeout"]),
             host_name=decode_name(bytes(row["resource_name"])),
             last_live_s=float(self.last_live_s[index]),
-            error=self.errors.get(index),
+            error=self.error_of(index),
         )

@@ -21,10 +21,8 @@ from leasestore import client
 from leasestore.daemon import wire
 from leasestore.direct import dump, format_lockspace
 from leasestore.errors import HostIdBusy, LockspaceExists, LockspaceNotJoined, ProtocolError
+from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
-
-from .conftest import LoopDevices, make_file
-from .procs import DaemonProc, poll
 
 pytestmark = pytest.mark.slow
 LS = "real-ls"

@@ -11,8 +11,7 @@ import pytest
 from leasestore.cli.main import main
 from leasestore.direct import dump, format_lockspace, format_resource
 from leasestore.ondisk.leader import decode_leader
-
-from .conftest import make_file
+from leasestore.testing.procs import make_file
 
 MiB = 1 << 20
 GOLDEN_SHA256 = "54655a0b"  # prefix of sanlock's golden.img (lockspace at 0, res1 at 1 MiB)

@@ -25,9 +25,7 @@ from leasestore.plugin import (
 from leasestore.plugin.diskpaxos import AUTO_LOCKSPACE, DiskPaxosDriver
 from leasestore.plugin.fcntl import FcntlDriver
 from leasestore.testing.conformance import ConformanceTarget, check_lock_manager
-
-from .conftest import LoopDevices, make_file
-from .procs import DaemonProc
+from leasestore.testing.procs import DaemonProc, LoopDevices, make_file
 
 ALL_SCENARIOS = 9
 

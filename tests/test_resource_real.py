@@ -21,10 +21,8 @@ import pytest
 from leasestore import client
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, AcquireLver, SharedHolders
+from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
-
-from .conftest import LoopDevices, make_file
-from .procs import DaemonProc, poll
 
 pytestmark = pytest.mark.slow
 LS = "res-ls"

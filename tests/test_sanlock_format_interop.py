@@ -9,8 +9,7 @@ import pytest
 
 from leasestore.cli.main import main
 from leasestore.direct import dump
-
-from .conftest import make_file
+from leasestore.testing.procs import make_file
 
 MiB = 1 << 20
 

@@ -14,9 +14,7 @@ import pytest
 from leasestore import client
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, HostIdBusy
-
-from .conftest import LoopDevices, make_file
-from .procs import DaemonProc, SanlockProc, poll
+from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.sanlock]
 LS = "mixed-ls"

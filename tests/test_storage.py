@@ -19,8 +19,7 @@ from leasestore.errors import (
 )
 from leasestore.storage.device import ReadOp, WriteOp
 from leasestore.storage.direct import DirectDevice, probe_path
-
-from .conftest import LoopDevices, make_file
+from leasestore.testing.procs import LoopDevices, make_file
 
 MiB = 1 << 20
 

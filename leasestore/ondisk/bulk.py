@@ -49,6 +49,10 @@ _DBLOCK_FIELDS: tuple[tuple[str, str, int], ...] = (
 )
 
 
+LEADER_SPAN_B = 200
+"""Bytes at the start of a sector that hold every leader field (through write_timestamp)."""
+
+
 def _dtype(fields: tuple[tuple[str, str, int], ...], itemsize: int) -> np.dtype[np.void]:
     return np.dtype(
         {
@@ -62,7 +66,7 @@ def _dtype(fields: tuple[tuple[str, str, int], ...], itemsize: int) -> np.dtype[
 
 @cache
 def leader_dtype(sector_size: int) -> np.dtype[np.void]:
-    """One leader per sector of `sector_size` bytes."""
+    """One leader per `sector_size` bytes (LEADER_SPAN_B for a compact copy of the fields)."""
     return _dtype(_LEADER_FIELDS, sector_size)
 
 

@@ -91,6 +91,8 @@ class PaxosCluster:
         self.hosts = [PaxosHost(i, i + 1, rng.uniform(100.0, 100000.0)) for i in range(hosts)]
         self.logs = [ResourceLog() for _ in range(resources)]
         self.violations: list[Violation] = []
+        self._acquired_at_settle: list[int] | None = None
+        self._rejoin_until_s = float("inf")
 
     def _offset(self, resource: int) -> int:
         return self.geometry.align_size * (1 + resource)
@@ -184,8 +186,8 @@ class PaxosCluster:
     def _worker(self, host: PaxosHost, incarnation: int) -> Algorithm[None]:
         rng = self.world.rng
         while True:
-            if not host.joined:
-                yield Sleep(1.0)
+            if not host.joined or self._satisfied(host):
+                yield Sleep(self.timeouts.io_timeout_s / 4)
                 continue
             resource = rng.randrange(self.resources)
             shared = rng.random() < 0.2
@@ -201,6 +203,12 @@ class PaxosCluster:
             with contextlib.suppress(LeasestoreError):
                 yield from release(params, held)
             yield Sleep(rng.uniform(0, 2 * self.timeouts.io_timeout_s))
+
+    def _satisfied(self, host: PaxosHost) -> bool:
+        """In the fault-free phase a host that has been granted a lease stops contending, so
+        that every other waiting host must be granted one too."""
+        return (self._acquired_at_settle is not None
+                and host.acquisitions > self._acquired_at_settle[host.index])
 
     def _acquired(self, host: PaxosHost, incarnation: int, resource: int, held: HeldLease) -> None:
         log = self.logs[resource]
@@ -243,29 +251,39 @@ class PaxosCluster:
             self.start(host, new_name=rng.random() < 0.3)
         world.at(world.now + rng.expovariate(1 / gap_s), lambda: self._chaos(end_s, gap_s))
 
-    def _rejoin_finished(self, end_s: float) -> None:
+    def _rejoin_finished(self) -> None:
         for host in self.hosts:
             if host.delta_task is not None and host.delta_task.done and host.delta_task.alive:
                 self._crash(host)
                 self.world.at(self.world.now + self.world.rng.uniform(0, 30),
                               lambda h=host: self.start(h))  # type: ignore[misc]
-        if self.world.now < end_s:
-            self.world.at(self.world.now + self.timeouts.io_timeout_s,
-                          lambda: self._rejoin_finished(end_s))
+        if self.world.now < self._rejoin_until_s:
+            self.world.at(self.world.now + self.timeouts.io_timeout_s, self._rejoin_finished)
 
     def run(self, chaos_s: float, settle_s: float | None = None) -> list[Violation]:
+        """Chaos for chaos_s, then faults off: once the devices' queues of timed-out writes have
+        drained, every host must be granted a lease within settle_s (4 × host_dead by default:
+        room for the longest pause, a host-lease acquire and a turn at the lease)."""
         world = self.world
         for host in self.hosts:
             world.at(world.rng.uniform(0, 5), lambda h=host: self.start(h))  # type: ignore[misc]
         gap = self.timeouts.host_dead_s / 2
         if chaos_s > 0:
             world.at(world.rng.uniform(0, gap), lambda: self._chaos(chaos_s, gap))
-        settle = settle_s if settle_s is not None else 3 * self.timeouts.host_dead_s
-        world.at(0, lambda: self._rejoin_finished(chaos_s + settle))
+        settle = settle_s if settle_s is not None else 4 * self.timeouts.host_dead_s
+        self._rejoin_until_s = float("inf")
+        world.at(0, self._rejoin_finished)
         world.run_until(chaos_s, self.check)
         world.faults = Faults.none()
-        acquired_before = sum(log.acquisitions for log in self.logs)
-        world.run_until(chaos_s + settle, self.check)
-        if settle > 0 and sum(log.acquisitions for log in self.logs) == acquired_before:
-            self._violate("liveness: no lease was acquired in the fault-free phase")
+        drained_s = max(chaos_s, world.backlog_clears_at())
+        end_s = self._rejoin_until_s = drained_s + settle
+        world.run_until(drained_s, self.check)
+        self._acquired_at_settle = [host.acquisitions for host in self.hosts]
+        while world.now < end_s and not all(self._satisfied(h) for h in self.hosts):
+            world.run_until(min(end_s, world.now + self.timeouts.io_timeout_s), self.check)
+        if settle > 0:
+            for host, before in zip(self.hosts, self._acquired_at_settle, strict=True):
+                if host.acquisitions == before:
+                    self._violate(f"liveness: {host.name} acquired nothing in the "
+                                  f"{settle:.0f} s fault-free phase")
         return self.violations

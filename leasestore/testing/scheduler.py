@@ -202,6 +202,10 @@ class SimWorld:
     def _latency(self) -> float:
         return self.rng.uniform(self.faults.min_latency_s, self.faults.max_latency_s)
 
+    def backlog_clears_at(self) -> float:
+        """When the last write that timed out (and is still queued on its device) lands."""
+        return max((w[4] for w in self._late_writes), default=self.now)
+
     def _earlier_write_lands_at(self, task: SimTask, disk: str, write: Write) -> float:
         """When the last of this host's timed-out writes overlapping `write` lands (or 0)."""
         self._late_writes = [w for w in self._late_writes if w[4] > self.now]

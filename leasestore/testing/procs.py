@@ -1,4 +1,5 @@
-"""Real processes for tests: leasestore daemons and the sanlock daemon, each stopped by pid."""
+"""Real processes and devices for tests and tools: leasestore and sanlock daemons (each stopped
+by its pid), loop devices (each detached), backing files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from leasestore import client
-from leasestore.daemon import wire
+from leasestore.daemon.wire import RUN_DIR_ENV, SOCKET_NAME
 
 T = TypeVar("T")
 
@@ -34,33 +35,71 @@ def poll(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.1,
 @contextlib.contextmanager
 def run_dir(path: str) -> Iterator[None]:
     """Point leasestore.client at a daemon's run dir for the duration."""
-    old = os.environ.get(wire.RUN_DIR_ENV)
-    os.environ[wire.RUN_DIR_ENV] = path
+    old = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = path
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(wire.RUN_DIR_ENV, None)
+            os.environ.pop(RUN_DIR_ENV, None)
         else:
-            os.environ[wire.RUN_DIR_ENV] = old
+            os.environ[RUN_DIR_ENV] = old
+
+
+def make_file(path: Path, size_b: int, allocate: bool = False) -> str:
+    """A zero-filled file; sparse unless `allocate` (then every block is really written)."""
+    with path.open("wb") as f:
+        if allocate:
+            chunk = bytes(1 << 20)
+            for _ in range(size_b // len(chunk)):
+                f.write(chunk)
+            f.write(bytes(size_b % len(chunk)))
+            os.fsync(f.fileno())
+        else:
+            f.truncate(size_b)
+    return str(path)
+
+
+class LoopDevices:
+    """Attaches loop devices over backing files and detaches every one at teardown."""
+
+    def __init__(self) -> None:
+        self.attached: list[str] = []
+
+    def attach(self, backing: str, sector_size: int = 512) -> str:
+        cmd = ["losetup", "-f", "--show", "--direct-io=on", f"--sector-size={sector_size}", backing]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            cmd.remove("--direct-io=on")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        device = out.stdout.strip()
+        self.attached.append(device)
+        return device
+
+    def detach_all(self) -> None:
+        for device in reversed(self.attached):
+            subprocess.run(["blockdev", "--setrw", device], capture_output=True)
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+        self.attached.clear()
 
 
 class DaemonProc:
     """A `leasestore daemon` in its own run dir."""
 
     def __init__(self, base: Path, name: str, io_timeout_s: int = 1,
-                 watchdog_fire_timeout_s: float = 5) -> None:
+                 watchdog_fire_timeout_s: float = 5, watchdog: str = "none",
+                 run_dir_name: str | None = None) -> None:
         self.name = name
-        self.run_dir = str(base / f"run-{name}")
+        self.run_dir = str(base / (run_dir_name or f"run-{name}"))
         self.log_path = base / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", self.run_dir,
              "--host-name", name, "--io-timeout", str(io_timeout_s),
-             "--watchdog-fire-timeout", str(watchdog_fire_timeout_s)],
+             "--watchdog", watchdog, "--watchdog-fire-timeout", str(watchdog_fire_timeout_s)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
-        socket_path = os.path.join(self.run_dir, wire.SOCKET_NAME)
+        socket_path = os.path.join(self.run_dir, SOCKET_NAME)
         poll(lambda: os.path.exists(socket_path) or self.proc.poll() is not None, 20,
              what=f"daemon {name} socket")
         assert self.proc.poll() is None, self.log()
