@@ -117,6 +117,11 @@ class Lockspace(HostLeaseObserver):
         """Our monotonic time at which the host lease expires unless renewed."""
         return self.last_success_s + self.timeouts.id_renewal_fail_s
 
+    def valid_at(self, now_s: float) -> bool:
+        """Whether our host lease is held and unexpired at monotonic time now_s."""
+        return (self._state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
+                and now_s < self.valid_until_s)
+
     def start(self) -> None:
         self._thread.start()
 

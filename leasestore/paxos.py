@@ -123,6 +123,8 @@ class LeaseRead:
     """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
     lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
     committed, held and released), cannot coexist with a current leader."""
+    stale_released: bool = False
+    """A dblock at stale_target is RELEASED: that version's holding is over."""
 
     @property
     def own_lver(self) -> int:
@@ -188,7 +190,8 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
     stale_target = int(lvers[proof].max()) if proof.any() else 0
     own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
-    return LeaseRead(leader, max_mbal, own_dblock, stale_target)
+    stale_released = bool(stale_target) and bool((released & (lvers == stale_target)).any())
+    return LeaseRead(leader, max_mbal, own_dblock, stale_target, stale_released)
 
 
 def _row_dblock(row: np.void) -> Dblock:
@@ -295,6 +298,14 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
     return best, shared
 
 
+def _shared_holders(p: PaxosParams, num_hosts: int) -> Algorithm[list[int]]:
+    """Host ids whose dblocks carry a SHARED mode block (what a phase read reports)."""
+    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s)
+    rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+    return [i + 1 for i in touched
+            if i not in bad and int(rows[i]["mode_flags"]) & MODE_FLAG_SHARED]
+
+
 def _phase1_dblock(own: Dblock | None, lver: int, our_mbal: int) -> Dblock:
     """Our phase-1 record. Disk Paxos keeps a process's accepted (bal, value) when it starts a
     new ballot for the same version: erasing it could erase the only proof that the version was
@@ -306,10 +317,10 @@ def _phase1_dblock(own: Dblock | None, lver: int, our_mbal: int) -> Dblock:
 
 def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int,
             own: list[Dblock | None]) -> Algorithm[tuple[Dblock, list[int]]]:
-    """One ballot. `own[0]` tracks our dblock as it stands on disk."""
+    """One ballot. `own[0]` tracks our dblock as it stands (or may come to stand) on disk."""
     phase1 = _phase1_dblock(own[0], next_lver, our_mbal)
+    own[0] = phase1  # before the write: one that times out may still land
     yield from _write_dblock(p, phase1)
-    own[0] = phase1
     best, _ = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
     if best is None:
         now_s: float = yield Now()
@@ -318,8 +329,8 @@ def _ballot(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int,
         value = (best.inp, best.inp2, best.inp3)
     accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=value[0], inp2=value[1], inp3=value[2],
                       lver=next_lver)
-    yield from _write_dblock(p, accepted)
     own[0] = accepted
+    yield from _write_dblock(p, accepted)
     _, shared = yield from _phase_read(p, num_hosts, next_lver, our_mbal)
     return accepted, shared
 
@@ -330,12 +341,15 @@ def _first_mbal(p: PaxosParams, max_mbal: int, max_hosts: int) -> int:
     return (max_mbal - max_mbal % max_hosts) + max_hosts + p.host_id
 
 
-def _commit(p: PaxosParams, cur: Leader, accepted: Dblock, shared: bool) -> Algorithm[Leader]:
+def _commit(p: PaxosParams, cur: Leader, accepted: Dblock, shared: bool, free: bool = False
+            ) -> Algorithm[Leader]:
+    """Write the leader for the accepted value (with timestamp 0 when `free`)."""
     now_s: float = yield Now()
     ours = (accepted.inp, accepted.inp2) == (p.host_id, p.generation)
     flags = (cur.flags | FLAG_SHORT_HOLD) if (shared and ours) else (cur.flags & ~FLAG_SHORT_HOLD)
     leader = cur.replace(lver=accepted.lver, owner_id=accepted.inp,
-                         owner_generation=accepted.inp2, timestamp=accepted.inp3, flags=flags,
+                         owner_generation=accepted.inp2, timestamp=0 if free else accepted.inp3,
+                         flags=flags,
                          write_id=p.host_id, write_generation=p.generation,
                          write_timestamp=max(1, int(now_s)))
     yield Write(p.device, p.offset_b, pad_sector(leader.encode(), p.geometry.sector_size),
@@ -348,7 +362,11 @@ def _released(dblock: Dblock) -> Dblock:
 
 
 def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
-    """After an I/O failure past phase 2 we may have won: mark our dblock RELEASED."""
+    """After an I/O failure past phase 2 we may have won: mark our dblock RELEASED. Only for our
+    own value: RELEASED on a dblock tells every reader that the holding of that version is over,
+    which only the value's owner may say."""
+    if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
+        return
     with contextlib.suppress(StorageError):
         yield from _write_dblock(p, _released(accepted))
 
@@ -368,9 +386,13 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Lead
         if not first:
             again = yield from read_leader(p)
             if again.lver == next_lver:
-                if (again.owner_id, again.owner_generation) == (p.host_id, p.generation):
-                    raise AcquireOwned(f"lease {p.resource!r} lver {next_lver} committed to us "
-                                       "by another host; retry to take it")
+                mine = own[0]
+                if ((again.owner_id, again.owner_generation) == (p.host_id, p.generation)
+                        and mine is not None and mine.lver == next_lver and mine.bal
+                        and (mine.inp, mine.inp2) == (p.host_id, p.generation)):
+                    # Another host's ballot committed our accepted value: the lease is ours.
+                    holders = yield from _shared_holders(p, cur.num_hosts)
+                    return again, mine, holders
                 raise AcquireOwned(f"lease {p.resource!r} lver {next_lver} went to host "
                                    f"{again.owner_id}")
             if again.encode() != cur.encode():
@@ -383,6 +405,11 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Lead
             yield Sleep(pause)
             our_mbal += cur.max_hosts
             continue
+        except StorageError:
+            # Our value may stand accepted and be committed by another host: say we let it go.
+            if own[0] is not None and own[0].bal:
+                yield from _retract(p, own[0])
+            raise
         try:
             leader = yield from _commit(p, cur, accepted, shared)
         except StorageError:
@@ -420,7 +447,9 @@ def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None
 
 def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     """The leader fell behind the dblocks (a late write rolled it back). Re-commit the value
-    accepted at the highest lver, adopting it as any ballot would; never propose our own."""
+    accepted at the highest lver, adopting it as any ballot would; never propose our own. A
+    version whose holding was released is committed free (timestamp 0) and our dblock keeps it
+    RELEASED, so that it is never granted a second time."""
     cur = read1.leader
     target = read1.stale_target
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
@@ -429,11 +458,13 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     if best is None:
         raise LeaderStale(f"lease {p.resource!r}: leader at lver {cur.lver} but dblocks reach "
                           f"lver {target} with no accepted value to recover")
+    released = read1.stale_released
     accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=best.inp, inp2=best.inp2,
-                      inp3=best.inp3, lver=target)
+                      inp3=best.inp3, lver=target,
+                      flags=DBLOCK_FLAG_RELEASED if released else 0)
     yield from _write_dblock(p, accepted)
     yield from _phase_read(p, cur.num_hosts, target, our_mbal)
-    yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False)
+    yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False, free=released)
 
 
 def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[HeldLease]:

@@ -6,12 +6,19 @@ lockspace whose host lease is HELD, with the lockspace's current host generation
 rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
 Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to
 processes.
+
+A release whose I/O fails leaves the lease owned by this live host on disk, where no other
+host could ever take it; it is retried every io_timeout in the background until it succeeds,
+the lease is found taken over, or the lockspace stops being held (then the lease dies with the
+host lease). Until then the key counts as busy here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from leasestore.delta import PROBE_SIZE_B
@@ -20,6 +27,7 @@ from leasestore.errors import (
     LeaseAlreadyHeld,
     LeaseNotHeld,
     LockspaceNotJoined,
+    StorageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
@@ -30,6 +38,7 @@ from leasestore.specs import escape_path
 from leasestore.storage.direct import DirectDevice
 from leasestore.storage.driver import Driver
 
+log = logging.getLogger(__name__)
 ResourceKey = tuple[str, str, str, int]
 RES_DEVICE = "resource"
 LS_DEVICE = "lockspace"
@@ -65,6 +74,8 @@ class ResourceService:
         self._geometries: dict[tuple[str, int], Geometry] = {}
         self.held: dict[ResourceKey, HeldResource] = {}
         self._busy: set[ResourceKey] = set()
+        """Keys being acquired, or whose failed release is being retried."""
+        self._closed = threading.Event()
 
     def _device(self, path: str) -> DirectDevice:
         with self._lock:
@@ -112,12 +123,17 @@ class ResourceService:
                 local.sharers.add(pid)
                 return local
             if local is not None or key in self._busy:
-                raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired) "
-                                       "on this host")
+                raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired "
+                                       "or released) on this host")
             self._busy.add(key)
         try:
             params = self._params(lockspace, key)
             lease = self._driver(lockspace, key[2]).run(acquire(params, shared=shared, lver=lver))
+            if not lockspace.valid_at(time.monotonic()):
+                # A ballot that ends after our host lease expired (a long stall) grants nothing:
+                # other hosts may already have taken the lease over.
+                raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired while "
+                                         f"acquiring {key[1]!r}")
             held = HeldResource(key, lease, params, pid, {pid} if shared else set())
             with self._lock:
                 self.held[key] = held
@@ -139,8 +155,35 @@ class ResourceService:
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
         held = self._unhold(key, pid)
-        if held is not None:
+        if held is None:
+            return
+        try:
             self._driver(lockspace, key[2]).run(release(held.params, held.lease))
+        except StorageError as exc:
+            with self._lock:
+                self._busy.add(key)
+            threading.Thread(target=self._retry_release, args=(lockspace, held),
+                             name=f"release-{key[1]}", daemon=True).start()
+            raise type(exc)(f"{exc}; the release is retried in the background") from exc
+
+    def _retry_release(self, lockspace: Lockspace, held: HeldResource) -> None:
+        interval_s = lockspace.timeouts.io_timeout_s
+        try:
+            while lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
+                if self._closed.wait(interval_s):
+                    return
+                try:
+                    self._driver(lockspace, held.key[2]).run(release(held.params, held.lease))
+                    log.info("lease %s released on retry", held.key[1])
+                    return
+                except StorageError as exc:
+                    log.warning("lease %s: release failed again: %s", held.key[1], exc)
+                except Exception as exc:  # taken over, moved on: nothing left to release
+                    log.warning("lease %s: release abandoned: %s", held.key[1], exc)
+                    return
+        finally:
+            with self._lock:
+                self._busy.discard(held.key)
 
     def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                 force_mode: int) -> int:
@@ -166,6 +209,7 @@ class ResourceService:
             return [h for h in self.held.values() if h.key[0] == name]
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             devices = list(self._devices.values())
             self._devices.clear()

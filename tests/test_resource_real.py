@@ -7,28 +7,34 @@ host_dead, and host 2 takes the lease no earlier than host_dead, with a larger l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from leasestore import client
+from leasestore.daemon import wire
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, AcquireLver, SharedHolders
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
+from leasestore.testing.wirefuzz import hostile_lines
 from leasestore.timeouts import Timeouts
 
 pytestmark = pytest.mark.slow
 LS = "res-ls"
 T = Timeouts(1, 5)
 MiB = 1 << 20
-VM1, VM2, VM3 = MiB, 2 * MiB, 3 * MiB
+VM1, VM2, VM3, VM4 = MiB, 2 * MiB, 3 * MiB, 4 * MiB
 
 
 @dataclass
@@ -62,10 +68,10 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     loops = LoopDevices()
     state = Hosts([], [], [])
     try:
-        backing = make_file(base / "shared.img", 4 * MiB)
+        backing = make_file(base / "shared.img", 5 * MiB)
         state.devices = [loops.attach(backing), loops.attach(backing)]
         format_lockspace(state.devices[0], LS, 0, io_timeout_s=1)
-        for name, offset in (("vm1", VM1), ("vm2", VM2), ("vm3", VM3)):
+        for name, offset in (("vm1", VM1), ("vm2", VM2), ("vm3", VM3), ("vm4", VM4)):
             format_resource(state.devices[0], LS, name, offset)
         state.daemons = [DaemonProc(base, f"rhost-{c}", 1, 5) for c in "ab"]
         for index, daemon in enumerate(state.daemons):
@@ -194,3 +200,132 @@ def test_failed_storage_kills_the_holder_before_host_dead_then_host_2_takes_over
     hosts.daemons[1].call(client.release, LS, "vm1", [(hosts.devices[1], VM1)])
     assert read_paxos_leader(hosts.devices[1], VM1).timestamp == 0
     subprocess.run(["blockdev", "--setrw", hosts.devices[0]], check=True)
+
+
+# --- hostile clients ------------------------------------------------------------------------
+
+
+def _exchange(sock: socket.socket, reader: Any, line: bytes) -> dict[str, Any]:
+    sock.sendall(line)
+    reply: dict[str, Any] = json.loads(reader.readline())
+    return reply
+
+
+def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work` in a forked child (its own pid, so its own registration); return its dict."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        outcome: dict[str, Any] = {}
+        try:
+            outcome = work()
+        except BaseException as exc:
+            outcome = {"crashed": repr(exc)}
+        finally:
+            os.write(write_end, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result: dict[str, Any] = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    return result
+
+
+def _identities(lockspaces: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(ls["lockspace"], ls["host_id"], ls["path"], ls["state"], ls["generation"])
+            for ls in lockspaces]
+
+
+def test_the_fuzz_corpus_never_crashes_the_daemon_nor_leaks_a_lease(hosts: Hosts) -> None:
+    """(On host 2: host 1's lockspace was failed by an earlier test.) A registered connection
+    holds vm4, then sends every hostile line: each gets an error (or a harmless answer), the
+    lease stays with its holder, and closing the connection releases it on disk."""
+    daemon, device = hosts.daemons[1], hosts.devices[1]
+    lockspaces_before = _identities(daemon.call(client.get_lockspaces))
+    lines = list(hostile_lines())
+    short = [line for line in lines if len(line) <= wire.MAX_MESSAGE_B]
+
+    def session() -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(os.path.join(daemon.run_dir, wire.SOCKET_NAME))
+            reader = sock.makefile("rb")
+            registered = _exchange(sock, reader, wire.encode_request(1, wire.Register()))
+            held = _exchange(sock, reader, wire.encode_request(
+                2, wire.Acquire(LS, "vm4", device, VM4)))
+            replies = [_exchange(sock, reader, line) for line in short]
+            mine = _exchange(sock, reader, wire.encode_request(3, wire.Inquire()))
+            owner = read_paxos_leader(device, VM4).owner_id
+        return {"registered": registered["ok"], "held": held, "replies": replies,
+                "inquire": mine, "owner": owner}
+
+    out = _in_child(session)
+    assert "crashed" not in out, out.get("crashed")
+    assert out["registered"] and out["held"]["ok"], out["held"]
+    replies = out["replies"]
+    assert len(replies) == len(short)
+    errors = [r for r in replies if not r.get("ok")]
+    assert len(errors) > 0.9 * len(short)
+    internal = [r["error"] for r in errors if r["error"]["name"] == "LeasestoreError"]
+    assert not internal, internal[:3]
+    assert [h["resource"] for h in out["inquire"]["result"]] == ["vm4"]
+    assert out["owner"] == 2
+    for line in lines:
+        if len(line) > wire.MAX_MESSAGE_B:  # each closes its connection after an error
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(os.path.join(daemon.run_dir, wire.SOCKET_NAME))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(line)  # the daemon may hang up before reading it all
+                with contextlib.suppress(ConnectionResetError):
+                    reply = sock.makefile("rb").readline()
+                    assert not reply or json.loads(reply)["ok"] is False
+    assert daemon.proc.poll() is None
+    poll(lambda: read_paxos_leader(device, VM4).timestamp == 0, 10,
+         what="vm4 released when its connection closed")
+    assert _identities(daemon.call(client.get_lockspaces)) == lockspaces_before
+    assert not any(h["resource"] == "vm4" for h in daemon.call(client.status)["leases"])
+
+
+def _as_nobody(run_dir: str, holder_pid: int, device: str) -> dict[str, Any]:
+    """As uid 65534 (in a child): try to release another process' lease, to release one it does
+    not hold, and to remove the lockspace; returns each attempt's outcome."""
+
+    def attempts() -> dict[str, Any]:
+        os.chdir(run_dir)  # the pytest tmp tree is root-only: reach the socket from inside
+        os.setgid(65534)
+        os.setuid(65534)
+        os.environ[wire.RUN_DIR_ENV] = "."
+        tries: dict[str, Callable[[], object]] = {
+            "release_for_pid": lambda: client.release(LS, "vm4", [(device, VM4)],
+                                                      pid=holder_pid),
+            "release_own": lambda: client.release(LS, "vm4", [(device, VM4)]),
+            "rem_lockspace": lambda: client.rem_lockspace(LS, 2, device, 0),
+        }
+        outcome: dict[str, Any] = {}
+        for name, attempt in tries.items():
+            try:
+                attempt()
+                outcome[name] = "succeeded"
+            except Exception as exc:
+                outcome[name] = type(exc).__name__
+                outcome[name + "_message"] = str(exc)
+        return outcome
+
+    return _in_child(attempts)
+
+
+def test_another_user_can_release_nothing_but_its_own(hosts: Hosts) -> None:
+    daemon, device = hosts.daemons[1], hosts.devices[1]
+    holder = hosts.hold(1, "vm4", VM4)
+    socket_path = os.path.join(daemon.run_dir, wire.SOCKET_NAME)
+    os.chmod(socket_path, 0o666)  # let uid 65534 reach the daemon at all
+    try:
+        outcome = _as_nobody(daemon.run_dir, holder, device)
+    finally:
+        os.chmod(socket_path, 0o660)
+    tried = {k: v for k, v in outcome.items() if not k.endswith("_message")}
+    assert tried == {"release_for_pid": "PermissionDenied", "release_own": "LeaseNotHeld",
+                     "rem_lockspace": "PermissionDenied"}, outcome
+    assert [h["resource"] for h in daemon.call(client.inquire, pid=holder)] == [b"vm4"]
+    assert read_paxos_leader(device, VM4).owner_id == 2
+    os.kill(holder, 9)
+    poll(lambda: read_paxos_leader(device, VM4).timestamp == 0, 10, what="vm4 released")

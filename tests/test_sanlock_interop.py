@@ -6,6 +6,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +133,117 @@ def test_leasestore_refuses_the_host_id_sanlock_holds(
     assert f"s {LS}:1:" in theirs.client("gets", "-s", LS).stdout  # sanlock still holds it
     record = next(r for r in dump(devices[0], 0, 1 << 20) if r.host_id == 1)
     assert record.host_name == "slk-host" and record.owner_generation == 1
+
+
+# --- takeover across implementations after host_dead ----------------------------------------
+
+DEAD_LS = "mixed-dead"
+R_SLK = 1 << 20
+R_OURS = 2 << 20
+W_S = 60
+"""sanlock 3.8 fixes watchdog_fire_timeout at 60 s, so our daemons use 60 s too: the cluster
+must agree on it, since host_dead = 8 × io_timeout + watchdog_fire_timeout."""
+HOST_DEAD_S = 8 * 1 + W_S
+HOLDER = r"""
+import sys, time
+from leasestore import client
+fd = client.register()
+client.acquire(sys.argv[1], "r-ours", [(sys.argv[2], int(sys.argv[3]))], slkfd=fd)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_each_implementation_takes_a_dead_hosts_lease_only_after_host_dead(
+        tmp_path: Path, sanlock_bin: str) -> None:
+    """sanlock host 1 and leasestore host 2 each hold a lease and die together; then
+    leasestore host 4 takes sanlock's lease and sanlock host 3 takes ours, each no earlier than
+    host_dead after the dead host's last renewal, and soon after it."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
+            pytest.fail("root and losetup are required")
+        pytest.skip("needs root and losetup")
+    loops = LoopDevices()
+    procs: list[SanlockProc | DaemonProc] = []
+    holders: list[subprocess.Popen[str]] = []
+    try:
+        backing = make_file(tmp_path / "shared.img", 4 << 20)
+        dev = [loops.attach(backing) for _ in range(4)]
+        format_lockspace(dev[0], DEAD_LS, 0, io_timeout_s=1)
+        format_resource(dev[0], DEAD_LS, "r-slk", R_SLK)
+        format_resource(dev[0], DEAD_LS, "r-ours", R_OURS)
+        slk1, slk3 = (SanlockProc(tmp_path, f"slk{i}", sanlock_bin) for i in (1, 3))
+        ours2, ours4 = (DaemonProc(tmp_path, f"ours{i}", 1, W_S) for i in (2, 4))
+        procs += [slk1, slk3, ours2, ours4]
+        joins = [threading.Thread(target=s.client, args=("add_lockspace", "-o", "1", "-s",
+                                                         f"{DEAD_LS}:{h}:{dev[h - 1]}:0"))
+                 for s, h in ((slk1, 1), (slk3, 3))]
+        joins += [threading.Thread(target=o.call, args=(client.add_lockspace, DEAD_LS, h,
+                                                        dev[h - 1], 0))
+                  for o, h in ((ours2, 2), (ours4, 4))]
+        for join in joins:
+            join.start()
+        for join in joins:
+            join.join(120)
+        holders.append(subprocess.Popen(
+            [slk1.bin, "client", "command", "-r", f"{DEAD_LS}:r-slk:{dev[0]}:{R_SLK}", "-c",
+             "/bin/sleep", "600"], env=slk1.env, text=True))
+        holders.append(subprocess.Popen(
+            [sys.executable, "-c", HOLDER, DEAD_LS, dev[1], str(R_OURS)],
+            env={**os.environ, "LEASESTORE_RUN_DIR": ours2.run_dir}, stdout=subprocess.PIPE,
+            text=True))
+        assert holders[1].stdout is not None and holders[1].stdout.readline() == "held\n"
+        poll(lambda: read_paxos_leader(dev[3], R_SLK).timestamp != 0, 30,
+             what="sanlock holds r-slk")
+        assert read_paxos_leader(dev[3], R_SLK).owner_id == 1
+        assert read_paxos_leader(dev[2], R_OURS).owner_id == 2
+
+        # Both owners die at once: daemon and holder, as a machine would.
+        for proc in (slk1.proc, ours2.proc, *holders):
+            proc.kill()
+        died_at = time.monotonic()
+        taken: dict[str, float] = {}
+
+        def ours_takes_theirs() -> None:
+            def attempt() -> bool:
+                try:
+                    ours4.call(client.acquire, DEAD_LS, "r-slk", [(dev[3], R_SLK)])
+                except AcquireIdLive:
+                    return False
+                return True
+            poll(attempt, HOST_DEAD_S + 40, interval_s=0.5, what="leasestore takes r-slk")
+            taken["leasestore"] = time.monotonic()
+            # This test process holds it now: give it back before the daemon stops (a daemon
+            # that stops kills the holders of its leases).
+            ours4.call(client.release, DEAD_LS, "r-slk", [(dev[3], R_SLK)])
+
+        def theirs_takes_ours() -> None:
+            def attempt() -> bool:
+                out = slk3.client("command", "-r", f"{DEAD_LS}:r-ours:{dev[2]}:{R_OURS}", "-c",
+                                  "/bin/true", check=False)
+                return out.returncode == 0
+            poll(attempt, HOST_DEAD_S + 40, interval_s=0.5, what="sanlock takes r-ours")
+            taken["sanlock"] = time.monotonic()
+
+        takers = [threading.Thread(target=ours_takes_theirs),
+                  threading.Thread(target=theirs_takes_ours)]
+        for taker in takers:
+            taker.start()
+        for taker in takers:
+            taker.join(HOST_DEAD_S + 60)
+        assert set(taken) == {"leasestore", "sanlock"}, taken
+        for who, when in taken.items():
+            # The last renewal was at most one renewal interval (2 s) before the kill.
+            print(f"{who} took the dead host's lease {when - died_at:.1f} s after its death")
+            assert HOST_DEAD_S - 2 <= when - died_at <= HOST_DEAD_S + 12, (who, when - died_at)
+        taken_by_us = read_paxos_leader(dev[3], R_SLK)
+        assert (taken_by_us.owner_id, taken_by_us.lver) == (4, 2)
+        taken_by_them = read_paxos_leader(dev[2], R_OURS)
+        assert (taken_by_them.owner_id, taken_by_them.lver) == (3, 2)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+        for proc in reversed(procs):
+            proc.stop()
+        loops.detach_all()

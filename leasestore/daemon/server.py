@@ -91,6 +91,18 @@ def notify_systemd(message: str) -> None:
             log.warning("sd_notify failed: %s", exc)
 
 
+def _check_run_dir(run_dir: str) -> None:
+    """The run dir holds the socket other processes trust: it must be a real directory of ours
+    (or root's) that no one else may write to. Raises UsageError."""
+    info = os.lstat(run_dir)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"run dir {run_dir} is not a directory (a symlink?)")
+    if info.st_uid not in (0, os.geteuid()):
+        raise UsageError(f"run dir {run_dir} is owned by uid {info.st_uid}; refusing to use it")
+    if info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        raise UsageError(f"run dir {run_dir} is group- or world-writable; refusing to use it")
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
@@ -133,9 +145,7 @@ class Daemon:
         """Prepare the run dir, take its lock, bind the socket. Raises UsageError on conflict."""
         run_dir = self.config.run_dir
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
-        mode = os.stat(run_dir).st_mode
-        if mode & stat.S_IWOTH:
-            raise UsageError(f"run dir {run_dir} is world-writable; refusing to use it")
+        _check_run_dir(run_dir)
         self._pid_file = os.open(os.path.join(run_dir, wire.PID_FILE_NAME),
                                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -149,6 +159,8 @@ class Daemon:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.socket_path)
         os.chmod(self.socket_path, SOCKET_MODE)
+        if stat.S_IMODE(os.lstat(self.socket_path).st_mode) != SOCKET_MODE:
+            raise UsageError(f"socket {self.socket_path} did not take mode {SOCKET_MODE:o}")
         listener.listen(64)
         listener.settimeout(0.5)
         self._listener = listener

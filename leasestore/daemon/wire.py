@@ -277,6 +277,8 @@ def parse_envelope(line: bytes) -> tuple[int, Any, Any]:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("a request must be a JSON object")
     seq = message.get("seq")

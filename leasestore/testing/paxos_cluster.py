@@ -9,17 +9,17 @@ later.
 
 Checkers: never two valid exclusive holders of one resource; never an exclusive beside a shared
 valid holder; every exclusive acquisition's lver is greater than all earlier ones of that
-resource; a dead-owner takeover happens only after the owner's holding stopped being valid.
+resource, or equal to the last one when granted again to the same host generation; a dead-owner
+takeover happens only after the owner's holding stopped being valid.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 from leasestore.delta import DeltaParams, HostLeaseObserver, RenewOutcome, host_lease_loop
 from leasestore.effects import Algorithm, Sleep
-from leasestore.errors import LeasestoreError
+from leasestore.errors import LeasestoreError, StorageError
 from leasestore.liveness import HostTable, OwnerView
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
@@ -69,6 +69,9 @@ class PaxosHost:
 @dataclass
 class ResourceLog:
     max_lver: int = 0
+    max_lver_owner: tuple[int, int] = (-1, 0)
+    """(host index, generation) granted max_lver: only it may be granted that lver again (a
+    re-grant to the same owner after its leader write was rolled back, as sanlock's)."""
     acquisitions: int = 0
     takeovers: int = 0
     history: list[tuple[float, str]] = field(default_factory=list)
@@ -197,12 +200,25 @@ class PaxosCluster:
             except LeasestoreError:
                 yield Sleep(rng.uniform(0.5, 3 * self.timeouts.io_timeout_s))
                 continue
+            if not self.delta_valid(host):  # as the daemon does: a grant that outlived our
+                yield Sleep(self.timeouts.io_timeout_s)  # host lease is void
+                continue
             self._acquired(host, incarnation, resource, held)
             yield Sleep(rng.expovariate(1 / (4 * self.timeouts.io_timeout_s)))
             host.holding = None
-            with contextlib.suppress(LeasestoreError):
-                yield from release(params, held)
+            yield from self._release(host, params, held)
             yield Sleep(rng.uniform(0, 2 * self.timeouts.io_timeout_s))
+
+    def _release(self, host: PaxosHost, params: PaxosParams, held: HeldLease) -> Algorithm[None]:
+        """As the daemon does: retry a release whose I/O failed while the host lease lasts."""
+        while host.joined:
+            try:
+                yield from release(params, held)
+                return
+            except StorageError:
+                yield Sleep(self.timeouts.io_timeout_s)
+            except LeasestoreError:
+                return
 
     def _satisfied(self, host: PaxosHost) -> bool:
         """In the fault-free phase a host that has been granted a lease stops contending, so
@@ -213,9 +229,11 @@ class PaxosCluster:
     def _acquired(self, host: PaxosHost, incarnation: int, resource: int, held: HeldLease) -> None:
         log = self.logs[resource]
         if not held.shared:
-            if held.lver <= log.max_lver:
+            owner = (host.index, host.generation)
+            again = held.lver == log.max_lver and owner == log.max_lver_owner
+            if held.lver <= log.max_lver and not again:
                 self._violate(f"res{resource}: lver {held.lver} acquired after {log.max_lver}")
-            log.max_lver = max(log.max_lver, held.lver)
+            log.max_lver, log.max_lver_owner = max(log.max_lver, held.lver), owner
         log.acquisitions += 1
         host.acquisitions += 1
         host.holding = Holding(host.index, incarnation, resource, held.lver, held.shared)

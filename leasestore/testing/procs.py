@@ -91,7 +91,7 @@ class DaemonProc:
                  run_dir_name: str | None = None) -> None:
         self.name = name
         self.run_dir = str(base / (run_dir_name or f"run-{name}"))
-        self.log_path = base / f"{name}.log"
+        self.log_path = base / f"{run_dir_name or name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", self.run_dir,
@@ -152,16 +152,18 @@ class SanlockProc:
              or self.proc.poll() is not None, 20, what="sanlock socket")
         assert self.proc.poll() is None, self.log_path.read_text()
 
-    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def client(self, *args: str, check: bool = True,
+               timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         out = subprocess.run([self.bin, "client", *args], env=self.env, capture_output=True,
-                             text=True, timeout=300, check=False)
+                             text=True, timeout=timeout_s, check=False)
         if check:
             assert out.returncode == 0, out.stdout + out.stderr
         return out
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.client("shutdown", "-f", "1", check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.client("shutdown", "-f", "1", check=False, timeout_s=15)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
