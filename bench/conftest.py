@@ -67,7 +67,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         groups.setdefault(bench.group or bench.name, {})[bench.extra_info.get("role", "")] = bench
     terminalreporter.section("leasestore vs baseline (median, p99)")
     for group, roles in sorted(groups.items()):
-        if "baseline" not in roles or "leasestore" not in roles:
+        if ("baseline" not in roles or "leasestore" not in roles
+                or not roles["baseline"].stats.data or not roles["leasestore"].stats.data):
             continue
         base_med, base_p99 = _stats(roles["baseline"])
         ours_med, ours_p99 = _stats(roles["leasestore"])

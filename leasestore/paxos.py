@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from leasestore.delta import verify_delta
-from leasestore.effects import Algorithm, Now, Random, Read, Sleep, Write
+from leasestore.effects import Algorithm, Batch, Now, Random, Read, Sleep, Write
 from leasestore.errors import (
     AcquireIdLive,
     AcquireLver,
@@ -536,10 +536,15 @@ def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
     if held.shared:
         yield from _write_dblock(p, released)
         return
-    with contextlib.suppress(StorageError):
-        # The leader write below is what matters; a stale dblock only slows acquirers down.
-        yield from _write_dblock(p, released)
-    leader = yield from read_leader(p)
+    # The RELEASED dblock and the leader read go out together; the leader write waits for both.
+    # The leader write is what matters; a dblock write that failed only slows acquirers down.
+    dblock_sector = encode_dblock_sector(released, p.geometry.sector_size)
+    _written, raw = yield Batch((
+        Write(p.device, p.dblock_at, dblock_sector, p.io_timeout_s),
+        Read(p.device, p.offset_b, p.geometry.sector_size, p.io_timeout_s)))
+    if isinstance(raw, StorageError):
+        raise raw
+    leader = verify_paxos_leader(raw, p)
     if leader.write_id != p.host_id:
         if (leader.owner_id, leader.owner_generation) == (p.host_id, p.generation):
             return  # another host committed our value; the RELEASED dblock tells acquirers
