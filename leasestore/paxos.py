@@ -529,25 +529,20 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
 
 
 def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
-    """Give the lease up. Exclusive: RELEASED dblock, then the leader's timestamp to 0."""
+    """Give the lease up. Exclusive: read the leader; if it is still ours, write the RELEASED
+    dblock and the leader with timestamp 0 together."""
     if held.lver == 0:
         return
     released = _released(held.dblock)
     if held.shared:
         yield from _write_dblock(p, released)
         return
-    # The RELEASED dblock and the leader read go out together; the leader write waits for both.
-    # The leader write is what matters; a dblock write that failed only slows acquirers down.
-    dblock_sector = encode_dblock_sector(released, p.geometry.sector_size)
-    _written, raw = yield Batch((
-        Write(p.device, p.dblock_at, dblock_sector, p.io_timeout_s),
-        Read(p.device, p.offset_b, p.geometry.sector_size, p.io_timeout_s)))
-    if isinstance(raw, StorageError):
-        raise raw
-    leader = verify_paxos_leader(raw, p)
+    leader = yield from read_leader(p)
     if leader.write_id != p.host_id:
         if (leader.owner_id, leader.owner_generation) == (p.host_id, p.generation):
-            return  # another host committed our value; the RELEASED dblock tells acquirers
+            # Another host committed our value: the RELEASED dblock tells acquirers.
+            yield from _write_dblock(p, released)
+            return
         raise ReleaseOwner(f"lease {p.resource!r} was taken over by host {leader.owner_id} "
                            f"(lver {leader.lver})")
     if leader.lver != held.lver:
@@ -559,8 +554,17 @@ def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
     free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
                           write_id=p.host_id, write_generation=p.generation,
                           write_timestamp=max(1, int(now_s)))
-    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
-                p.io_timeout_s)
+    # The RELEASED dblock (proof, should a late write roll the leader back, that this version
+    # is over) and the free leader go out together. The leader is what matters: its failure
+    # fails the release; a failed dblock write only slows a later recovery down.
+    dblock_written, leader_written = yield Batch((
+        Write(p.device, p.dblock_at, encode_dblock_sector(released, p.geometry.sector_size),
+              p.io_timeout_s),
+        Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
+              p.io_timeout_s)))
+    del dblock_written
+    if isinstance(leader_written, StorageError):
+        raise leader_written
 
 
 def request(p: PaxosParams, lver: int | None, force_mode: int) -> Algorithm[int]:

@@ -38,7 +38,8 @@ ALLOWED = {
 FORBIDDEN_STDLIB_IN_PURE = {"os", "time", "socket", "threading", "random", "subprocess", "mmap"}
 TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device", "leasestore.plugin.api",
                            # the real-process harness drives daemons as any client does:
-                           "leasestore.client", "leasestore.daemon.wire"}
+                           "leasestore.client", "leasestore.daemon.wire",
+                           "leasestore.direct"}
 CLIENT_FRONT_ENDS = {"client", "plugin"}
 
 

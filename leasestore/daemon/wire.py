@@ -227,9 +227,16 @@ COMMANDS: dict[str, type[Command]] = {
 }
 
 
+_FIELD_TYPES: dict[type[Command], dict[str, Any]] = {}
+
+
 def _field_types(cls: type[Command]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """Each field's type (resolving the hints is slow: done once per command class)."""
+    types = _FIELD_TYPES.get(cls)
+    if types is None:
+        hints = typing.get_type_hints(cls)
+        types = _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return types
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
