@@ -40,7 +40,7 @@ class MemoryRunner:
     def _io(self, effect: Read | Write) -> Any:
         disk = self.disks[effect.device]
         if isinstance(effect, Read):
-            return bytes(disk[effect.offset_b:effect.offset_b + effect.length_b])
+            return bytes(memoryview(disk)[effect.offset_b:effect.offset_b + effect.length_b])
         disk[effect.offset_b:effect.offset_b + len(effect.data)] = effect.data
         return None
 
