@@ -329,3 +329,34 @@ def test_another_user_can_release_nothing_but_its_own(hosts: Hosts) -> None:
     assert read_paxos_leader(device, VM4).owner_id == 2
     os.kill(holder, 9)
     poll(lambda: read_paxos_leader(device, VM4).timestamp == 0, 10, what="vm4 released")
+
+
+def test_a_release_that_fails_is_retried_until_the_lease_is_free(hosts: Hosts) -> None:
+    """The lease's device turns read-only while a holder exits: the release fails, and the
+    daemon retries it until the device is writable again, instead of leaving the lease owned by
+    a live host (where no other host could ever take it)."""
+    daemon = hosts.daemons[1]
+    loops = LoopDevices()
+    backing = subprocess.run(["losetup", "-n", "-O", "BACK-FILE", hosts.devices[1]],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        lease_dev = loops.attach(backing)  # the lockspace stays on devices[1], still writable
+        holder = subprocess.Popen(
+            [sys.executable, "-m", "leasestore.cli.main", "client", "--run-dir",
+             daemon.run_dir, "command", "-r", f"{LS}:vm4:{lease_dev}:{VM4}", "-c", "sleep",
+             "600"])
+        hosts.holders.append(holder)
+        poll(lambda: read_paxos_leader(lease_dev, VM4).timestamp != 0, 20, what="vm4 held")
+        subprocess.run(["blockdev", "--setro", lease_dev], check=True)
+        holder.kill()
+        holder.wait()
+        poll(lambda: not any(h["pid"] == holder.pid
+                             for h in daemon.call(client.status)["leases"]), 10,
+             what="the holder's lease dropped")
+        assert read_paxos_leader(lease_dev, VM4).timestamp != 0  # nothing could be written
+        subprocess.run(["blockdev", "--setrw", lease_dev], check=True)
+        poll(lambda: read_paxos_leader(lease_dev, VM4).timestamp == 0, 3 * T.io_timeout_s + 5,
+             what="the retried release")
+        assert "released on retry" in daemon.log()
+    finally:
+        loops.detach_all()
