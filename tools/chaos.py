@@ -89,8 +89,12 @@ def worker_main(args: argparse.Namespace) -> int:
             time.sleep(HEARTBEAT_S)
             note("H")
         note("R")
-        with contextlib.suppress(LeasestoreError):
+        try:
             client.release(LOCKSPACE, f"res{index}", disks, slkfd=slkfd)
+        except LeasestoreError:
+            pass
+        except OSError:
+            return 3  # the daemon is gone
         time.sleep(rng.uniform(0, 0.3))
 
 
@@ -369,10 +373,21 @@ class Chaos:
 
     def _inject(self, now: float) -> None:
         host = self.rng.choice(self.hosts)
-        if host.booting or host.daemon is None:
+        if host.booting or host.daemon is None or host.daemon.proc.poll() is not None:
             return
         kind = self.rng.choice(["kill_daemon", "stop_daemon", "kill_worker", "kill_worker",
                                 "stop_worker", "stop_worker", "setro"])
+        try:
+            if not self._apply(host, kind, now):
+                return
+        except ProcessLookupError:
+            return  # it died on its own just now
+        self.faults[kind] += 1
+        log(f"host {host.host_id}: {kind}")
+
+    def _apply(self, host: Host, kind: str, now: float) -> bool:
+        """Inject one fault; False if there was nothing to inject it into."""
+        assert host.daemon is not None
         dead_s = self.timeouts.host_dead_s
         if kind == "kill_daemon":
             host.daemon.proc.kill()
@@ -383,7 +398,7 @@ class Chaos:
         elif kind in ("kill_worker", "stop_worker"):
             running = [p for p in host.workers if p.poll() is None and p.pid not in self.stopped]
             if not running:
-                return
+                return False
             proc = self.rng.choice(running)
             if kind == "kill_worker":
                 proc.kill()
@@ -392,11 +407,10 @@ class Chaos:
                 self.stopped[proc.pid] = now + self.rng.uniform(0.5, dead_s)
         elif kind == "setro":
             if host.device in self.readonly:
-                return
+                return False
             subprocess.run(["blockdev", "--setro", host.device], check=True)
             self.readonly[host.device] = now + self.rng.uniform(1, 1.5 * dead_s)
-        self.faults[kind] += 1
-        log(f"host {host.host_id}: {kind}")
+        return True
 
     def stop(self) -> None:
         if self.closing:
