@@ -204,10 +204,23 @@ class PaxosCluster:
                 yield Sleep(self.timeouts.io_timeout_s)  # host lease is void
                 continue
             self._acquired(host, incarnation, resource, held)
-            yield Sleep(rng.expovariate(1 / (4 * self.timeouts.io_timeout_s)))
+            yield from self._hold(rng.expovariate(1 / (4 * self.timeouts.io_timeout_s)))
             host.holding = None
             yield from self._release(host, params, held)
             yield Sleep(rng.uniform(0, 2 * self.timeouts.io_timeout_s))
+
+    def _hold(self, seconds: float) -> Algorithm[None]:
+        """Hold a lease that long; in the fault-free phase, no longer than 4 × io_timeout, so
+        that a random long hold cannot outlast the window in which waiting hosts must be
+        granted (a workload choice, not a protocol rule)."""
+        cap_s = 4 * self.timeouts.io_timeout_s
+        held_s = 0.0
+        while held_s < seconds:
+            if self._acquired_at_settle is not None and held_s >= cap_s:
+                return
+            step = min(seconds - held_s, self.timeouts.io_timeout_s)
+            yield Sleep(step)
+            held_s += step
 
     def _release(self, host: PaxosHost, params: PaxosParams, held: HeldLease) -> Algorithm[None]:
         """As the daemon does: retry a release whose I/O failed while the host lease lasts."""
