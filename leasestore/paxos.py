@@ -42,6 +42,7 @@ from leasestore.errors import (
     DblockLver,
     DblockMbal,
     LeaderStale,
+    LeasestoreError,
     NumHostsTooSmall,
     ReleaseLver,
     ReleaseOwner,
@@ -481,7 +482,14 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
     if shared:
         return (yield from _become_shared(p, leader, accepted))
     if holders:
-        yield from _clear_dead_shared(p, leader, accepted, holders)
+        try:
+            yield from _clear_dead_shared(p, leader, accepted, holders)
+        except StorageError:
+            # The lease is committed to us but we cannot tell whether the shared holders are
+            # alive: give it back (best effort) rather than leave it owned by nobody's process.
+            with contextlib.suppress(LeasestoreError):
+                yield from release(p, HeldLease(leader, accepted, leader.lver))
+            raise
     return HeldLease(leader, accepted, leader.lver)
 
 
