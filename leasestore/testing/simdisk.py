@@ -25,7 +25,7 @@ class SimDisk:
 
     def read(self, offset_b: int, length_b: int) -> bytes:
         self.check(offset_b, length_b)
-        return bytes(self.data[offset_b:offset_b + length_b])
+        return bytes(memoryview(self.data)[offset_b:offset_b + length_b])
 
     def land(self, offset_b: int, data: bytes) -> None:
         self.check(offset_b, len(data))
