@@ -124,8 +124,11 @@ class LeaseRead:
     """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
     lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
     committed, held and released), cannot coexist with a current leader."""
-    stale_released: bool = False
-    """A dblock at stale_target is RELEASED: that version's holding is over."""
+    released_values: frozenset[tuple[int, int, int]] = frozenset()
+    """Values (inp, inp2, inp3) carried by RELEASED dblocks at stale_target. Only the value's
+    owner marks it RELEASED (or a recovery that saw the owner's mark), so a version is over only
+    if the value recovered for it is among these: a RELEASED dblock carrying another value (a
+    loser retracting its own proposal) says nothing about the winner."""
 
     @property
     def own_lver(self) -> int:
@@ -191,8 +194,11 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
     stale_target = int(lvers[proof].max()) if proof.any() else 0
     own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
-    stale_released = bool(stale_target) and bool((released & (lvers == stale_target)).any())
-    return LeaseRead(leader, max_mbal, own_dblock, stale_target, stale_released)
+    released_values = frozenset(
+        (int(rows[i]["inp"]), int(rows[i]["inp2"]), int(rows[i]["inp3"]))
+        for i in np.flatnonzero(released & (lvers == stale_target)).tolist()
+    ) if stale_target else frozenset()
+    return LeaseRead(leader, max_mbal, own_dblock, stale_target, released_values)
 
 
 def _row_dblock(row: np.void) -> Dblock:
@@ -210,10 +216,14 @@ def read_leader(p: PaxosParams) -> Algorithm[Leader]:
 
 
 def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
+    """The owner's dblock says it let this version go: RELEASED, at the leader's lver, carrying
+    the owner's own value. Only the owner (or a recovery that saw its mark) writes that, once
+    its holding of the version is over or never began (a grant whose I/O failed)."""
     at = p.offset_b + p.geometry.dblock_offset(leader.owner_id)
     raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
     dblock = decode_dblock(raw)
-    return dblock.released and dblock.lver == leader.lver
+    return (dblock.released and dblock.lver == leader.lver
+            and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation))
 
 
 def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
@@ -241,10 +251,12 @@ def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
         elif delta.timestamp != last_ts:
             seen_alive = True
         if seen_alive:
-            if cur.write_id != cur.owner_id:
-                released = yield from _owner_released(p, cur)
-                if released:
-                    return True
+            # sanlock looks only when another host wrote the leader; we look whoever wrote it,
+            # since our owner also marks RELEASED a grant it could not finish (a failed commit
+            # or shared hand-over), which would otherwise stay owned by a live host forever.
+            released = yield from _owner_released(p, cur)
+            if released:
+                return True
             raise AcquireIdLive(f"lease {p.resource!r} is held by live host {owner} "
                                 f"(generation {cur.owner_generation})")
         now_s = yield Now()
@@ -459,7 +471,7 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     if best is None:
         raise LeaderStale(f"lease {p.resource!r}: leader at lver {cur.lver} but dblocks reach "
                           f"lver {target} with no accepted value to recover")
-    released = read1.stale_released
+    released = (best.inp, best.inp2, best.inp3) in read1.released_values
     accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=best.inp, inp2=best.inp2,
                       inp3=best.inp3, lver=target,
                       flags=DBLOCK_FLAG_RELEASED if released else 0)
@@ -494,13 +506,22 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
 
 
 def _become_shared(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[HeldLease]:
+    """Turn our short exclusive hold into a shared one: SHARED mode block, then free leader.
+    If either write fails the acquire fails, so the SHARED claim is withdrawn (best effort: our
+    dblock RELEASED with no mode block) lest live exclusive acquirers wait on a phantom sharer;
+    the leader left with SHORT_HOLD is then passed over by `_owner_released`."""
     released = _released(accepted)
-    yield from _write_dblock(p, released, ModeBlock(MODE_FLAG_SHARED, p.generation))
-    now_s: float = yield Now()
-    free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
-                          write_timestamp=max(1, int(now_s)))
-    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
-                p.io_timeout_s)
+    try:
+        yield from _write_dblock(p, released, ModeBlock(MODE_FLAG_SHARED, p.generation))
+        now_s: float = yield Now()
+        free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
+                              write_timestamp=max(1, int(now_s)))
+        yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
+                    p.io_timeout_s)
+    except StorageError:
+        with contextlib.suppress(StorageError):
+            yield from _write_dblock(p, released)
+        raise
     return HeldLease(free, released, leader.lver, shared=True)
 
 

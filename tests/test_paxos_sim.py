@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,27 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
-from leasestore.effects import Algorithm
+from leasestore.effects import Algorithm, Write
 from leasestore.errors import (
     AcquireIdLive,
     AcquireLver,
     BadDblockChecksum,
+    IOFailed,
     ReleaseOwner,
     RequestLver,
     RequestOld,
     SharedHolders,
+    StorageError,
 )
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
-from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
-from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.dblock import (
+    DBLOCK_FLAG_RELEASED,
+    Dblock,
+    decode_dblock,
+    decode_mode_block,
+    encode_dblock_sector,
+)
+from leasestore.ondisk.geometry import Geometry, pad_sector
 from leasestore.ondisk.leader import Leader, decode_leader
 from leasestore.ondisk.request import decode_request
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
@@ -173,6 +183,90 @@ def test_release_after_takeover_is_refused() -> None:
     stale = d.run(release(d.params(1), held))
     assert isinstance(stale.error, ReleaseOwner)
     assert d.leader().owner_id == 2 and d.leader().timestamp != 0
+
+
+def _land_dblock(d: Disk, host_id: int, dblock: Dblock) -> None:
+    d.disk.land(RES_AT + G.dblock_offset(host_id), encode_dblock_sector(dblock, 512))
+
+
+def _land_leader(d: Disk, leader: Leader) -> None:
+    d.disk.land(RES_AT, pad_sector(leader.encode(), 512))
+
+
+def test_recovery_after_a_rollback_ignores_a_losers_retraction() -> None:
+    """Campaign seed 60801: host 4 holds lver 2; host 3 lost that ballot and marked its own
+    proposal RELEASED; a late write rolls the leader back to lver 1. Recovering lver 2 must
+    restore host 4's ownership, not commit it free because of host 3's mark."""
+    d = Disk()
+    d.join(2, 200)
+    d.join(4, 400)
+    stamp = decode_leader(d.disk.read(G.delta_offset(4), 512)).timestamp
+    _land_dblock(d, 3, Dblock(mbal=6003, bal=6003, inp=3, inp2=1, inp3=50, lver=2,
+                              flags=DBLOCK_FLAG_RELEASED))
+    _land_dblock(d, 4, Dblock(mbal=8004, bal=8004, inp=4, inp2=1, inp3=stamp, lver=2))
+    _land_leader(d, d.leader().replace(lver=1, owner_id=1, owner_generation=1, timestamp=0,
+                                       write_id=2, write_generation=1))
+    task = d.run(acquire(d.params(2)), 200)
+    assert isinstance(task.error, AcquireIdLive), task.error
+    leader = d.leader()
+    assert (leader.lver, leader.owner_id, leader.owner_generation) == (2, 4, 1)
+    assert leader.timestamp != 0
+
+
+def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool]) -> Algorithm[Any]:
+    """Run `algorithm`, answering the first write `fails` picks with an I/O error."""
+    failed = False
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = algorithm.throw(error) if error is not None else algorithm.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        if not failed and isinstance(effect, Write) and fails(effect):
+            failed, error = True, IOFailed("injected")
+            continue
+        try:
+            value = yield effect
+        except StorageError as exc:
+            error = exc
+
+
+def _frees_leader(write: Write) -> bool:
+    return write.offset_b == RES_AT and decode_leader(write.data).timestamp == 0
+
+
+def test_failed_shared_hand_over_leaves_nothing_behind() -> None:
+    """Campaign seed 63070: a shared acquire whose free-leader write fails must not leave a
+    live host's SHARED claim and SHORT_HOLD leader blocking every other host for good."""
+    d = Disk()
+    d.join(1, 100)
+    d.join(2, 200)
+    task = d.run(_failing(acquire(d.params(1), shared=True), _frees_leader), 100)
+    assert isinstance(task.error, StorageError)
+    leader = d.leader()
+    assert leader.short_hold and leader.owner_id == 1 and leader.timestamp != 0
+    sector = d.disk.read(RES_AT + G.dblock_offset(1), 512)
+    assert decode_dblock(sector).released and not decode_mode_block(sector).shared
+    taken = d.run(acquire(d.params(2)), 200)
+    assert taken.error is None, taken.error
+    assert (d.leader().owner_id, d.leader().lver) == (2, 2)
+
+
+def test_owner_marked_released_is_passed_over_only_for_its_own_value() -> None:
+    """A RELEASED dblock of the owner at the leader's lver frees the lease even though the
+    owner wrote the leader (a commit that failed); one carrying another value does not."""
+    d = Disk()
+    d.join(1, 100)
+    d.join(2, 200)
+    held = d.run(acquire(d.params(1)), 100).result
+    own = dataclasses.replace(held.dblock, flags=DBLOCK_FLAG_RELEASED)
+    _land_dblock(d, 1, dataclasses.replace(own, inp=3))
+    assert isinstance(d.run(acquire(d.params(2)), 200).error, AcquireIdLive)
+    _land_dblock(d, 1, own)
+    taken = d.run(acquire(d.params(2)), 200)
+    assert taken.error is None and taken.result.lver == held.lver + 1
 
 
 SEEDS = int(os.environ.get("LEASESTORE_PAXOS_SEEDS", "1000"))
