@@ -498,9 +498,8 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
             yield from _clear_dead_shared(p, leader, accepted, holders)
         except StorageError:
             # The lease is committed to us but we cannot tell whether the shared holders are
-            # alive: give it back (best effort) rather than leave it owned by nobody's process.
-            with contextlib.suppress(LeasestoreError):
-                yield from release(p, HeldLease(leader, accepted, leader.lver))
+            # alive: give it back rather than leave it owned by nobody's process.
+            yield from _give_back(p, leader, accepted)
             raise
     return HeldLease(leader, accepted, leader.lver)
 
@@ -540,6 +539,16 @@ def _shared_holder_alive(p: PaxosParams, host_id: int, generation: int) -> Algor
     return now_s - view.last_live_s <= p.timeouts.for_other(delta.io_timeout).host_dead_s
 
 
+def _give_back(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[None]:
+    """Best effort: release a lease we won but will not hand to our caller. If the leader has
+    moved on meanwhile (a late write), still mark our value RELEASED, so that a recovery of that
+    version commits it free instead of to a live host whose process was told it failed."""
+    try:
+        yield from release(p, HeldLease(leader, accepted, leader.lver))
+    except LeasestoreError:
+        yield from _retract(p, accepted)
+
+
 def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders: list[int]
                        ) -> Algorithm[None]:
     """We won exclusively; shared holders that are dead lose their mode block, live ones make
@@ -552,7 +561,7 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
             continue
         alive = yield from _shared_holder_alive(p, host_id, mode.generation)
         if alive:
-            yield from release(p, HeldLease(leader, accepted, leader.lver))
+            yield from _give_back(p, leader, accepted)
             raise SharedHolders(f"lease {p.resource!r} is held shared by live host {host_id}")
         yield Write(p.device, at, bytes(p.geometry.sector_size), p.io_timeout_s)
 
