@@ -566,14 +566,23 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
         yield Write(p.device, at, bytes(p.geometry.sector_size), p.io_timeout_s)
 
 
-def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
+def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
+            ) -> Algorithm[None]:
     """Give the lease up. Exclusive: read the leader; if it is still ours, write the RELEASED
-    dblock and the leader with timestamp 0 together."""
+    dblock and the leader with timestamp 0 together.
+
+    leader_unchanged: the caller knows no other host can have taken the lease over, because our
+    host lease stays valid past this write's deadline; the leader read is then skipped and the
+    free leader derived from the one we won. (Were that belief wrong, the write would be one more
+    rolled-back leader, which read 1 of the next acquirer repairs from the dblocks.)"""
     if held.lver == 0:
         return
     released = _released(held.dblock)
     if held.shared:
         yield from _write_dblock(p, released)
+        return
+    if leader_unchanged:
+        yield from _write_released(p, released, held.leader)
         return
     leader = yield from read_leader(p)
     if leader.write_id != p.host_id:
@@ -588,6 +597,11 @@ def release(p: PaxosParams, held: HeldLease) -> Algorithm[None]:
     if (leader.timestamp == 0 or leader.owner_id != p.host_id
             or leader.encode() != held.leader.encode()):
         raise ReleaseOwner(f"lease {p.resource!r} is no longer ours")
+    yield from _write_released(p, released, leader)
+
+
+def _write_released(p: PaxosParams, released: Dblock, leader: Leader) -> Algorithm[None]:
+    """Write our RELEASED dblock and `leader` with timestamp 0, together."""
     now_s: float = yield Now()
     free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
                           write_id=p.host_id, write_generation=p.generation,

@@ -15,10 +15,11 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
-from leasestore.effects import Algorithm, Write
+from leasestore.effects import Algorithm, Read, Write
 from leasestore.errors import (
     AcquireIdLive,
     AcquireLver,
+    AcquireOther,
     BadDblockChecksum,
     IOFailed,
     ReleaseOwner,
@@ -213,8 +214,10 @@ def test_recovery_after_a_rollback_ignores_a_losers_retraction() -> None:
     assert leader.timestamp != 0
 
 
-def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool]) -> Algorithm[Any]:
-    """Run `algorithm`, answering the first write `fails` picks with an I/O error."""
+def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool],
+             seen: list[object] | None = None) -> Algorithm[Any]:
+    """Run `algorithm`, answering the first write `fails` picks with an I/O error; every effect
+    it yields is appended to `seen`."""
     failed = False
     value: Any = None
     error: BaseException | None = None
@@ -224,6 +227,8 @@ def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool]) -> Algor
         except StopIteration as stop:
             return stop.value
         value, error = None, None
+        if seen is not None:
+            seen.append(effect)
         if not failed and isinstance(effect, Write) and fails(effect):
             failed, error = True, IOFailed("injected")
             continue
@@ -267,6 +272,37 @@ def test_owner_marked_released_is_passed_over_only_for_its_own_value() -> None:
     _land_dblock(d, 1, own)
     taken = d.run(acquire(d.params(2)), 200)
     assert taken.error is None and taken.result.lver == held.lver + 1
+
+
+def test_release_of_an_unchanged_leader_reads_nothing() -> None:
+    d = Disk()
+    d.join(1)
+    held = d.run(acquire(d.params(1))).result
+    seen: list[object] = []
+    d.run(_failing(release(d.params(1), held, leader_unchanged=True), lambda w: False, seen))
+    assert not any(isinstance(e, Read) for e in seen) and len(seen) == 2  # Now, Batch
+    leader = d.leader()
+    assert (leader.lver, leader.owner_id, leader.timestamp) == (1, 1, 0)
+    assert decode_dblock(d.disk.read(RES_AT + G.dblock_offset(1), 512)).released
+    assert d.run(acquire(d.params(1))).result.lver == 2
+
+
+def test_a_wrong_unchanged_belief_is_repaired_by_the_next_acquirer() -> None:
+    """Should a host release without reading after all after it was taken over, its write rolls
+    the leader back; the next acquirer's ballot finds the new owner's value and restores it."""
+    d = Disk()
+    owner_delta, _ = d.join(1)
+    d.join(2, 50)
+    d.join(3, 70)
+    held = d.run(acquire(d.params(1))).result
+    d.world.crash(owner_delta)
+    assert d.run(acquire(d.params(2)), 50, limit_s=400).error is None
+    d.run(release(d.params(1), held, leader_unchanged=True))
+    assert (d.leader().lver, d.leader().timestamp) == (1, 0)  # rolled back
+    late = d.run(acquire(d.params(3)), 70)
+    assert isinstance(late.error, AcquireOther), late.error
+    leader = d.leader()
+    assert (leader.lver, leader.owner_id) == (2, 2) and leader.timestamp != 0
 
 
 SEEDS = int(os.environ.get("LEASESTORE_PAXOS_SEEDS", "1000"))

@@ -106,9 +106,13 @@ class PaxosCluster:
         return host.delta_task is not None and host.delta_task.alive
 
     def delta_valid(self, host: PaxosHost) -> bool:
+        return self.delta_valid_at(host, 0.0)
+
+    def delta_valid_at(self, host: PaxosHost, ahead_s: float) -> bool:
+        """The host's delta lease is valid now and still will be ahead_s from now."""
         if not self._alive(host) or not host.joined or host.delta_task is None:
             return False
-        age_s = self.world.clock(host.delta_task) - host.last_success_s
+        age_s = self.world.clock(host.delta_task) + ahead_s - host.last_success_s
         return age_s < self.timeouts.id_renewal_fail_s
 
     def valid_holding(self, host: PaxosHost) -> Holding | None:
@@ -223,10 +227,16 @@ class PaxosCluster:
             held_s += step
 
     def _release(self, host: PaxosHost, params: PaxosParams, held: HeldLease) -> Algorithm[None]:
-        """As the daemon does: retry a release whose I/O failed while the host lease lasts."""
+        """As the daemon does: skip the leader read when our host lease outlasts the write's
+        deadline (half the time, so that both paths run); retry a release whose I/O failed, with
+        the read, while the host lease lasts."""
+        first = True
         while host.joined:
+            unchanged = (first and self.world.rng.random() < 0.5
+                         and self.delta_valid_at(host, self.timeouts.io_timeout_s))
+            first = False
             try:
-                yield from release(params, held)
+                yield from release(params, held, leader_unchanged=unchanged)
                 return
             except StorageError:
                 yield Sleep(self.timeouts.io_timeout_s)
