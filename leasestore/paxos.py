@@ -11,7 +11,8 @@ ballot (next_lver = lver + 1, mbal stride = max_hosts):
   or ourselves -> P2 write {mbal, bal = mbal, value} -> P2 read -> commit the leader.
   A dblock with a higher mbal, or for a later lver, aborts the ballot; we retry after a random
   pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1).
-release: mark our dblock RELEASED, then clear the leader's timestamp if we still own it.
+release: read the leader (skipped while our host lease outlasts the write: nobody can have
+  taken it over); if it is still ours, write our RELEASED dblock and the free leader together.
 shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader
   is released; exclusive acquirers must wait for shared holders to leave or die.
 
