@@ -507,7 +507,7 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
 
 def _become_shared(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[HeldLease]:
     """Turn our short exclusive hold into a shared one: SHARED mode block, then free leader.
-    If either write fails the acquire fails, so the SHARED claim is withdrawn (best effort: our
+    If either write fails the acquire fails, so the SHARED claim is withdrawn (`_retract`: our
     dblock RELEASED with no mode block) lest live exclusive acquirers wait on a phantom sharer;
     the leader left with SHORT_HOLD is then passed over by `_owner_released`."""
     released = _released(accepted)
@@ -519,8 +519,7 @@ def _become_shared(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorith
         yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
                     p.io_timeout_s)
     except StorageError:
-        with contextlib.suppress(StorageError):
-            yield from _write_dblock(p, released)
+        yield from _retract(p, accepted)
         raise
     return HeldLease(free, released, leader.lver, shared=True)
 
