@@ -3,7 +3,9 @@ and receive results, so the same code runs on a real device (storage.driver) and
 simulator (testing).
 
 Result of each effect sent back into the generator:
-  Read  -> bytes            (a StorageError is thrown into the generator instead on failure)
+  Read  -> bytes            (a StorageError is thrown into the generator instead on failure);
+           with view=True possibly a read-only memoryview of the runner's buffer instead, which
+           the runner does not reuse while any view of it lives
   Write -> None             (likewise)
   Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results)
   Sleep -> None             (Cancelled is thrown in if the runner is told to stop)
@@ -27,6 +29,7 @@ class Read:
     offset_b: int
     length_b: int
     timeout_s: float
+    view: bool = False
 
 
 @dataclass(frozen=True)

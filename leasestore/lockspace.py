@@ -176,7 +176,7 @@ class Lockspace(HostLeaseObserver):
             live = {h for h, until in self._flags.items() if until > now_s}
         return set_host_bits(live) if live else b""
 
-    def _requests_for_us(self, area: bytes) -> bool:
+    def _requests_for_us(self, area: bytes | memoryview) -> bool:
         """Did a host that renewed since our last read set our bit (a request for us)?"""
         assert self.table is not None
         ss = self.table.geometry.sector_size

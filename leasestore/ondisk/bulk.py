@@ -13,39 +13,14 @@ import numpy as np
 import numpy.typing as npt
 
 from leasestore.ondisk.checksum import sanlock_crc
-from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET
+from leasestore.ondisk.dblock import DBLOCK_LAYOUT, MODE_BLOCK_LAYOUT
+from leasestore.ondisk.geometry import MODE_BLOCK_OFFSET_B
+from leasestore.ondisk.layout import numpy_fields
+from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET, LEADER_LAYOUT
 
-_LEADER_FIELDS: tuple[tuple[str, str, int], ...] = (
-    ("magic", "<u4", 0),
-    ("version", "<u4", 4),
-    ("flags", "<u4", 8),
-    ("sector_size", "<u4", 12),
-    ("num_hosts", "<u8", 16),
-    ("max_hosts", "<u8", 24),
-    ("owner_id", "<u8", 32),
-    ("owner_generation", "<u8", 40),
-    ("lver", "<u8", 48),
-    ("space_name", "S48", 56),
-    ("resource_name", "S48", 104),
-    ("timestamp", "<u8", 152),
-    ("checksum", "<u4", 168),
-    ("io_timeout", "<u2", 174),
-    ("write_id", "<u8", 176),
-    ("write_generation", "<u8", 184),
-    ("write_timestamp", "<u8", 192),
-)
-
-_DBLOCK_FIELDS: tuple[tuple[str, str, int], ...] = (
-    ("mbal", "<u8", 0),
-    ("bal", "<u8", 8),
-    ("inp", "<u8", 16),
-    ("inp2", "<u8", 24),
-    ("inp3", "<u8", 32),
-    ("lver", "<u8", 40),
-    ("checksum", "<u4", 48),
-    ("flags", "<u4", 52),
-    ("mode_flags", "<u4", 128),
-    ("mode_generation", "<u8", 136),
+_LEADER_FIELDS = numpy_fields(LEADER_LAYOUT)
+_DBLOCK_FIELDS = numpy_fields(DBLOCK_LAYOUT) + numpy_fields(
+    MODE_BLOCK_LAYOUT, MODE_BLOCK_OFFSET_B, prefix="mode_"
 )
 
 

@@ -15,6 +15,7 @@ from construct import Int32ul, Int64ul, Padding, Struct
 from leasestore.errors import BadDblockChecksum, TruncatedRecord
 from leasestore.ondisk.checksum import sanlock_crc
 from leasestore.ondisk.geometry import MODE_BLOCK_OFFSET_B, pad_sector
+from leasestore.ondisk.layout import Packer
 
 DBLOCK_FLAG_RELEASED = 0x1
 MODE_FLAG_SHARED = 0x1
@@ -34,6 +35,8 @@ DBLOCK_CHECKSUM_OFFSET = 48
 
 MODE_BLOCK_LAYOUT = Struct("flags" / Int32ul, Padding(4), "generation" / Int64ul)
 MODE_BLOCK_SIZE = MODE_BLOCK_LAYOUT.sizeof()
+_DBLOCK_PACKER = Packer(DBLOCK_LAYOUT)
+_MODE_BLOCK_PACKER = Packer(MODE_BLOCK_LAYOUT)
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,7 @@ class Dblock:
         return bool(self.flags & DBLOCK_FLAG_RELEASED)
 
     def encode(self) -> bytes:
-        raw = bytearray(
-            DBLOCK_LAYOUT.build(
-                {
-                    "mbal": self.mbal,
-                    "bal": self.bal,
-                    "inp": self.inp,
-                    "inp2": self.inp2,
-                    "inp3": self.inp3,
-                    "lver": self.lver,
-                    "checksum": 0,
-                    "flags": self.flags,
-                }
-            )
-        )
+        raw = bytearray(_DBLOCK_PACKER.pack({**vars(self), "checksum": 0}))
         crc = sanlock_crc(raw[:DBLOCK_CHECKSUM_OFFSET])
         raw[DBLOCK_CHECKSUM_OFFSET:DBLOCK_CHECKSUM_OFFSET + 4] = crc.to_bytes(4, "little")
         return bytes(raw)
@@ -80,7 +70,7 @@ class ModeBlock:
         return bool(self.flags & MODE_FLAG_SHARED)
 
     def encode(self) -> bytes:
-        return bytes(MODE_BLOCK_LAYOUT.build({"flags": self.flags, "generation": self.generation}))
+        return _MODE_BLOCK_PACKER.pack({"flags": self.flags, "generation": self.generation})
 
 
 def dblock_checksum_ok(raw: bytes | memoryview) -> bool:
@@ -96,21 +86,14 @@ def decode_dblock(data: bytes | memoryview) -> Dblock:
     raw = bytes(data[:DBLOCK_SIZE])
     if len(raw) < DBLOCK_SIZE:
         raise TruncatedRecord("dblock", f"{len(raw)} bytes, need {DBLOCK_SIZE}")
-    parsed = DBLOCK_LAYOUT.parse(raw)
+    parsed = _DBLOCK_PACKER.unpack(raw)
     if not dblock_checksum_ok(raw):
         crc = sanlock_crc(raw[:DBLOCK_CHECKSUM_OFFSET])
         raise BadDblockChecksum(
-            "dblock", f"checksum mismatch: stored {parsed.checksum:#010x}, computed {crc:#010x}"
+            "dblock", f"checksum mismatch: stored {parsed['checksum']:#010x}, computed {crc:#010x}"
         )
-    return Dblock(
-        mbal=parsed.mbal,
-        bal=parsed.bal,
-        inp=parsed.inp,
-        inp2=parsed.inp2,
-        inp3=parsed.inp3,
-        lver=parsed.lver,
-        flags=parsed.flags,
-    )
+    del parsed["checksum"]
+    return Dblock(**parsed)
 
 
 def decode_mode_block(sector: bytes | memoryview) -> ModeBlock:
@@ -118,8 +101,7 @@ def decode_mode_block(sector: bytes | memoryview) -> ModeBlock:
     raw = bytes(sector[MODE_BLOCK_OFFSET_B:MODE_BLOCK_OFFSET_B + MODE_BLOCK_SIZE])
     if len(raw) < MODE_BLOCK_SIZE:
         raise TruncatedRecord("mode block", f"{len(raw)} bytes, need {MODE_BLOCK_SIZE}")
-    parsed = MODE_BLOCK_LAYOUT.parse(raw)
-    return ModeBlock(flags=parsed.flags, generation=parsed.generation)
+    return ModeBlock(**_MODE_BLOCK_PACKER.unpack(raw))
 
 
 def encode_dblock_sector(

@@ -11,6 +11,7 @@ from enum import IntEnum
 from construct import Int32ul, Int64ul, Padding, Struct
 
 from leasestore.errors import BadRequestMagic, BadRequestVersion, TruncatedRecord
+from leasestore.ondisk.layout import Packer
 
 REQUEST_MAGIC = 0x08292011
 REQUEST_VERSION = 0x00010001
@@ -23,6 +24,7 @@ REQUEST_LAYOUT = Struct(
     Padding(4),
 )
 REQUEST_SIZE = REQUEST_LAYOUT.sizeof()
+_REQUEST_PACKER = Packer(REQUEST_LAYOUT)
 
 
 class ForceMode(IntEnum):
@@ -39,16 +41,7 @@ class Request:
     version: int = REQUEST_VERSION
 
     def encode(self) -> bytes:
-        return bytes(
-            REQUEST_LAYOUT.build(
-                {
-                    "magic": self.magic,
-                    "version": self.version,
-                    "lver": self.lver,
-                    "force_mode": self.force_mode,
-                }
-            )
-        )
+        return _REQUEST_PACKER.pack(vars(self))
 
 
 def decode_request(data: bytes | memoryview) -> Request:
@@ -56,13 +49,12 @@ def decode_request(data: bytes | memoryview) -> Request:
     raw = bytes(data[:REQUEST_SIZE])
     if len(raw) < REQUEST_SIZE:
         raise TruncatedRecord("request", f"{len(raw)} bytes, need {REQUEST_SIZE}")
-    parsed = REQUEST_LAYOUT.parse(raw)
-    if parsed.magic != REQUEST_MAGIC:
+    parsed = _REQUEST_PACKER.unpack(raw)
+    magic, version = parsed["magic"], parsed["version"]
+    if magic != REQUEST_MAGIC:
         raise BadRequestMagic(
-            "request", f"magic {parsed.magic:#010x}, expected {REQUEST_MAGIC:#010x}"
+            "request", f"magic {magic:#010x}, expected {REQUEST_MAGIC:#010x}"
         )
-    if parsed.version & 0xFFFF0000 != REQUEST_VERSION & 0xFFFF0000:
-        raise BadRequestVersion("request", f"version {parsed.version:#010x}")
-    return Request(
-        lver=parsed.lver, force_mode=parsed.force_mode, magic=parsed.magic, version=parsed.version
-    )
+    if version & 0xFFFF0000 != REQUEST_VERSION & 0xFFFF0000:
+        raise BadRequestVersion("request", f"version {version:#010x}")
+    return Request(**parsed)

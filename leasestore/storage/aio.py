@@ -15,9 +15,9 @@ import errno
 import mmap
 import os
 import platform
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 _SYSCALLS = {
     # machine: (io_setup, io_destroy, io_getevents, io_submit)
@@ -72,30 +72,65 @@ def _numbers() -> tuple[int, int, int, int]:
 
 
 class AlignedBuffer:
-    """A page-aligned anonymous mapping, suitable for O_DIRECT."""
+    """A page-aligned anonymous mapping, suitable for O_DIRECT.
+
+    Invariant: while a memoryview handed out by `view` (or any slice or array made from it) is
+    alive, the mapping holds one more reference than when idle, so `idle` is False and the
+    owner must not reuse the buffer: a lent view never sees its bytes change.
+    """
 
     def __init__(self, size_b: int) -> None:
         self.size_b = size_b
         self.map = mmap.mmap(-1, max(size_b, mmap.PAGESIZE))
         self._anchor = ctypes.c_char.from_buffer(self.map)
         self.address = ctypes.addressof(self._anchor)
+        self._idle_refs = self._refs()
+
+    def _refs(self) -> int:
+        return sys.getrefcount(self.map)
+
+    @property
+    def idle(self) -> bool:
+        """No view of ours is alive: the kernel may be handed the buffer again."""
+        return self._refs() <= self._idle_refs
+
+    def view(self, length_b: int) -> memoryview:
+        """A read-only view of the first `length_b` bytes, without copying them."""
+        return memoryview(self.map)[:length_b].toreadonly()
 
 
-@dataclass
 class Completion:
     """One submitted I/O. `result` is bytes transferred or -errno once `done`."""
 
-    ident: int
-    buffer: AlignedBuffer
-    iocb: _Iocb
-    done: bool = False
-    result: int = 0
-    abandoned: bool = False
-    submitted_at: float = field(default_factory=time.monotonic)
+    __slots__ = ("abandoned", "buffer", "done", "fd", "ident", "length_b", "offset_b", "opcode",
+                 "result")
+
+    def __init__(self, ident: int, buffer: AlignedBuffer, opcode: int, fd: int, offset_b: int,
+                 length_b: int) -> None:
+        self.ident = ident
+        self.buffer = buffer
+        self.opcode = opcode
+        self.fd = fd
+        self.offset_b = offset_b
+        self.length_b = length_b
+        self.done = False
+        self.result = 0
+        self.abandoned = False
+
+    def overlaps_write(self, fd: int, offset_b: int, length_b: int) -> bool:
+        """Is this a write on `fd` touching [offset_b, offset_b + length_b)?"""
+        return (self.opcode == IOCB_CMD_PWRITE and self.fd == fd
+                and self.offset_b < offset_b + length_b
+                and offset_b < self.offset_b + self.length_b)
 
 
 class AioContext:
-    """One kernel AIO context. All methods are serialised by an internal lock."""
+    """One kernel AIO context. All methods are serialised by an internal lock.
+
+    The iocb array, its pointer array and the event array are allocated once and reused: the
+    kernel copies an iocb when it is submitted, so the memory is free again once io_submit
+    returns. Keeping the per-I/O work small matters: it is paid on every renewal.
+    """
 
     def __init__(self, max_events: int = 64) -> None:
         self._setup, self._destroy, self._getevents, self._submit = _numbers()
@@ -105,6 +140,12 @@ class AioContext:
             err = ctypes.get_errno()
             raise OSError(err, f"io_setup: {os.strerror(err)}")
         self._lock = threading.Lock()
+        self._iocbs = (_Iocb * max_events)()
+        self._iocb_pointers = (ctypes.POINTER(_Iocb) * max_events)(
+            *(ctypes.pointer(iocb) for iocb in self._iocbs)
+        )
+        self._events = (_IoEvent * max_events)()
+        self._timespec = _Timespec()
         self._inflight: dict[int, Completion] = {}
         self._next_ident = 1
         self._closed = False
@@ -114,10 +155,7 @@ class AioContext:
         with self._lock:
             return [
                 c for c in self._inflight.values()
-                if c.abandoned and c.iocb.aio_fildes == fd
-                and c.iocb.aio_lio_opcode == IOCB_CMD_PWRITE
-                and c.iocb.aio_offset < offset_b + length_b
-                and offset_b < c.iocb.aio_offset + c.iocb.aio_nbytes
+                if c.abandoned and c.overlaps_write(fd, offset_b, length_b)
             ]
 
     @property
@@ -128,57 +166,67 @@ class AioContext:
     def submit(
         self, fd: int, ops: list[tuple[int, int, int, AlignedBuffer]]
     ) -> list[Completion]:
-        """Submit (opcode, offset_b, length_b, buffer) tuples at once; returns their completions."""
+        """Submit (opcode, offset_b, length_b, buffer) tuples; returns their completions.
+
+        At most max_events go to the kernel in one io_submit; more are submitted in turn.
+        """
+        completions = []
         with self._lock:
-            completions = []
-            for opcode, offset_b, length_b, buffer in ops:
-                iocb = _Iocb()
-                iocb.aio_data = self._next_ident
-                iocb.aio_lio_opcode = opcode
-                iocb.aio_fildes = fd
-                iocb.aio_buf = buffer.address
-                iocb.aio_nbytes = length_b
-                iocb.aio_offset = offset_b
-                completions.append(Completion(self._next_ident, buffer, iocb))
-                self._next_ident += 1
-            pointers = (ctypes.POINTER(_Iocb) * len(ops))(
-                *(ctypes.pointer(c.iocb) for c in completions)
+            for first in range(0, len(ops), self._max_events):
+                completions += self._submit_chunk(fd, ops[first:first + self._max_events])
+        return completions
+
+    def _submit_chunk(
+        self, fd: int, ops: list[tuple[int, int, int, AlignedBuffer]]
+    ) -> list[Completion]:
+        completions = []
+        for iocb, (opcode, offset_b, length_b, buffer) in zip(self._iocbs, ops, strict=False):
+            ident = self._next_ident
+            self._next_ident += 1
+            iocb.aio_data = ident
+            iocb.aio_lio_opcode = opcode
+            iocb.aio_fildes = fd
+            iocb.aio_buf = buffer.address
+            iocb.aio_nbytes = length_b
+            iocb.aio_offset = offset_b
+            completions.append(Completion(ident, buffer, opcode, fd, offset_b, length_b))
+        submitted = 0
+        while submitted < len(ops):
+            rc = _syscall(
+                self._submit,
+                self._ctx,
+                ctypes.c_long(len(ops) - submitted),
+                ctypes.byref(self._iocb_pointers, submitted * ctypes.sizeof(ctypes.c_void_p)),
             )
-            submitted = 0
-            while submitted < len(ops):
-                rc = _syscall(
-                    self._submit,
-                    self._ctx,
-                    ctypes.c_long(len(ops) - submitted),
-                    ctypes.byref(pointers, submitted * ctypes.sizeof(ctypes.c_void_p)),
-                )
-                if rc < 0:
-                    err = ctypes.get_errno()
-                    if err in (errno.EINTR, errno.EAGAIN):
-                        continue
-                    for c in completions[submitted:]:
-                        c.done, c.result = True, -err
-                    break
-                for c in completions[submitted:submitted + rc]:
-                    self._inflight[c.ident] = c
-                submitted += rc
-            return completions
+            if rc < 0:
+                err = ctypes.get_errno()
+                if err in (errno.EINTR, errno.EAGAIN):
+                    continue
+                for c in completions[submitted:]:
+                    c.done, c.result = True, -err
+                break
+            for c in completions[submitted:submitted + rc]:
+                self._inflight[c.ident] = c
+            submitted += rc
+        return completions
 
     def wait(self, completions: list[Completion], deadline: float) -> None:
         """Reap events until every completion is done or `deadline` (monotonic) passes.
 
         Completions still pending at the deadline are marked abandoned; their buffers stay pinned.
         """
-        events = (_IoEvent * self._max_events)()
         with self._lock:
-            while not all(c.done for c in completions):
+            events, spec, inflight = self._events, self._timespec, self._inflight
+            waiting = sum(1 for c in completions if not c.done)
+            while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     for c in completions:
                         if not c.done:
                             c.abandoned = True
                     return
-                spec = _Timespec(int(remaining), int((remaining % 1) * 1e9))
+                spec.tv_sec = int(remaining)
+                spec.tv_nsec = int((remaining % 1) * 1e9)
                 rc = _syscall(
                     self._getevents,
                     self._ctx,
@@ -193,9 +241,10 @@ class AioContext:
                         continue
                     raise OSError(err, f"io_getevents: {os.strerror(err)}")
                 for event in events[:rc]:
-                    done = self._inflight.pop(int(event.data), None)
+                    done = inflight.pop(event.data, None)
                     if done is not None:
-                        done.done, done.result = True, int(event.res)
+                        done.done, done.result = True, event.res
+                waiting = sum(1 for c in completions if not c.done)
 
     def close(self) -> None:
         """Destroy the context. With abandoned I/O in flight the kernel blocks io_destroy until

@@ -17,8 +17,11 @@ from leasestore.errors import StorageError
 
 @dataclass(frozen=True)
 class ReadOp:
+    """`view`: the caller accepts a read-only memoryview instead of bytes (no copy is made)."""
+
     offset_b: int
     length_b: int
+    view: bool = False
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ class WriteOp:
 
 
 IOOp = ReadOp | WriteOp
-IOOutcome = bytes | None | StorageError
-"""bytes for a read, None for a write, the error for a failed or timed-out I/O."""
+IOOutcome = bytes | memoryview | None | StorageError
+"""bytes (or a read-only view, if asked for) for a read, None for a write, the error for a failed
+or timed-out I/O."""
 
 
 class Device(Protocol):
@@ -43,6 +47,8 @@ class Device(Protocol):
     def size_b(self) -> int: ...
 
     def read(self, offset_b: int, length_b: int, timeout_s: float) -> bytes: ...
+
+    def read_view(self, offset_b: int, length_b: int, timeout_s: float) -> bytes | memoryview: ...
 
     def write(self, offset_b: int, data: bytes, timeout_s: float) -> None: ...
 

@@ -42,6 +42,8 @@ from leasestore.storage.device import IOOp, IOOutcome, ReadOp, WriteOp
 BLKSSZGET = 0x1268
 BLKGETSIZE64 = 0x80081272
 FILE_SECTOR_SIZE = 512
+POOL_DEPTH = 2
+"""Idle buffers kept per size: one in use by a lent view, one for the next I/O."""
 
 
 def probe_path(path: str) -> tuple[bool, int, int]:
@@ -114,6 +116,15 @@ class DirectDevice:
         assert isinstance(outcome, bytes)
         return outcome
 
+    def read_view(self, offset_b: int, length_b: int, timeout_s: float) -> memoryview:
+        """Like `read`, but the bytes stay in our buffer and come as a read-only view of it: no
+        copy, and the buffer is not reused while the view (or anything made from it) lives."""
+        outcome = self.submit([ReadOp(offset_b, length_b, view=True)], timeout_s)[0]
+        if isinstance(outcome, StorageError):
+            raise outcome
+        assert isinstance(outcome, memoryview)
+        return outcome
+
     def write(self, offset_b: int, data: bytes, timeout_s: float) -> None:
         outcome = self.submit([WriteOp(offset_b, data)], timeout_s)[0]
         if isinstance(outcome, StorageError):
@@ -147,10 +158,13 @@ class DirectDevice:
             self._aio.wait(completions, deadline)
             pending = self._settle(ops, buffers, pending, completions, done, outcomes)
         for i, op in enumerate(ops):
+            buffer = buffers[i]
             if isinstance(op, ReadOp) and outcomes[i] is None:
-                outcomes[i] = bytes(buffers[i].map[: op.length_b])
+                outcomes[i] = buffer.view(op.length_b) if op.view else buffer.map[: op.length_b]
             if not isinstance(outcomes[i], IOTimeout):
-                self._pool.setdefault(buffers[i].size_b, []).append(buffers[i])
+                free = self._pool.setdefault(buffer.size_b, [])
+                if len(free) < POOL_DEPTH:
+                    free.append(buffer)
         return outcomes
 
     def close(self) -> None:
@@ -163,7 +177,9 @@ class DirectDevice:
 
     def _wait_for_abandoned_writes(self, ops: Sequence[IOOp], deadline: float) -> set[int]:
         """Indices of writes in ops still overlapping an abandoned write at the deadline."""
-        blocked = set()
+        blocked: set[int] = set()
+        if not self._aio.abandoned_count:
+            return blocked
         for index, op in enumerate(ops):
             if not isinstance(op, WriteOp):
                 continue
@@ -192,8 +208,12 @@ class DirectDevice:
             )
 
     def _take_buffer(self, size_b: int) -> AlignedBuffer:
-        free = self._pool.get(size_b)
-        return free.pop() if free else AlignedBuffer(size_b)
+        """A pooled buffer of `size_b` that no lent view still shows, else a new one."""
+        free = self._pool.get(size_b, [])
+        for index in range(len(free) - 1, -1, -1):
+            if free[index].idle:
+                return free.pop(index)
+        return AlignedBuffer(size_b)
 
     def _continuation(
         self, op: IOOp, buffer: AlignedBuffer, done_b: int

@@ -58,9 +58,9 @@ class Driver:
                 raise Cancelled("stopped while waiting")
             return None
         if isinstance(effect, Read):
-            return self.devices[effect.device].read(
-                effect.offset_b, effect.length_b, effect.timeout_s
-            )
+            device = self.devices[effect.device]
+            read = device.read_view if effect.view else device.read
+            return read(effect.offset_b, effect.length_b, effect.timeout_s)
         if isinstance(effect, Write):
             self.devices[effect.device].write(effect.offset_b, effect.data, effect.timeout_s)
             return None
@@ -83,5 +83,5 @@ class Driver:
     @staticmethod
     def _op(effect: Read | Write) -> ReadOp | WriteOp:
         if isinstance(effect, Read):
-            return ReadOp(effect.offset_b, effect.length_b)
+            return ReadOp(effect.offset_b, effect.length_b, effect.view)
         return WriteOp(effect.offset_b, effect.data)
