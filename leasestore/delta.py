@@ -84,13 +84,25 @@ class DeltaParams:
 
 @dataclass(frozen=True)
 class RenewOutcome:
-    """A successful renewal: what we wrote, the area as read before the write, and timings."""
+    """A successful renewal: what we wrote, the area as read before the write, and when
+    (our monotonic clock): started (the timestamp's source) <= read issued <= read done (the
+    time the area describes) <= write done."""
 
     leader: Leader
     area: bytes | memoryview
     read_started_s: float
-    read_s: float
-    write_s: float
+    read_issued_s: float
+    read_done_s: float
+    write_done_s: float
+
+    @property
+    def read_s(self) -> float:
+        return self.read_done_s - self.read_issued_s
+
+    @property
+    def write_s(self) -> float:
+        """From the read's completion: the check between the I/Os is part of the renewal."""
+        return self.write_done_s - self.read_done_s
 
 
 def verify_delta(raw: bytes | memoryview, space_name: str, offset_b: int) -> Leader:
@@ -209,6 +221,13 @@ def renew(
     if expires_at_s is not None and read_started_s >= expires_at_s:
         raise HostLeaseExpired(
             f"host lease of {p.space_name!r} expired {read_started_s - expires_at_s:.1f} s ago")
+    # The new timestamp is the time the read was *issued*: the verification below is only as
+    # fresh as that read, so a pause between read and write must not extend the lease. What we
+    # write therefore depends on nothing the read returns, and is encoded before the read is
+    # issued: between the two I/Os there is only the check of what was read.
+    mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s)
+    sector = encode_delta_sector(mine, p.geometry.sector_size, bitmap)
+    read_issued_s: float = yield Now()
     area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s, view=True)
     read_done_s: float = yield Now()
     own_at = p.geometry.delta_offset(p.host_id)
@@ -227,18 +246,9 @@ def renew(
             )
         if last_ok:
             raise RenewDiff(f"our sector in {p.space_name!r} changed under us")
-    # The new timestamp is the time the read was *issued*: the verification above is only as
-    # fresh as that read, so a pause between read and write must not extend the lease.
-    mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s)
-    yield from _write_own(p, mine, bitmap, p.timeouts.renewal_write_timeout_s)
+    yield Write(p.device, p.sector_offset_b, sector, p.timeouts.renewal_write_timeout_s)
     write_done_s: float = yield Now()
-    return RenewOutcome(
-        leader=mine,
-        area=area,
-        read_started_s=read_started_s,
-        read_s=read_done_s - read_started_s,
-        write_s=write_done_s - read_done_s,
-    )
+    return RenewOutcome(mine, area, read_started_s, read_issued_s, read_done_s, write_done_s)
 
 
 def release(p: DeltaParams, last: Leader) -> Algorithm[None]:

@@ -214,7 +214,7 @@ class Lockspace(HostLeaseObserver):
             self._history.append(record)
             requested = False
             if self.table is not None:
-                self.table.observe(outcome.area, outcome.read_started_s + outcome.read_s)
+                self.table.observe(outcome.area, outcome.read_done_s)
                 requested = self._requests_for_us(outcome.area)
         if requested and self.on_request is not None:
             self.on_request(self)

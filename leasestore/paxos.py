@@ -164,7 +164,7 @@ def verify_paxos_leader(raw: bytes | memoryview, p: PaxosParams) -> Leader:
     return leader
 
 
-def _dblock_rows(raw: bytes, p: PaxosParams, num_hosts: int
+def _dblock_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
                  ) -> tuple[npt.NDArray[np.void], list[int], set[int]]:
     """(rows, touched indices, indices with a bad checksum) of num_hosts dblocks in `raw`."""
     ss = p.geometry.sector_size
@@ -181,7 +181,7 @@ def _dblock_rows(raw: bytes, p: PaxosParams, num_hosts: int
 def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     """Read 1: the leader and every dblock; any bad dblock checksum fails it."""
     size = p.geometry.ballot_read_size(p.geometry.max_hosts)
-    raw = yield Read(p.device, p.offset_b, size, p.io_timeout_s)
+    raw = yield Read(p.device, p.offset_b, size, p.io_timeout_s, view=True)
     leader = verify_paxos_leader(raw, p)
     rows, touched, bad = _dblock_rows(raw, p, leader.num_hosts)
     if bad:
@@ -290,7 +290,8 @@ def _write_dblock(p: PaxosParams, dblock: Dblock, mode: ModeBlock | None = None
 def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
                 ) -> Algorithm[tuple[Dblock | None, list[int]]]:
     """Read all dblocks; return the accepted dblock with the highest bal, and shared holders."""
-    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s)
+    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s,
+                     view=True)
     rows, touched, bad = _dblock_rows(raw, p, num_hosts)
     best: Dblock | None = None
     shared = []
@@ -314,7 +315,8 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
 
 def _shared_holders(p: PaxosParams, num_hosts: int) -> Algorithm[list[int]]:
     """Host ids whose dblocks carry a SHARED mode block (what a phase read reports)."""
-    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s)
+    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s,
+                     view=True)
     rows, touched, bad = _dblock_rows(raw, p, num_hosts)
     return [i + 1 for i in touched
             if i not in bad and int(rows[i]["mode_flags"]) & MODE_FLAG_SHARED]

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """leasestore beside the real sanlock daemon, on twin loop devices, in one run.
 
-Phase 1 (renewal): both daemons renew their host lease (io_timeout 1 s: every 2 s) while this
-tool times the raw O_DIRECT pattern of a renewal (1 MiB read + 512 B write) on a third twin at
-the same cadence. Phase 2 (acquire/release): one registered helper per side acquires and
+Phase 1 (renewal), in two halves so that neither daemon's renewals land in lockstep beside the
+other's on the shared disk: (a) our daemon renews its host lease (io_timeout 1 s: every 2 s)
+while this tool times the raw O_DIRECT pattern of a renewal (1 MiB read + 512 B write) on a
+third twin at random phases with the same mean cadence; (b) sanlock joins and renews beside a
+second raw sample. Phase 2 (acquire/release): one registered helper per side acquires and
 releases a free resource lease, in batches alternating A B A B so that drift cancels; sanlock's
 helper uses python3-sanlock under /usr/bin/python3.
 
@@ -19,9 +21,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,21 @@ from leasestore.testing.sidebyside import (
 MiB = 1 << 20
 
 
-def sample_raw(device: str, stop: threading.Event, interval_s: float) -> list[float]:
+def sample_raw(device: str, seconds: float, mean_interval_s: float = 2.0) -> list[float]:
+    """Time the raw pattern for `seconds`, at random phases (uniform gaps with the renewal
+    cadence as their mean): a fixed 2 s cadence would lock the baseline's phase to the daemons'
+    renewals and so always, or never, land beside them on the shared disk."""
     samples: list[float] = []
     raw = RawRenewal(device, MiB, 512, 0)
+    end_s = time.monotonic() + seconds
     try:
-        while not stop.wait(interval_s):
+        while True:
+            time.sleep(random.uniform(0.5, 1.5) * mean_interval_s)
+            if time.monotonic() >= end_s:
+                return samples
             samples.append(raw.time_once())
     finally:
         raw.close()
-    return samples
 
 
 def plot(path: str, renewals: dict[str, list[float]]) -> None:
@@ -77,19 +85,19 @@ def plot(path: str, renewals: dict[str, list[float]]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
                               "rounds": args.rounds, "batch": args.batch}
-    with tempfile.TemporaryDirectory(prefix="leasestore-vs-") as tmp, twins(Path(tmp)) as t:
-        stop = threading.Event()
-        raw: list[float] = []
-        sampler = threading.Thread(
-            target=lambda: raw.extend(sample_raw(t.devices["raw"], stop, 2.0)), daemon=True)
-        sampler.start()
-        print(f"phase 1: {args.seconds:g} s of renewals …", file=sys.stderr)
-        time.sleep(args.seconds)  # the daemons renew on their own; nothing to wait for sooner
-        stop.set()
-        sampler.join()
+    with tempfile.TemporaryDirectory(prefix="leasestore-vs-") as tmp, \
+            twins(Path(tmp), join=("leasestore",)) as t:
+        print(f"phase 1a: {args.seconds:g} s of leasestore renewals …", file=sys.stderr)
+        since_s = time.monotonic()
+        raw = sample_raw(t.devices["raw"], args.seconds)
+        ours = our_renewals_s(t.ours, since_s)
+        print(f"phase 1b: {args.seconds:g} s of sanlock renewals …", file=sys.stderr)
+        t.join("sanlock")
+        raw_beside_sanlock = sample_raw(t.devices["raw"], args.seconds)
         renewals = {"raw O_DIRECT": raw, "sanlock": sanlock_renewals_s(t.sanlock),
-                    "leasestore": our_renewals_s(t.ours)}
+                    "leasestore": ours}
         report["renewal"] = {name: summary(s) for name, s in renewals.items() if s}
+        report["renewal"]["raw O_DIRECT beside sanlock"] = summary(raw_beside_sanlock)
         print("phase 2: acquire + release …", file=sys.stderr)
         helpers = t.start_helpers()
         samples: dict[str, dict[str, list[float]]] = {

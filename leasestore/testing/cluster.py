@@ -57,7 +57,7 @@ class SimObserver(HostLeaseObserver):
     def renewed(self, outcome: RenewOutcome) -> None:
         self.last_success_s = float(outcome.leader.timestamp)
         self.renewals += 1
-        self.table.observe(outcome.area, outcome.read_started_s + outcome.read_s)
+        self.table.observe(outcome.area, outcome.read_done_s)
 
     def lost(self, error: LeasestoreError) -> None:
         self.holding = False

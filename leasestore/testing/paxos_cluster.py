@@ -162,7 +162,7 @@ class PaxosCluster:
             def renewed(self, outcome: RenewOutcome) -> None:
                 host.last_success_s = float(outcome.leader.timestamp)
                 assert host.table is not None
-                host.table.observe(outcome.area, outcome.read_started_s + outcome.read_s)
+                host.table.observe(outcome.area, outcome.read_done_s)
 
             def lost(self, error: LeasestoreError) -> None:
                 cluster._kill_worker(host)

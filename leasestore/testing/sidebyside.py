@@ -106,6 +106,18 @@ class Twins:
     sanlock: SanlockProc
     ours: DaemonProc
     helpers: dict[str, Helper] = field(default_factory=dict)
+    joined: set[str] = field(default_factory=set)
+
+    def join(self, side: str) -> None:
+        """Add the lockspace to the daemon of `side` ("sanlock" or "leasestore")."""
+        if side in self.joined:
+            return
+        if side == "sanlock":
+            self.sanlock.client("add_lockspace", "-s",
+                                f"{LOCKSPACE}:1:{self.devices['sanlock']}:0", "-o", "1")
+        else:
+            self.ours.call(client.add_lockspace, LOCKSPACE, 1, self.devices["leasestore"], 0)
+        self.joined.add(side)
 
     def start_helpers(self) -> dict[str, Helper]:
         self.helpers = {
@@ -131,9 +143,10 @@ def prerequisites_missing() -> str | None:
 
 
 @contextlib.contextmanager
-def twins(base: Path) -> Iterator[Twins]:
-    """Both daemons joined to a lockspace on their own twin device, plus a raw twin. Stops
-    every process it started and detaches every loop device."""
+def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore")) -> Iterator[Twins]:
+    """Both daemons running, those named in `join` joined to a lockspace on their own twin
+    device (`Twins.join` adds the others later), plus a raw twin. Stops every process it
+    started and detaches every loop device."""
     sanlock_bin = shutil.which("sanlock")
     assert sanlock_bin is not None
     loops = LoopDevices()
@@ -150,9 +163,9 @@ def twins(base: Path) -> Iterator[Twins]:
         started.append(theirs)
         ours = DaemonProc(base, "twin-ours", io_timeout_s=1, watchdog_fire_timeout_s=60)
         started.append(ours)
-        theirs.client("add_lockspace", "-s", f"{LOCKSPACE}:1:{devices['sanlock']}:0", "-o", "1")
-        ours.call(client.add_lockspace, LOCKSPACE, 1, devices["leasestore"], 0)
         made = Twins(devices, theirs, ours)
+        for side in join:
+            made.join(side)
         yield made
     finally:
         if made is not None:
@@ -198,7 +211,9 @@ def sanlock_renewals_s(proc: SanlockProc) -> list[float]:
     return [(int(r) + int(w)) / 1e3 for _ts, r, w in _SANLOCK_RENEWAL.findall(out)]
 
 
-def our_renewals_s(proc: DaemonProc) -> list[float]:
-    """read + write time of each successful renewal in our daemon's history."""
+def our_renewals_s(proc: DaemonProc, since_s: float = 0.0) -> list[float]:
+    """read + write time of each successful renewal in our daemon's history that started at or
+    after `since_s` (time.monotonic(): the daemon's history uses the same clock)."""
     history: list[dict[str, Any]] = proc.call(client.renewal_history, LOCKSPACE)
-    return [(h["read_us"] + h["write_us"]) / 1e6 for h in history if not h.get("error")]
+    return [(h["read_us"] + h["write_us"]) / 1e6 for h in history
+            if not h.get("error") and h["time"] >= since_s]
