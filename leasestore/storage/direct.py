@@ -18,6 +18,7 @@ import fcntl
 import os
 import stat
 import struct
+import threading
 import time
 from collections.abc import Sequence
 
@@ -68,8 +69,9 @@ def probe_path(path: str) -> tuple[bool, int, int]:
 
 
 class DirectDevice:
-    """An open O_DIRECT device. Not shared between threads that need independent timeouts:
-    open one per lockspace thread, as sanlock gives each its own AIO context."""
+    """An open O_DIRECT device. Safe to share between threads, but its AIO context serialises
+    their waits: open one per thread that needs independent timeouts (one per lockspace
+    thread, as sanlock gives each its own AIO context)."""
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self._path = path
@@ -86,6 +88,9 @@ class DirectDevice:
             raise StorageError(f"{path}: cannot open: {exc.strerror}") from None
         self._aio = AioContext()
         self._pool: dict[int, list[AlignedBuffer]] = {}
+        self._pool_lock = threading.Lock()
+        """Threads may share a device (the daemon's resource I/O does): a buffer is handed to
+        one I/O at a time only if taking it from the pool is atomic."""
 
     @property
     def path(self) -> str:
@@ -162,9 +167,7 @@ class DirectDevice:
             if isinstance(op, ReadOp) and outcomes[i] is None:
                 outcomes[i] = buffer.view(op.length_b) if op.view else buffer.map[: op.length_b]
             if not isinstance(outcomes[i], IOTimeout):
-                free = self._pool.setdefault(buffer.size_b, [])
-                if len(free) < POOL_DEPTH:
-                    free.append(buffer)
+                self._give_back(buffer)
         return outcomes
 
     def close(self) -> None:
@@ -209,11 +212,18 @@ class DirectDevice:
 
     def _take_buffer(self, size_b: int) -> AlignedBuffer:
         """A pooled buffer of `size_b` that no lent view still shows, else a new one."""
-        free = self._pool.get(size_b, [])
-        for index in range(len(free) - 1, -1, -1):
-            if free[index].idle:
-                return free.pop(index)
+        with self._pool_lock:
+            free = self._pool.get(size_b, [])
+            for index in range(len(free) - 1, -1, -1):
+                if free[index].idle:
+                    return free.pop(index)
         return AlignedBuffer(size_b)
+
+    def _give_back(self, buffer: AlignedBuffer) -> None:
+        with self._pool_lock:
+            free = self._pool.setdefault(buffer.size_b, [])
+            if len(free) < POOL_DEPTH:
+                free.append(buffer)
 
     def _continuation(
         self, op: IOOp, buffer: AlignedBuffer, done_b: int
