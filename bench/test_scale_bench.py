@@ -18,8 +18,8 @@ from leasestore.effects import Batch, Now, Random, Read, Sleep, Write
 from leasestore.liveness import HostTable
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.dblock import Dblock, encode_dblock_sector
-from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import decode_leader, encode_delta_sector, pad_sector
+from leasestore.ondisk.geometry import Geometry, pad_sector
+from leasestore.ondisk.leader import Leader, decode_leader, encode_delta_sector
 from leasestore.paxos import PaxosParams, acquire, release
 from leasestore.timeouts import Timeouts
 
@@ -97,17 +97,18 @@ def test_renewal_cpu(benchmark: Any, geometry: tuple[int, int], live: int) -> No
     runners = [MemoryRunner({"ls": image}) for image in images]  # both share the clock below
     params = DeltaParams("ls", 0, geo, "scale", OUR_ID, f"h{OUR_ID}", T)
     table = HostTable(geo, "scale", OUR_ID, T)
-    state = {"round": -1, "last": decode_leader(bytes(images[0][:geo.sector_size]))}
+    last: list[Leader] = [decode_leader(bytes(images[0][:geo.sector_size]))]
+    rounds = [-1]
 
     def one() -> None:
-        state["round"] += 1
-        runner = runners[state["round"] % 2]
+        rounds[0] += 1
+        runner = runners[rounds[0] % 2]
         runner.now_s += 20
-        outcome = runner.run(renew(params, state["last"], True))
-        state["last"] = outcome.leader
+        outcome = runner.run(renew(params, last[0], True))
+        last[0] = outcome.leader
         table.observe(outcome.area, runner.now_s)
         ours = slice(geo.delta_offset(OUR_ID), geo.delta_offset(OUR_ID) + geo.sector_size)
-        images[(state["round"] + 1) % 2][ours] = images[state["round"] % 2][ours]
+        images[(rounds[0] + 1) % 2][ours] = images[rounds[0] % 2][ours]
 
     benchmark.group = f"scale-renewal-{_ids(geometry)}-live{live}"
     benchmark.extra_info["role"] = "leasestore"

@@ -159,7 +159,7 @@ def test_killed_host_is_dead_no_sooner_than_host_dead(cluster: Cluster) -> None:
     def dead() -> bool:
         state = b.hosts(LS)[1]["state"]
         seen.setdefault(str(state), time.monotonic())
-        return state == "dead"
+        return bool(state == "dead")
 
     poll(dead, T.host_dead_s + 10, interval_s=0.05, what="b judges a dead")
     # Every process here shares CLOCK_MONOTONIC, so a's on-disk timestamp is on our clock.

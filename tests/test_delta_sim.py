@@ -252,7 +252,7 @@ CHUNK = 100
 @pytest.mark.parametrize("first", range(0, SEEDS, CHUNK))
 def test_chaos_campaign_never_two_valid_holders(first: int) -> None:
     faults = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2)
-    failures = []
+    failures: list[str] = []
     for seed in range(first, min(first + CHUNK, SEEDS)):
         cluster = DeltaCluster(seed, [1, 2, 3, 1, 2], faults=faults)
         # Fault-free phase: 6 x host_dead. A write that timed out during the chaos may land up

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,8 +200,9 @@ def test_each_implementation_takes_a_dead_hosts_lease_only_after_host_dead(
         assert read_paxos_leader(dev[2], R_OURS).owner_id == 2
 
         # Both owners die at once: daemon and holder, as a machine would.
-        for proc in (slk1.proc, ours2.proc, *holders):
-            proc.kill()
+        dying: list[subprocess.Popen[Any]] = [slk1.proc, ours2.proc, *holders]
+        for victim in dying:
+            victim.kill()
         died_at = time.monotonic()
         taken: dict[str, float] = {}
 

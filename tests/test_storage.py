@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from leasestore.errors import (
@@ -143,3 +144,29 @@ def test_a_newer_write_never_lands_under_an_abandoned_older_one(loop_device: str
         device.write(0, b"\x02" * 512, 5)  # waits for the older write before it is issued
         assert device.abandoned_ios == 0
         assert device.read(0, 512, 5) == b"\x02" * 512
+
+
+def test_a_lent_view_never_changes_under_its_holder(lease_file: str) -> None:
+    """read_view lends the AIO buffer itself; the buffer is reused only once no view of it
+    (nor anything made from it) is alive, so later reads never rewrite what a holder sees."""
+    with DirectDevice(lease_file) as device:
+        first_bytes, second_bytes = b"\x11" * 512, b"\x22" * 512
+        device.write(0, first_bytes, 5)
+        first = device.read_view(0, 4096, 5)
+        assert isinstance(first, memoryview) and first.readonly
+        assert first[:512] == first_bytes
+        device.write(0, second_bytes, 5)
+        slice_of_first = first[:512]
+        del first  # a slice keeps the whole buffer lent
+        second = device.read_view(0, 4096, 5)
+        assert second[:512] == second_bytes
+        assert slice_of_first == first_bytes
+        del second, slice_of_first
+        # Every view is gone: reads cycle through the pooled buffers instead of growing it.
+        addresses = set()
+        for _ in range(8):
+            view = device.read_view(0, 4096, 5)
+            addresses.add(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+            del view
+        assert len(addresses) == 1
+        assert device.read(0, 512, 5) == second_bytes  # a plain read is a copy: bytes

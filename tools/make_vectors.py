@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +39,9 @@ def sanlock_init(args: list[str]) -> None:
     subprocess.run(["sanlock", "direct", "init", *args], check=True, capture_output=True)
 
 
-def make_case(out: Path, scratch: Path, ss: int, align: int, io: int, flags: bool) -> dict:
+def make_case(
+    out: Path, scratch: Path, ss: int, align: int, io: int, flags: bool
+) -> dict[str, Any]:
     tag = f"{ss}-{align // MiB}M" + ("" if flags else "-legacy")
     image = scratch / f"{tag}.img"
     image.write_bytes(b"")
