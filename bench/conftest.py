@@ -20,6 +20,8 @@ from leasestore.testing.procs import LoopDevices, make_file
 MiB = 1 << 20
 ACQUIRE_REPORTS: list[dict[str, Any]] = []
 """Filled by test_acquire_bench (measured outside pytest-benchmark, interleaved with sanlock)."""
+RENEWAL_REPORTS: list[dict[str, Any]] = []
+"""Filled by test_renewal_interleaved_with_raw (raw and leasestore rounds alternating)."""
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +52,14 @@ def _stats(bench: Any) -> tuple[float, float]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    if RENEWAL_REPORTS:
+        terminalreporter.section("renewal vs raw O_DIRECT (interleaved, median / p99)")
+    for report in RENEWAL_REPORTS:
+        ours, raw = report["leasestore"], report["raw O_DIRECT"]
+        terminalreporter.write_line(
+            f"{report['geometry']:<8} raw {raw['median_us']:8.0f} us (p99 {raw['p99_us']:8.0f})"
+            f"  leasestore {ours['median_us']:8.0f} us (p99 {ours['p99_us']:8.0f})"
+            f"  ratio {report['ratio_median']:5.2f} (p99 {report['ratio_p99']:5.2f})")
     for report in ACQUIRE_REPORTS:
         terminalreporter.section("acquire/release vs sanlock (interleaved, median / p99)")
         for op in ("acquire", "release"):
