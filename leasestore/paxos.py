@@ -59,6 +59,7 @@ from leasestore.liveness import OwnerView
 from leasestore.ondisk.bulk import scan_dblocks
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
+    DBLOCK_SIZE,
     MODE_FLAG_SHARED,
     Dblock,
     ModeBlock,
@@ -173,8 +174,12 @@ def _dblock_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
     touched_mask = ((rows["mbal"] != 0) | (rows["bal"] != 0) | (rows["inp"] != 0)
                     | (rows["lver"] != 0) | (rows["checksum"] != 0) | (rows["mode_flags"] != 0))
     touched = np.flatnonzero(touched_mask).tolist()
-    bad = {index for index in touched
-           if not dblock_checksum_ok(raw[(FIRST_DBLOCK_SECTOR + index) * ss:])}
+
+    def checksum_ok(index: int) -> bool:
+        at = (FIRST_DBLOCK_SECTOR + index) * ss  # slice the record only: `raw` may be bytes
+        return dblock_checksum_ok(raw[at:at + DBLOCK_SIZE])
+
+    bad = {index for index in touched if not checksum_ok(index)}
     return rows, touched, bad
 
 

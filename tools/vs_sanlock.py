@@ -3,9 +3,11 @@
 
 Phase 1 (renewal), in two halves so that neither daemon's renewals land in lockstep beside the
 other's on the shared disk: (a) our daemon renews its host lease (io_timeout 1 s: every 2 s)
-while this tool times the raw O_DIRECT pattern of a renewal (1 MiB read + 512 B write) on a
-third twin at random phases with the same mean cadence; (b) sanlock joins and renews beside a
-second raw sample. Phase 2 (acquire/release): one registered helper per side acquires and
+while this tool times the raw O_DIRECT pattern of a renewal (1 MiB read + 512 B write) on the
+same device, at random phases with the same mean cadence; (b) sanlock joins and renews beside a
+raw sample on its own device. (Twin devices are files in different places on the host's disk,
+and on this VM one file can be steadily faster than another: only the same device is a fair
+baseline.) Phase 2 (acquire/release): one registered helper per side acquires and
 releases a free resource lease, in batches alternating A B A B so that drift cancels; sanlock's
 helper uses python3-sanlock under /usr/bin/python3.
 
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leasestore.ondisk.geometry import Geometry
 from leasestore.testing.sidebyside import (
     RawRenewal,
     our_renewals_s,
@@ -39,14 +42,16 @@ from leasestore.testing.sidebyside import (
 )
 
 MiB = 1 << 20
+MAX_HOSTS = 2000
 
 
 def sample_raw(device: str, seconds: float, mean_interval_s: float = 2.0) -> list[float]:
-    """Time the raw pattern for `seconds`, at random phases (uniform gaps with the renewal
-    cadence as their mean): a fixed 2 s cadence would lock the baseline's phase to the daemons'
-    renewals and so always, or never, land beside them on the shared disk."""
+    """Time the raw pattern on `device` for `seconds`, at random phases (uniform gaps with the
+    renewal cadence as their mean): a fixed 2 s cadence would lock the baseline's phase to the
+    daemon's renewals and so always, or never, land beside them. It rewrites the last host's
+    sector with what it read there (no host of the run uses that slot)."""
     samples: list[float] = []
-    raw = RawRenewal(device, MiB, 512, 0)
+    raw = RawRenewal(device, MiB, 512, Geometry(512, MiB).delta_offset(MAX_HOSTS))
     end_s = time.monotonic() + seconds
     try:
         while True:
@@ -89,11 +94,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             twins(Path(tmp), join=("leasestore",)) as t:
         print(f"phase 1a: {args.seconds:g} s of leasestore renewals …", file=sys.stderr)
         since_s = time.monotonic()
-        raw = sample_raw(t.devices["raw"], args.seconds)
+        raw = sample_raw(t.devices["leasestore"], args.seconds)
         ours = our_renewals_s(t.ours, since_s)
         print(f"phase 1b: {args.seconds:g} s of sanlock renewals …", file=sys.stderr)
         t.join("sanlock")
-        raw_beside_sanlock = sample_raw(t.devices["raw"], args.seconds)
+        raw_beside_sanlock = sample_raw(t.devices["sanlock"], args.seconds)
         renewals = {"raw O_DIRECT": raw, "sanlock": sanlock_renewals_s(t.sanlock),
                     "leasestore": ours}
         report["renewal"] = {name: summary(s) for name, s in renewals.items() if s}

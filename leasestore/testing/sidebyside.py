@@ -2,8 +2,9 @@
 and tools/vs_sanlock.py share.
 
 Each side gets its own loop device over a fully written file on one filesystem (a sparse file's
-holes read without physical I/O), formatted alike, with io_timeout 1 s. A third twin holds the
-raw baseline: the same O_DIRECT I/O pattern with no lease logic at all.
+holes read without physical I/O), formatted alike, with io_timeout 1 s. The raw baseline of a
+renewal (`RawRenewal`: the same O_DIRECT I/O pattern with no lease logic at all) is timed on the
+device of the side it is compared with.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def prerequisites_missing() -> str | None:
 @contextlib.contextmanager
 def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore")) -> Iterator[Twins]:
     """Both daemons running, those named in `join` joined to a lockspace on their own twin
-    device (`Twins.join` adds the others later), plus a raw twin. Stops every process it
-    started and detaches every loop device."""
+    device (`Twins.join` adds the others later). Stops every process it started and detaches
+    every loop device."""
     sanlock_bin = shutil.which("sanlock")
     assert sanlock_bin is not None
     loops = LoopDevices()
@@ -154,7 +155,7 @@ def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore")) -> Iter
     made: Twins | None = None
     try:
         devices = {}
-        for side in ("sanlock", "leasestore", "raw"):
+        for side in ("sanlock", "leasestore"):
             device = loops.attach(make_file(base / f"{side}.img", 4 * MiB, allocate=True))
             format_lockspace(device, LOCKSPACE, 0, io_timeout_s=1)
             format_resource(device, LOCKSPACE, RESOURCE, RESOURCE_AT)
