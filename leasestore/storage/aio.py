@@ -125,7 +125,8 @@ class Completion:
 
 
 class AioContext:
-    """One kernel AIO context. All methods are serialised by an internal lock.
+    """One kernel AIO context, shared safely between threads (an internal lock guards its state;
+    waiting does not hold it: see `wait`).
 
     The iocb array, its pointer array and the event array are allocated once and reused: the
     kernel copies an iocb when it is submitted, so the memory is free again once io_submit
@@ -140,6 +141,9 @@ class AioContext:
             err = ctypes.get_errno()
             raise OSError(err, f"io_setup: {os.strerror(err)}")
         self._lock = threading.Lock()
+        self._reaped = threading.Condition(self._lock)
+        """Notified when the reaper has recorded the events it got (or gave up reaping)."""
+        self._reaping = False
         self._iocbs = (_Iocb * max_events)()
         self._iocb_pointers = (ctypes.POINTER(_Iocb) * max_events)(
             *(ctypes.pointer(iocb) for iocb in self._iocbs)
@@ -214,37 +218,54 @@ class AioContext:
         """Reap events until every completion is done or `deadline` (monotonic) passes.
 
         Completions still pending at the deadline are marked abandoned; their buffers stay pinned.
+        Threads sharing the context wait at once: one at a time calls io_getevents, outside the
+        lock so that others can still submit, and records every event it gets for whichever
+        thread owns it; the others sleep until it has, or until their own deadline.
         """
         with self._lock:
-            events, spec, inflight = self._events, self._timespec, self._inflight
-            waiting = sum(1 for c in completions if not c.done)
-            while waiting:
+            while not all(c.done for c in completions):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     for c in completions:
                         if not c.done:
                             c.abandoned = True
                     return
-                spec.tv_sec = int(remaining)
-                spec.tv_nsec = int((remaining % 1) * 1e9)
-                rc = _syscall(
-                    self._getevents,
-                    self._ctx,
-                    ctypes.c_long(1),
-                    ctypes.c_long(self._max_events),
-                    events,
-                    ctypes.byref(spec),
-                )
-                if rc < 0:
-                    err = ctypes.get_errno()
-                    if err == errno.EINTR:
-                        continue
-                    raise OSError(err, f"io_getevents: {os.strerror(err)}")
-                for event in events[:rc]:
-                    done = inflight.pop(event.data, None)
+                if self._reaping:
+                    self._reaped.wait(remaining)
+                    continue
+                self._reaping = True
+                self._lock.release()
+                try:
+                    got = self._get_events(remaining)
+                finally:
+                    self._lock.acquire()
+                    self._reaping = False
+                    self._reaped.notify_all()  # they run once we let go of the lock
+                for ident, result in got:
+                    done = self._inflight.pop(ident, None)
                     if done is not None:
-                        done.done, done.result = True, event.res
-                waiting = sum(1 for c in completions if not c.done)
+                        done.done, done.result = True, result
+
+    def _get_events(self, timeout_s: float) -> list[tuple[int, int]]:
+        """(ident, result) of the events io_getevents returns within `timeout_s`. Called by one
+        thread at a time (the reaper), without the lock: the event array is the reaper's."""
+        spec, events = self._timespec, self._events
+        spec.tv_sec = int(timeout_s)
+        spec.tv_nsec = int((timeout_s % 1) * 1e9)
+        rc = _syscall(
+            self._getevents,
+            self._ctx,
+            ctypes.c_long(1),
+            ctypes.c_long(self._max_events),
+            events,
+            ctypes.byref(spec),
+        )
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                return []
+            raise OSError(err, f"io_getevents: {os.strerror(err)}")
+        return [(event.data, event.res) for event in events[:rc]]
 
     def close(self) -> None:
         """Destroy the context. With abandoned I/O in flight the kernel blocks io_destroy until
