@@ -22,7 +22,7 @@ from leasestore.direct import format_lockspace
 from leasestore.liveness import HostTable
 from leasestore.ondisk.areas import lockspace_area_image
 from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import decode_leader, encode_delta_sector
+from leasestore.ondisk.leader import Leader, decode_leader, encode_delta_sector
 from leasestore.storage.direct import DirectDevice
 from leasestore.storage.driver import Driver
 from leasestore.testing.sidebyside import RawRenewal, ratio, summary
@@ -64,6 +64,15 @@ def test_raw_o_direct_baseline(benchmark: Any, bench_devices: dict[int, str],
         os.close(fd)
 
 
+def _hold_host_5(device: DirectDevice, geo: Geometry) -> tuple[DeltaParams, Leader]:
+    """On a freshly formatted area: write host 5's record as held; its params and record."""
+    params = DeltaParams("dev", 0, geo, "bench", 5, "bench-host", Timeouts(10))
+    free = decode_leader(device.read(geo.delta_offset(5), geo.sector_size, 10))
+    held = free.replace(owner_id=5, owner_generation=1, resource_name="bench-host", timestamp=1)
+    device.write(geo.delta_offset(5), encode_delta_sector(held, geo.sector_size), 10)
+    return params, held
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=_ids)
 def test_leasestore_renewal(benchmark: Any, bench_devices: dict[int, str],
                             geometry: tuple[int, int]) -> None:
@@ -73,13 +82,9 @@ def test_leasestore_renewal(benchmark: Any, bench_devices: dict[int, str],
     benchmark.extra_info["role"] = "leasestore"
     geo = Geometry(sector_size, align)
     format_lockspace(path, "bench", 0, sector_size=sector_size, align=align, force=True)
-    params = DeltaParams("dev", 0, geo, "bench", 5, "bench-host", Timeouts(10))
     with DirectDevice(path) as device:
         driver = Driver({"dev": device})
-        free = decode_leader(device.read(geo.delta_offset(5), sector_size, 10))
-        held = free.replace(owner_id=5, owner_generation=1, resource_name="bench-host",
-                            timestamp=1)
-        device.write(geo.delta_offset(5), encode_delta_sector(held, sector_size), 10)
+        params, held = _hold_host_5(device, geo)
         state = {"last": held}
 
         def one_renewal() -> None:
@@ -97,16 +102,13 @@ def test_renewal_interleaved_with_raw(bench_devices: dict[int, str],
     path = str(path_of(bench_devices, sector_size))
     geo = Geometry(sector_size, align)
     format_lockspace(path, "bench", 0, sector_size=sector_size, align=align, force=True)
-    params = DeltaParams("dev", 0, geo, "bench", 5, "bench-host", Timeouts(10))
     # The raw pattern rewrites another host's sector with what it read there.
     raw = RawRenewal(path, align, sector_size, geo.delta_offset(100))
     samples: dict[str, list[float]] = {"raw O_DIRECT": [], "leasestore": []}
     try:
         with DirectDevice(path) as device:
             driver = Driver({"dev": device})
-            last = decode_leader(device.read(geo.delta_offset(5), sector_size, 10)).replace(
-                owner_id=5, owner_generation=1, resource_name="bench-host", timestamp=1)
-            device.write(geo.delta_offset(5), encode_delta_sector(last, sector_size), 10)
+            params, last = _hold_host_5(device, geo)
             for index in range(INTERLEAVED_ROUNDS + INTERLEAVED_WARMUP):
                 started = time.perf_counter()
                 last = driver.run(renew(params, last, True)).leader

@@ -1,7 +1,8 @@
 """Resource leases this host holds, on top of its lockspaces.
 
 Each acquire or release runs the Disk Paxos algorithm through a real driver. Devices are opened
-once per path and shared (their AIO context serialises waits). A lease can be acquired only in a
+once per path and shared by every thread, so that each path's record of abandoned writes
+sees all of them (their waits still overlap). A lease can be acquired only in a
 lockspace whose host lease is HELD, with the lockspace's current host generation; the takeover
 rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
 Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to

@@ -69,9 +69,8 @@ def probe_path(path: str) -> tuple[bool, int, int]:
 
 
 class DirectDevice:
-    """An open O_DIRECT device. Safe to share between threads, but its AIO context serialises
-    their waits: open one per thread that needs independent timeouts (one per lockspace
-    thread, as sanlock gives each its own AIO context)."""
+    """An open O_DIRECT device, safe to share between threads: their waits overlap (see
+    `AioContext.wait`), and its record of abandoned writes covers every thread's I/O on it."""
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self._path = path
@@ -115,25 +114,26 @@ class DirectDevice:
         self.close()
 
     def read(self, offset_b: int, length_b: int, timeout_s: float) -> bytes:
-        outcome = self.submit([ReadOp(offset_b, length_b)], timeout_s)[0]
-        if isinstance(outcome, StorageError):
-            raise outcome
+        outcome = self._one(ReadOp(offset_b, length_b), timeout_s)
         assert isinstance(outcome, bytes)
         return outcome
 
     def read_view(self, offset_b: int, length_b: int, timeout_s: float) -> memoryview:
         """Like `read`, but the bytes stay in our buffer and come as a read-only view of it: no
         copy, and the buffer is not reused while the view (or anything made from it) lives."""
-        outcome = self.submit([ReadOp(offset_b, length_b, view=True)], timeout_s)[0]
-        if isinstance(outcome, StorageError):
-            raise outcome
+        outcome = self._one(ReadOp(offset_b, length_b, view=True), timeout_s)
         assert isinstance(outcome, memoryview)
         return outcome
 
     def write(self, offset_b: int, data: bytes, timeout_s: float) -> None:
-        outcome = self.submit([WriteOp(offset_b, data)], timeout_s)[0]
+        self._one(WriteOp(offset_b, data), timeout_s)
+
+    def _one(self, op: IOOp, timeout_s: float) -> IOOutcome:
+        """One I/O's outcome; its error raised."""
+        outcome = self.submit([op], timeout_s)[0]
         if isinstance(outcome, StorageError):
             raise outcome
+        return outcome
 
     def submit(self, ops: Sequence[IOOp], timeout_s: float) -> list[IOOutcome]:
         """Run `ops` concurrently; each outcome is bytes (read), None (write) or its error."""
