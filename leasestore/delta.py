@@ -2,8 +2,8 @@
 Malkhi, with sanlock's exact rules so that sanlock hosts and ours share a lockspace safely.
 
 Each host writes only its own sector; other hosts only read it. Timestamps are the writer's
-monotonic seconds and are never compared across hosts: a peer is alive when *we* see its
-(owner_id, generation, timestamp) change.
+lease-clock seconds (clock.py) and are never compared across hosts: a peer is alive when *we*
+see its (owner_id, generation, timestamp) change.
 
 acquire:  read own sector. Free (timestamp 0): write at once. Otherwise wait
           max(host_dead, 8*io_timeout) of the *previous* holder, watching the sector: any change
@@ -11,20 +11,23 @@ acquire:  read own sector. Free (timestamp 0): write at once. Otherwise wait
           waited out too (see `acquire`). Then write (generation + 1, our name,
           timestamp = now), wait 2*io_timeout, re-read: anything but our record means another host
           raced us (HostIdBusy).
+join:     acquire; if its waits (set by the io_timeout found on disk) outlasted our renewal
+          interval, renew once before the lease counts as held.
 renew:    one read of the whole area (all hosts' sectors), verify our sector is exactly what we
           last wrote, then one write of our sector with a new timestamp.
 release:  write our sector with timestamp 0.
 
 Invariant for callers: the lease is valid until `last_success_s + id_renewal_fail_s` on our
-monotonic clock, where last_success_s is the timestamp of our last successful renewal: the time
-its verifying read was issued (for acquire, the time just before the write). Past that moment it
-is never renewed again, however long the host was paused. A host that takes over our host_id
-does so no earlier than host_dead seconds after it last saw our timestamp change, which is
+lease clock (clock.py), where last_success_s is the timestamp of our last successful renewal: the
+time its verifying read was issued (for acquire, the time just before the write). Past that
+moment it is never renewed again, however long the host was paused. A host that takes over our
+host_id does so no earlier than host_dead seconds after it last saw our timestamp change, which is
 later than that.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,7 +88,7 @@ class DeltaParams:
 @dataclass(frozen=True)
 class RenewOutcome:
     """A successful renewal: what we wrote, the area as read before the write, and when
-    (our monotonic clock): started (the timestamp's source) <= read issued <= read done (the
+    (our lease clock): started (the timestamp's source) <= read issued <= read done (the
     time the area describes) <= write done."""
 
     leader: Leader
@@ -180,6 +183,12 @@ def _wait_out_previous_holder(p: DeltaParams, seen: Leader) -> Algorithm[None]:
 
 def acquire(p: DeltaParams) -> Algorithm[Leader]:
     """Take our host_id; returns the record written. Its timestamp starts the lease's validity."""
+    mine, _ = yield from _acquire(p)
+    return mine
+
+
+def _acquire(p: DeltaParams) -> Algorithm[tuple[Leader, Leader]]:
+    """`acquire`, also returning the record found before ours (whose io_timeout set the waits)."""
     seen = yield from read_own(p)
     if seen.timestamp != 0:
         # Even a record with our own host name is waited out: a late write of an earlier,
@@ -207,7 +216,34 @@ def acquire(p: DeltaParams) -> Algorithm[Leader]:
             f"host_id {p.host_id} of {p.space_name!r} was taken by "
             f"{check.resource_name!r} while we acquired it"
         )
-    return mine
+    return mine, seen
+
+
+def join(p: DeltaParams, observer: HostLeaseObserver, bitmap: bytes = b"") -> Algorithm[Leader]:
+    """Acquire, and end holding a lease that is valid for id_renewal_fail_s from about now.
+
+    The short delay after our write follows the io_timeout found on disk (the format's, or the
+    previous holder's), which may exceed our own renewal window: a lockspace formatted with
+    io_timeout 10 and joined with 1 waits 20 s, past our 8 s of validity. Such a join renews
+    once before it counts as held (the renewal's read re-verifies our record), so the lease
+    starts valid. If that renewal cannot be written the join fails and, the record being ours
+    and nothing held under it, the slot is released again rather than left looking held.
+    """
+    mine, seen = yield from _acquire(p)
+    if seen.io_timeout not in (0, p.timeouts.io_timeout_s):
+        observer.mismatch(f"lockspace {p.space_name!r}: host_id {p.host_id} was last written "
+                          f"with io_timeout {seen.io_timeout} s, ours is "
+                          f"{p.timeouts.io_timeout_s} s; the join waited by the former")
+    now_s: float = yield Now()
+    if now_s - mine.timestamp < p.timeouts.id_renewal_s:
+        return mine
+    try:
+        outcome = yield from renew(p, mine, True, bitmap)
+    except StorageError:
+        with contextlib.suppress(StorageError):
+            yield from release(p, mine)
+        raise
+    return outcome.leader
 
 
 def renew(
@@ -274,6 +310,9 @@ class HostLeaseObserver:
     def released(self) -> None:
         """The host_id was given up cleanly."""
 
+    def mismatch(self, message: str) -> None:
+        """The area disagrees with our configuration in a way that costs time, not safety."""
+
     def may_release(self) -> bool:
         """Asked when cancelled: False if the lease expired meanwhile. Releasing an expired lease
         would mark our slot free, letting others skip the wait that protects our holders."""
@@ -291,7 +330,7 @@ def host_lease_loop(
     once id_renewal_fail_s pass without a successful renewal: past that our lease may already be
     judged expired by our own rules, so we must not renew it back to life.
     """
-    last = yield from acquire(p)
+    last = yield from join(p, observer, bitmap())
     observer.joined(last)
     last_success_s = float(last.timestamp)
     last_ok = True

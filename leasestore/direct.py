@@ -40,7 +40,7 @@ from leasestore.ondisk.leader import (
 )
 from leasestore.ondisk.request import decode_request
 from leasestore.storage.direct import DirectDevice
-from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S
+from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, checked_io_timeout
 from leasestore.units import MiB
 
 WRITE_INIT_IO_TIMEOUT_S = 60.0
@@ -86,6 +86,7 @@ def format_lockspace(
     force: bool = False,
 ) -> Geometry:
     """Initialise a lockspace area; returns the geometry used. Raises AreaInUse unless forced."""
+    checked_io_timeout(io_timeout_s, "format io_timeout (-o)")
     with DirectDevice(path) as device:
         geometry = resolve_geometry(device, sector_size, align)
         _check_area(device, offset_b, geometry)

@@ -9,7 +9,7 @@ Result of each effect sent back into the generator:
   Write -> None             (likewise)
   Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results)
   Sleep -> None             (Cancelled is thrown in if the runner is told to stop)
-  Now   -> float, local monotonic seconds
+  Now   -> float, seconds on the local lease clock (clock.py: never set, counts suspend)
   Random -> float in [0, 1), from the runner's source (seeded in the simulator)
 `device` names a device the runner was given; it is not a path the algorithm may open.
 """

@@ -1,7 +1,7 @@
 """Judging other hosts' liveness from our own repeated reads of the lockspace area.
 
 A slot is *alive* when its (owner_id, owner_generation, timestamp) changes between two of our
-reads; `last_live_s` is our monotonic time when we saw that change. Nothing here compares another
+reads; `last_live_s` is our lease-clock time when we saw that change. Nothing here compares another
 host's timestamp with our clock. Thresholds use the *slot owner's* io_timeout from its leader:
 fail = 8 × io_timeout, dead = 8 × io_timeout + watchdog_fire_timeout.
 
@@ -74,7 +74,7 @@ class HostStatus:
 
 @dataclass(frozen=True)
 class OwnerView:
-    """What our renewal reads tell of one host's delta lease (times on our monotonic clock)."""
+    """What our renewal reads tell of one host's delta lease (times on our lease clock)."""
 
     generation: int
     timestamp: int
@@ -116,7 +116,7 @@ class HostTable:
         """Slots whose (owner, generation, timestamp) changed in the last observation."""
 
     def observe(self, area: bytes | memoryview, now_s: float) -> None:
-        """Fold one read of the whole area, made at our monotonic time `now_s`.
+        """Fold one read of the whole area, made at our lease-clock time `now_s`.
 
         A slot counts as changed when its timestamp or checksum words differ from our copy; it
         counts as alive when its owner, generation or timestamp changed. Changed slots are copied

@@ -3,7 +3,7 @@
 States, and what a holder of the lockspace may assume in each:
 - JOINING: nothing yet; the host_id is not ours. add_lockspace waiters block here.
 - HELD: our host lease is valid until `valid_until_s` (last successful renewal timestamp +
-  id_renewal_fail_s on our monotonic clock). Resource leases in this lockspace may be used.
+  id_renewal_fail_s on our lease clock, clock.py). Resource leases in this lockspace may be used.
 - RENEWAL_FAILING: the last renewal failed; the lease is still valid until `valid_until_s`,
   and renewal is being retried. Nothing new should be acquired.
 - FAILED: the lease is lost or expired (`error` says why). Holders must be stopped; the renewal
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from leasestore.clock import lease_now_s
 from leasestore.delta import (
     DeltaParams,
     HostLeaseObserver,
@@ -82,14 +83,16 @@ class Lockspace(HostLeaseObserver):
         on_change: Callable[[Lockspace], None] | None = None,
         history_size: int = DEFAULT_HISTORY,
         on_request: Callable[[Lockspace], None] | None = None,
+        open_device: Callable[[str], DirectDevice] = DirectDevice,
     ) -> None:
+        self._open_device = open_device
         self.spec = spec
         self.host_name = host_name
         self.timeouts = timeouts
         self.on_change = on_change
         self.on_request = on_request
         self._flags: dict[int, float] = {}
-        """host_id -> our monotonic time until which its bit stays set in our bitmap."""
+        """host_id -> our lease-clock time until which its bit stays set in our bitmap."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -114,11 +117,11 @@ class Lockspace(HostLeaseObserver):
 
     @property
     def valid_until_s(self) -> float:
-        """Our monotonic time at which the host lease expires unless renewed."""
+        """Our lease-clock time at which the host lease expires unless renewed."""
         return self.last_success_s + self.timeouts.id_renewal_fail_s
 
     def valid_at(self, now_s: float) -> bool:
-        """Whether our host lease is held and unexpired at monotonic time now_s."""
+        """Whether our host lease is held and unexpired at lease-clock time now_s."""
         return (self._state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
                 and now_s < self.valid_until_s)
 
@@ -163,15 +166,15 @@ class Lockspace(HostLeaseObserver):
         with self._lock:
             if self.table is None:
                 return []
-            return self.table.status(time.monotonic(), host_id)
+            return self.table.status(lease_now_s(), host_id)
 
     def flag_host(self, host_id: int) -> None:
         """Set host_id's bit in our delta bitmap for set_bitmap_seconds: "look at requests"."""
         with self._lock:
-            self._flags[host_id] = time.monotonic() + self.timeouts.set_bitmap_s
+            self._flags[host_id] = lease_now_s() + self.timeouts.set_bitmap_s
 
     def _bitmap(self) -> bytes:
-        now_s = time.monotonic()
+        now_s = lease_now_s()
         with self._lock:
             live = {h for h, until in self._flags.items() if until > now_s}
         return set_host_bits(live) if live else b""
@@ -229,6 +232,9 @@ class Lockspace(HostLeaseObserver):
         if self._state == LockspaceState.HELD:
             self._set(LockspaceState.RENEWAL_FAILING)
 
+    def mismatch(self, message: str) -> None:
+        log.warning("%s", message)
+
     def lost(self, error: LeasestoreError) -> None:
         log.error("lockspace %s: host lease lost: %s", self.name, error)
         self._set(LockspaceState.FAILED, error)
@@ -254,7 +260,7 @@ class Lockspace(HostLeaseObserver):
 
     def _run(self) -> None:
         try:
-            with DirectDevice(self.spec.path) as device:
+            with self._open_device(self.spec.path) as device:
                 driver = Driver({DEVICE: device}, self._stop)
                 geometry = driver.run(probe_geometry(
                     DEVICE, self.spec.offset_b, self.spec.name, self.spec.host_id, self.timeouts))

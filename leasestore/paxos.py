@@ -11,6 +11,12 @@ ballot (next_lver = lver + 1, mbal stride = max_hosts):
   or ourselves -> P2 write {mbal, bal = mbal, value} -> P2 read -> commit the leader.
   A dblock with a higher mbal, or for a later lver, aborts the ballot; we retry after a random
   pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1).
+rolled-back leader (a late write landed over a newer one; read 1 finds dblocks beyond it):
+  dblocks carrying a value above lver + 1 (or RELEASED at lver + 1) -> re-commit the highest
+  such version's value by a ballot; dblocks above lver + 1 carrying no value and higher than any
+  value -> commit the version below them free. Phase-1-only dblocks never name a value.
+  An acquire that fails once our value may stand accepted marks it RELEASED; if even that write
+  fails it raises ClaimNotWithdrawn, and the caller retries `withdraw_claim` until it lands.
 release: read the leader (skipped while our host lease outlasts the write: nobody can have
   taken it over); if it is still ours, write our RELEASED dblock and the free leader together.
 shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader
@@ -22,7 +28,6 @@ lver, never beside a valid shared holder, and lver only grows.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,9 +128,13 @@ class LeaseRead:
     own: Dblock | None
     """Our own dblock as read: we never write a lower lver over it (it may record a decision)."""
     stale_target: int = 0
-    """Non-zero when the dblocks prove the leader was rolled back (a late write landed): the
-    lver to recover. A dblock above lver + 1, or a RELEASED one at lver + 1 (that version was
-    committed, held and released), cannot coexist with a current leader."""
+    """Non-zero when the dblocks prove the leader was rolled back (a late write landed) and
+    name a value to recover at this lver: a dblock carrying a value above lver + 1, or a
+    RELEASED one at lver + 1 (that version was committed, held and released)."""
+    stale_free: int = 0
+    """Non-zero when the highest dblocks above lver + 1 carry no value (phase 1 only): their
+    writers read the leader at stale_free and judged its holding over before they balloted, and
+    no later version was ever decided. The version to commit free."""
     released_values: frozenset[tuple[int, int, int]] = frozenset()
     """Values (inp, inp2, inp3) carried by RELEASED dblocks at stale_target. Only the value's
     owner marks it RELEASED (or a recovery that saw the owner's mark), so a version is over only
@@ -197,14 +206,21 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     own = p.host_id - 1
     lvers = rows["lver"].astype(np.int64)
     released = (rows["flags"] & DBLOCK_FLAG_RELEASED) != 0
-    proof = (lvers > leader.lver + 1) | ((lvers == leader.lver + 1) & released)
+    carries_value = (rows["bal"] != 0) & (rows["inp"] != 0)
+    above = lvers > leader.lver + 1
+    proof = (above & carries_value) | ((lvers == leader.lver + 1) & released & carries_value)
     stale_target = int(lvers[proof].max()) if proof.any() else 0
+    phase1_only = above & ~carries_value
+    highest_phase1 = int(lvers[phase1_only].max()) if phase1_only.any() else 0
+    stale_free = highest_phase1 - 1 if highest_phase1 > stale_target else 0
+    if stale_free:
+        stale_target = 0
     own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
     released_values = frozenset(
         (int(rows[i]["inp"]), int(rows[i]["inp2"]), int(rows[i]["inp3"]))
         for i in np.flatnonzero(released & (lvers == stale_target)).tolist()
     ) if stale_target else frozenset()
-    return LeaseRead(leader, max_mbal, own_dblock, stale_target, released_values)
+    return LeaseRead(leader, max_mbal, own_dblock, stale_target, stale_free, released_values)
 
 
 def _row_dblock(row: np.void) -> Dblock:
@@ -382,14 +398,34 @@ def _released(dblock: Dblock) -> Dblock:
     return dataclasses.replace(dblock, flags=DBLOCK_FLAG_RELEASED)
 
 
-def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
-    """After an I/O failure past phase 2 we may have won: mark our dblock RELEASED. Only for our
-    own value: RELEASED on a dblock tells every reader that the holding of that version is over,
-    which only the value's owner may say."""
+class ClaimNotWithdrawn(StorageError):
+    """An acquire failed after our value may have been accepted, and marking it RELEASED failed
+    too: unless `withdraw_claim(p, dblock)` succeeds later, the lease may stay owned by our live
+    host while nothing of ours holds it. The caller must retry that until it succeeds."""
+
+    def __init__(self, message: str, dblock: Dblock) -> None:
+        super().__init__(message)
+        self.dblock = dblock
+
+
+def withdraw_claim(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
+    """Mark our dblock's value RELEASED (raises StorageError). Only for our own value: RELEASED
+    on a dblock tells every reader that the holding of that version is over, which only the
+    value's owner may say. An owner's RELEASED mark at the leader's lver frees the lease for
+    other hosts even while we live (`_owner_released`)."""
     if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
         return
-    with contextlib.suppress(StorageError):
-        yield from _write_dblock(p, _released(accepted))
+    yield from _write_dblock(p, _released(accepted))
+
+
+def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
+    """After an I/O failure past phase 2 we may have won: withdraw our claim, or raise
+    ClaimNotWithdrawn so that the caller retries it."""
+    try:
+        yield from withdraw_claim(p, accepted)
+    except StorageError as exc:
+        raise ClaimNotWithdrawn(f"lease {p.resource!r}: our claim on lver {accepted.lver} could "
+                                f"not be withdrawn ({exc})", accepted) from exc
 
 
 def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Leader, Dblock,
@@ -488,8 +524,22 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False, free=released)
 
 
+def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
+    """Commit version `lver` free (timestamp 0): the dblocks prove it was reached and its
+    holding over, and that nothing later was decided."""
+    now_s: float = yield Now()
+    free = cur.replace(lver=lver, timestamp=0, flags=cur.flags & ~FLAG_SHORT_HOLD,
+                       write_id=p.host_id, write_generation=p.generation,
+                       write_timestamp=max(1, int(now_s)))
+    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
+                p.io_timeout_s)
+
+
 def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[HeldLease]:
     read1 = yield from read_lease(p)
+    if read1.stale_free:
+        yield from _commit_free(p, read1.leader, read1.stale_free)
+        raise _Restart
     if read1.stale_target:
         yield from _recover_leader(p, read1)
         raise _Restart

@@ -8,21 +8,34 @@ rule reads other hosts' delta sectors and asks the lockspace's host table what i
 Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to
 processes.
 
+A key is busy from the start of its acquire until that acquire has ended, and from the moment
+its last holder lets go until the release I/O has ended (or, for a failed one, its retries
+have): while busy no other local acquire of it may start. Otherwise an acquire could run while
+our own release writes are in flight, and a release landing after its grant would roll the
+leader back under the new holder.
+
+`AcquireGate` admits acquires per lockspace. Removal closes the gate (no new acquire starts)
+and waits for those admitted, so that afterwards the set of holders it must stop is final.
+
 A release whose I/O fails leaves the lease owned by this live host on disk, where no other
-host could ever take it; it is retried every io_timeout in the background until it succeeds,
+host could ever take it; so does a failed acquire whose claim could not be withdrawn
+(ClaimNotWithdrawn). Either is retried every io_timeout in the background until it succeeds,
 the lease is found taken over, or the lockspace stops being held (then the lease dies with the
 host lease). Until then the key counts as busy here.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
-import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from leasestore.clock import lease_now_s
 from leasestore.delta import PROBE_SIZE_B
+from leasestore.effects import Algorithm
 from leasestore.errors import (
     CorruptRecord,
     LeaseAlreadyHeld,
@@ -34,7 +47,16 @@ from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
 from leasestore.ondisk.request import Request
-from leasestore.paxos import HeldLease, PaxosParams, acquire, read_request, release, request
+from leasestore.paxos import (
+    ClaimNotWithdrawn,
+    HeldLease,
+    PaxosParams,
+    acquire,
+    read_request,
+    release,
+    request,
+    withdraw_claim,
+)
 from leasestore.specs import escape_path
 from leasestore.storage.direct import DirectDevice
 from leasestore.storage.driver import Driver
@@ -68,8 +90,46 @@ class HeldResource:
                 "state": self.state}
 
 
-class ResourceService:
+class AcquireGate:
+    """Admits acquires per lockspace until that lockspace is closed; `close` returns once every
+    acquire admitted before it has ended (and been recorded by whoever admitted it)."""
+
     def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._closed: set[str] = set()
+        self._admitted: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def admit(self, name: str) -> Iterator[None]:
+        with self._changed:
+            if name in self._closed:
+                raise LockspaceNotJoined(f"lockspace {name!r} is being removed")
+            self._admitted[name] += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._admitted[name] -= 1
+                self._changed.notify_all()
+
+    def close(self, name: str, timeout_s: float | None = None) -> bool:
+        """Admit no more acquires in `name`; wait for those admitted. False on timeout."""
+        with self._changed:
+            self._closed.add(name)
+            return self._changed.wait_for(lambda: self._admitted[name] == 0, timeout_s)
+
+    def closed(self, name: str) -> bool:
+        with self._changed:
+            return name in self._closed
+
+    def reopen(self, name: str) -> None:
+        with self._changed:
+            self._closed.discard(name)
+
+
+class ResourceService:
+    def __init__(self, open_device: Callable[[str], DirectDevice] = DirectDevice) -> None:
+        self._open_device = open_device
         self._lock = threading.Lock()
         self._devices: dict[str, DirectDevice] = {}
         self._geometries: dict[tuple[str, int], Geometry] = {}
@@ -77,12 +137,13 @@ class ResourceService:
         self._busy: set[ResourceKey] = set()
         """Keys being acquired, or whose failed release is being retried."""
         self._closed = threading.Event()
+        self.gate = AcquireGate()
 
     def _device(self, path: str) -> DirectDevice:
         with self._lock:
             device = self._devices.get(path)
             if device is None:
-                device = self._devices[path] = DirectDevice(path)
+                device = self._devices[path] = self._open_device(path)
             return device
 
     def _geometry(self, path: str, offset_b: int, io_timeout_s: float) -> Geometry:
@@ -116,6 +177,11 @@ class ResourceService:
 
     def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
                 lver: int | None = None) -> HeldResource:
+        with self.gate.admit(key[0]):
+            return self._acquire(lockspace, key, pid, shared=shared, lver=lver)
+
+    def _acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
+                 lver: int | None) -> HeldResource:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
@@ -127,10 +193,19 @@ class ResourceService:
                 raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired "
                                        "or released) on this host")
             self._busy.add(key)
+        retrying = False
         try:
             params = self._params(lockspace, key)
-            lease = self._driver(lockspace, key[2]).run(acquire(params, shared=shared, lver=lver))
-            if not lockspace.valid_at(time.monotonic()):
+            try:
+                lease = self._driver(lockspace, key[2]).run(
+                    acquire(params, shared=shared, lver=lver))
+            except ClaimNotWithdrawn as exc:
+                retrying = True
+                claim = exc.dblock
+                self._retry_in_background(lockspace, key, "withdrawal of our claim",
+                                          lambda: withdraw_claim(params, claim))
+                raise
+            if not lockspace.valid_at(lease_now_s()):
                 # A ballot that ends after our host lease expired (a long stall) grants nothing:
                 # other hosts may already have taken the lease over.
                 raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired while "
@@ -140,11 +215,13 @@ class ResourceService:
                 self.held[key] = held
             return held
         finally:
-            with self._lock:
-                self._busy.discard(key)
+            if not retrying:
+                with self._lock:
+                    self._busy.discard(key)
 
-    def _unhold(self, key: ResourceKey, pid: int) -> HeldResource | None:
-        """Drop pid's hold; returns the lease if that was its last holder (else None)."""
+    def _unhold(self, key: ResourceKey, pid: int, releasing: bool) -> HeldResource | None:
+        """Drop pid's hold; returns the lease if that was its last holder (else None). With
+        `releasing` the key turns busy at once, for the release I/O the caller starts."""
         with self._lock:
             held = self.held.get(key)
             if held is None:
@@ -152,43 +229,62 @@ class ResourceService:
             held.sharers.discard(pid)
             if held.sharers:
                 return None
+            if releasing:
+                self._busy.add(key)
             return self.held.pop(key)
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
-        held = self._unhold(key, pid)
+        held = self._unhold(key, pid, releasing=True)
         if held is None:
             return
-        # While our host lease outlasts the write's deadline no host can have taken the lease
-        # over, so the leader need not be read first (sanlock reads it; one I/O less here).
-        unchanged = lockspace.valid_at(time.monotonic() + lockspace.timeouts.io_timeout_s)
+        retrying = False
         try:
+            # While our host lease outlasts the write's deadline no host can have taken the
+            # lease over, so the leader need not be read first (sanlock reads it).
+            unchanged = lockspace.valid_at(lease_now_s() + lockspace.timeouts.io_timeout_s)
             self._driver(lockspace, key[2]).run(
                 release(held.params, held.lease, leader_unchanged=unchanged))
         except StorageError as exc:
-            with self._lock:
-                self._busy.add(key)
-            threading.Thread(target=self._retry_release, args=(lockspace, held),
-                             name=f"release-{key[1]}", daemon=True).start()
+            retrying = True
+            self._retry_in_background(lockspace, key, "release",
+                                      lambda: release(held.params, held.lease))
             raise type(exc)(f"{exc}; the release is retried in the background") from exc
-
-    def _retry_release(self, lockspace: Lockspace, held: HeldResource) -> None:
-        interval_s = lockspace.timeouts.io_timeout_s
-        try:
-            while lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
-                if self._closed.wait(interval_s):
-                    return
-                try:
-                    self._driver(lockspace, held.key[2]).run(release(held.params, held.lease))
-                    log.info("lease %s released on retry", held.key[1])
-                    return
-                except StorageError as exc:
-                    log.warning("lease %s: release failed again: %s", held.key[1], exc)
-                except Exception as exc:  # taken over, moved on: nothing left to release
-                    log.warning("lease %s: release abandoned: %s", held.key[1], exc)
-                    return
         finally:
-            with self._lock:
-                self._busy.discard(held.key)
+            if not retrying:
+                with self._lock:
+                    self._busy.discard(key)
+
+    def busy_in(self, name: str) -> bool:
+        """Whether an acquire or release of a lease in lockspace `name` is under way here."""
+        with self._lock:
+            return any(key[0] == name for key in self._busy)
+
+    def _retry_in_background(self, lockspace: Lockspace, key: ResourceKey, what: str,
+                             algorithm: Callable[[], Algorithm[None]]) -> None:
+        """Retry `algorithm` (a release, or the withdrawal of a claim) every io_timeout until it
+        succeeds, fails for good (the lease moved on: nothing of ours is left on it), or the
+        lockspace stops being ours to write. The key, busy already, stays busy until then."""
+
+        def retry() -> None:
+            try:
+                while (lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
+                       and not self.gate.closed(lockspace.name)):
+                    if self._closed.wait(lockspace.timeouts.io_timeout_s):
+                        return
+                    try:
+                        self._driver(lockspace, key[2]).run(algorithm())
+                        log.info("lease %s: %s done on retry", key[1], what)
+                        return
+                    except StorageError as exc:
+                        log.warning("lease %s: %s failed again: %s", key[1], what, exc)
+                    except Exception as exc:  # taken over, moved on: nothing left to do
+                        log.warning("lease %s: %s abandoned: %s", key[1], what, exc)
+                        return
+            finally:
+                with self._lock:
+                    self._busy.discard(key)
+
+        threading.Thread(target=retry, name=f"retry-{key[1]}", daemon=True).start()
 
     def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                 force_mode: int) -> int:
@@ -207,7 +303,7 @@ class ResourceService:
     def drop(self, key: ResourceKey, pid: int) -> None:
         """Forget pid's hold without I/O (its lockspace failed: the disk is not ours to touch)."""
         with contextlib.suppress(LeaseNotHeld):
-            self._unhold(key, pid)
+            self._unhold(key, pid, releasing=False)
 
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:

@@ -3,27 +3,53 @@
 All hosts of a lockspace must use the same watchdog_fire_timeout. Delays that concern *another* host
 use that host's io_timeout as read from its leader (`for_other`), so peers with different
 io_timeouts still agree on when a host is dead.
+
+Our own io_timeout is configured in 1..255 s (`checked_io_timeout`: sanlock writes only the low
+8 bits). A peer's comes from a 16-bit field and is taken as it is, however large: a longer
+io_timeout only makes us wait longer before judging that peer dead, never less.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from leasestore.errors import UsageError
+
 DEFAULT_IO_TIMEOUT_S = 10
 DEFAULT_WATCHDOG_FIRE_TIMEOUT_S = 60
 DEFAULT_KILL_GRACE_S = 40
+MAX_OWN_IO_TIMEOUT_S = 0xFF
+MAX_PEER_IO_TIMEOUT_S = 0xFFFF
+
+
+def checked_io_timeout(value: object, what: str = "io_timeout") -> int:
+    """`value` as our own io_timeout, or UsageError naming `what` (a flag, a config key)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            1 <= value <= MAX_OWN_IO_TIMEOUT_S):
+        raise UsageError(f"{what} must be a whole number of seconds in 1..{MAX_OWN_IO_TIMEOUT_S}, "
+                         f"not {value!r}")
+    return value
+
+
+def checked_fire_timeout(value: object, what: str = "watchdog_fire_timeout") -> float:
+    """`value` as a watchdog_fire_timeout in seconds (positive), or UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise UsageError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """The timing rules for one io_timeout. Invariant: io_timeout_s >= 1 (whole seconds on disk)."""
+    """The timing rules for one io_timeout. Invariant: 1 <= io_timeout_s <= 0xFFFF (whole
+    seconds, as on disk); configuration paths narrow ours to 1..255 with `checked_io_timeout`."""
 
     io_timeout_s: int = DEFAULT_IO_TIMEOUT_S
     watchdog_fire_timeout_s: float = DEFAULT_WATCHDOG_FIRE_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if not 1 <= self.io_timeout_s <= 0xFF:
-            raise ValueError(f"io_timeout must be 1..255 s, not {self.io_timeout_s}")
+        if not 1 <= self.io_timeout_s <= MAX_PEER_IO_TIMEOUT_S:
+            raise ValueError(f"io_timeout must be 1..{MAX_PEER_IO_TIMEOUT_S} s, "
+                             f"not {self.io_timeout_s}")
         if self.watchdog_fire_timeout_s <= 0:
             raise ValueError("watchdog_fire_timeout must be positive")
 

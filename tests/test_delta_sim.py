@@ -8,7 +8,7 @@ import os
 import pytest
 
 from leasestore.delta import DeltaParams, HostLeaseObserver, acquire, host_lease_loop
-from leasestore.effects import Algorithm, Write
+from leasestore.effects import Algorithm, Read, Write
 from leasestore.errors import BadChecksum, HostIdBusy, LeasestoreError
 from leasestore.liveness import HostFlag, HostTable
 from leasestore.ondisk.areas import lockspace_area_image
@@ -321,3 +321,70 @@ def test_simulated_late_write_never_lands_over_a_newer_one_of_the_same_host() ->
         world.run_until(100)
         assert landed == sorted(landed), (seed, landed)
         assert disk.read(0, 512)[0] == landed[-1]
+
+
+class _Recorder(HostLeaseObserver):
+    def __init__(self, world: SimWorld) -> None:
+        self.world = world
+        self.joined_at: list[float] = []
+        self.renewals = 0
+        self.lost_with: list[LeasestoreError] = []
+        self.mismatches: list[str] = []
+
+    def joined(self, leader: Leader) -> None:
+        self.joined_at.append(self.world.now)
+
+    def renewed(self, outcome: object) -> None:
+        self.renewals += 1
+
+    def lost(self, error: LeasestoreError) -> None:
+        self.lost_with.append(error)
+
+    def mismatch(self, message: str) -> None:
+        self.mismatches.append(message)
+
+
+@pytest.mark.parametrize(("format_io_s", "own_io_s"), [(10, 1), (10, 2), (5, 1), (1, 10), (2, 3)])
+def test_join_with_another_io_timeout_than_the_format_holds_a_renewing_lease(
+        format_io_s: int, own_io_s: int) -> None:
+    """A lockspace formatted with one io_timeout and joined with another (the default format
+    joined with `-o 1`): the join's waits follow the io_timeout on disk, and it must still end
+    holding a valid lease that goes on renewing, with the difference reported."""
+    world, disk = world_with_lockspace(io_timeout_s=format_io_s)
+    timeouts = Timeouts(own_io_s, 5)
+    recorder = _Recorder(world)
+    world.spawn("a", host_lease_loop(params(1, "host-a", timeouts), recorder), 4321.0)
+    world.run_until(20 * max(format_io_s, own_io_s) + 10 * timeouts.id_renewal_fail_s)
+    assert recorder.lost_with == []
+    assert len(recorder.joined_at) == 1
+    assert recorder.joined_at[0] >= 2 * format_io_s
+    # Renewing every 2 × own io_timeout since the join, and the record on disk is recent.
+    expected = (world.now - recorder.joined_at[0]) / timeouts.id_renewal_s
+    assert recorder.renewals >= expected - 2
+    assert 4321.0 + world.now - sector(disk, 1).timestamp <= timeouts.id_renewal_s + 1
+    assert sector(disk, 1).io_timeout == own_io_s
+    assert bool(recorder.mismatches) == (format_io_s != own_io_s)
+
+
+def test_a_join_whose_first_renewal_fails_leaves_the_slot_free() -> None:
+    """The join that must renew before it counts as held, and cannot: it fails, and the slot it
+    wrote is released again rather than left looking held by a host that holds nothing."""
+    world, disk = world_with_lockspace(io_timeout_s=10)
+    timeouts = Timeouts(1, 5)
+    recorder = _Recorder(world)
+    # The join reads only its own sector; every whole-area read (a renewal's) fails.
+    world.fail_when = lambda io: isinstance(io, Read) and io.length_b == G.area_size
+    task = world.spawn("a", host_lease_loop(params(1, "host-a", timeouts), recorder), 10.0)
+    world.run_until(19.9)
+    assert sector(disk, 1).timestamp != 0
+    world.run_until(60)
+    assert task.done and task.error is not None
+    assert recorder.joined_at == []
+    assert sector(disk, 1).timestamp == 0
+    assert sector(disk, 1).resource_name == "host-a"
+
+
+def test_a_peer_io_timeout_beyond_our_range_is_taken_as_written() -> None:
+    """A peer's 16-bit io_timeout above 255 is a longer wait for it, never a crash."""
+    t = Timeouts(1, 5).for_other(1000)
+    assert t.host_dead_s == 8 * 1000 + 5

@@ -215,10 +215,10 @@ def test_recovery_after_a_rollback_ignores_a_losers_retraction() -> None:
 
 
 def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool],
-             seen: list[object] | None = None) -> Algorithm[Any]:
-    """Run `algorithm`, answering the first write `fails` picks with an I/O error; every effect
-    it yields is appended to `seen`."""
-    failed = False
+             seen: list[object] | None = None, times: int = 1) -> Algorithm[Any]:
+    """Run `algorithm`, answering the first `times` writes `fails` picks with an I/O error;
+    every effect it yields is appended to `seen`."""
+    failures = 0
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -229,8 +229,8 @@ def _failing(algorithm: Algorithm[Any], fails: Callable[[Write], bool],
         value, error = None, None
         if seen is not None:
             seen.append(effect)
-        if not failed and isinstance(effect, Write) and fails(effect):
-            failed, error = True, IOFailed("injected")
+        if failures < times and isinstance(effect, Write) and fails(effect):
+            failures, error = failures + 1, IOFailed("injected")
             continue
         try:
             value = yield effect
@@ -375,3 +375,70 @@ def test_request_record_rules() -> None:
     assert isinstance(d.run(request(d.params(1), held.lver + 2, 1)).error, RequestLver)
     d.run(request(d.params(1), 0, 0))
     assert decode_request(d.disk.read(RES_AT + 512, 512)).lver == 0
+
+
+def test_phase1_only_dblocks_beyond_a_rolled_back_leader_are_no_value_to_recover() -> None:
+    """Seen in the default campaign: host 2 read the leader at lver 2 and began a ballot for
+    lver 3 (phase 1 only), then a late write rolled the leader back to lver 1. Counting that
+    dblock as a value to recover left the lease in LeaderStale for good. Its writer judged lver
+    2's holding over, and nothing at lver 3 was decided: lver 2 is committed free, and the next
+    acquire is granted lver 3."""
+    d = Disk()
+    d.join(1, 100)
+    _land_dblock(d, 1, Dblock(mbal=2001, bal=2001, inp=1, inp2=1, inp3=60, lver=2,
+                              flags=DBLOCK_FLAG_RELEASED))
+    _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
+    _land_leader(d, d.leader().replace(lver=1, owner_id=1, owner_generation=1, timestamp=0,
+                                       write_id=1, write_generation=1))
+    task = d.run(acquire(d.params(1)), 100)
+    assert task.error is None, task.error
+    assert task.result.lver == 3
+    assert (d.leader().lver, d.leader().owner_id) == (3, 1)
+
+
+def test_phase1_only_dblocks_above_a_value_commit_the_version_below_them_free() -> None:
+    """A value at lver 2 (host 3's, unreleased) and phase-1-only dblocks at lver 3: the lver 3
+    balloter saw lver 2 committed and its holding over, so lver 2 is committed free; recovering
+    host 3's value by a ballot would run into the lver 3 dblocks for ever."""
+    d = Disk()
+    d.join(1, 100)
+    _land_dblock(d, 3, Dblock(mbal=2003, bal=2003, inp=3, inp2=1, inp3=70, lver=2))
+    _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
+    _land_leader(d, d.leader().replace(lver=1, owner_id=3, owner_generation=1, timestamp=0,
+                                       write_id=3, write_generation=1))
+    task = d.run(acquire(d.params(1)), 100)
+    assert task.error is None, task.error
+    assert task.result.lver == 3
+
+
+def _writes_dblock_of(host_id: int) -> Callable[[Write], bool]:
+    return lambda write: write.offset_b == RES_AT + G.dblock_offset(host_id)
+
+
+def test_a_claim_that_cannot_be_withdrawn_is_reported_for_retry() -> None:
+    """A shared acquire whose hand-over fails, and whose withdrawal of its claim fails too (as
+    behind one of our own timed-out writes): the lease is owned by a live host that holds
+    nothing. The acquire says so (ClaimNotWithdrawn, with the claim), and once the caller's
+    retry of `withdraw_claim` lands, other hosts may take the lease."""
+    d = Disk()
+    d.join(1, 100)
+    d.join(2, 200)
+    first_failure = [True]
+
+    def hand_over_then_withdrawal(write: Write) -> bool:
+        if first_failure[0] and _frees_leader(write):
+            first_failure[0] = False
+            return True
+        return not first_failure[0] and _writes_dblock_of(1)(write)
+
+    task = d.run(_failing(acquire(d.params(1), shared=True), hand_over_then_withdrawal,
+                          times=2), 100)
+    assert isinstance(task.error, paxos_module.ClaimNotWithdrawn), task.error
+    claim = task.error.dblock
+    assert (claim.inp, claim.inp2, claim.lver) == (1, 1, 1)
+    refused = d.run(acquire(d.params(2)), 200)
+    assert isinstance(refused.error, SharedHolders), "the phantom SHARED claim blocks others"
+    d.run(paxos_module.withdraw_claim(d.params(1), claim), 100)
+    taken = d.run(acquire(d.params(2)), 200)
+    assert taken.error is None, taken.error
+    assert (d.leader().owner_id, d.leader().lver) == (2, 3)  # lver 2: won and given back

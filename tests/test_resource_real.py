@@ -357,6 +357,6 @@ def test_a_release_that_fails_is_retried_until_the_lease_is_free(hosts: Hosts) -
         subprocess.run(["blockdev", "--setrw", lease_dev], check=True)
         poll(lambda: read_paxos_leader(lease_dev, VM4).timestamp == 0, 3 * T.io_timeout_s + 5,
              what="the retried release")
-        assert "released on retry" in daemon.log()
+        assert "release done on retry" in daemon.log()
     finally:
         loops.detach_all()

@@ -15,7 +15,12 @@ from typing import Any
 
 from leasestore.daemon.wire import DEFAULT_RUN_DIR, RUN_DIR_ENV
 from leasestore.errors import UsageError
-from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, DEFAULT_WATCHDOG_FIRE_TIMEOUT_S
+from leasestore.timeouts import (
+    DEFAULT_IO_TIMEOUT_S,
+    DEFAULT_WATCHDOG_FIRE_TIMEOUT_S,
+    checked_fire_timeout,
+    checked_io_timeout,
+)
 
 
 def default_run_dir() -> str:
@@ -49,9 +54,15 @@ class DaemonConfig:
         return config
 
     def check(self) -> None:
-        if not 1 <= self.io_timeout <= 255:
-            raise UsageError("io_timeout must be 1..255 seconds")
-        if self.watchdog_fire_timeout <= 0:
-            raise UsageError("watchdog_fire_timeout must be positive")
+        """Every value of the right type and range (a TOML file can hold anything)."""
+        checked_io_timeout(self.io_timeout, "io_timeout")
+        checked_fire_timeout(self.watchdog_fire_timeout, "watchdog_fire_timeout")
+        for name in ("run_dir", "host_name", "watchdog"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string, not {getattr(self, name)!r}")
+        history = self.renewal_history_size
+        if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 100_000:
+            raise UsageError(f"renewal_history_size must be a whole number in 1..100000, "
+                             f"not {history!r}")
         if not self.host_name or len(self.host_name.encode()) > 48:
             raise UsageError("host_name must be 1..48 bytes")

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leasestore import __version__
+from leasestore.clock import lease_now_s
+from leasestore.daemon import holders as holder_record
 from leasestore.daemon import wire
 from leasestore.daemon.config import DaemonConfig
-from leasestore.daemon.watchdog import Watchdog, open_watchdog
+from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
 from leasestore.errors import (
     LeaseNotHeld,
     LeasestoreError,
@@ -41,10 +43,13 @@ from leasestore.errors import (
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.resource import HeldResource, ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
+from leasestore.storage.direct import DirectDevice
 from leasestore.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1000
+HOLDER_EXIT_WAIT_S = 10.0
+"""How long removal or shutdown waits for SIGKILLed holders to exit and their leases to go."""
 SOCKET_MODE = 0o660
 LSFLAG_ADD = 1
 LSFLAG_REM = 2
@@ -75,6 +80,9 @@ class Session:
     kill_started_s: float | None = None
     last_signal_s: float = 0.0
     killpath: list[str] = field(default_factory=list)
+    acquiring: int = 0
+    """Acquires under way for this process: it counts as a holder from their first I/O on."""
+    process: holder_record.HolderProcess | None = None
 
 
 def notify_systemd(message: str) -> None:
@@ -104,16 +112,21 @@ def _check_run_dir(run_dir: str) -> None:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig,
+                 open_device: Callable[[str], DirectDevice] = DirectDevice) -> None:
         self.config = config
+        self._open_device = open_device
         self.lockspaces: dict[str, Lockspace] = {}
         self._removing: set[str] = set()
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
         self._connections = 0
         self.started_s = time.monotonic()
-        self.watchdog: Watchdog = open_watchdog(config.watchdog, config.watchdog_fire_timeout)
-        self.resources = ResourceService()
+        self.watchdog: Watchdog = NoWatchdog()
+        """Opened by `open`, once no holder of an earlier daemon is left alive."""
+        self._holder_record = holder_record.HolderRecord(config.run_dir)
+        self._record_lock = threading.Lock()
+        self.resources = ResourceService(open_device)
         self._registered: dict[int, Session] = {}
         self._handlers: dict[type[wire.Command], Callable[[Any, Session], Any]] = {
             wire.AddLockspace: self._add_lockspace,
@@ -154,6 +167,8 @@ class Daemon:
             raise UsageError(f"another leasestore daemon is running in {run_dir}") from None
         os.ftruncate(self._pid_file, 0)
         os.write(self._pid_file, f"{os.getpid()}\n".encode())
+        self._end_previous_holders()
+        self.watchdog = open_watchdog(self.config.watchdog, self.config.watchdog_fire_timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -165,6 +180,35 @@ class Daemon:
         listener.settimeout(0.5)
         self._listener = listener
 
+    def _end_previous_holders(self) -> None:
+        """Kill the lease holders an earlier daemon on this run dir left running (it died
+        without stopping them). Until they are gone the watchdog stays closed: if the earlier
+        daemon had armed it, it fires before other hosts may take those holders' leases."""
+        try:
+            previous = self._holder_record.read()
+        except ValueError as exc:
+            raise UsageError(f"cannot tell whether an earlier daemon left lease holders: {exc}"
+                             ) from None
+        survivors = holder_record.kill_and_wait(previous, HOLDER_EXIT_WAIT_S)
+        if survivors:
+            raise UsageError(
+                "lease holders of an earlier daemon did not exit after SIGKILL (pids "
+                f"{', '.join(str(h.pid) for h in survivors)}); not opening the watchdog, which "
+                "resets this host if that daemon had armed it")
+        killed = [h.pid for h in previous if h not in survivors]
+        if previous:
+            log.warning("an earlier daemon left lease holders; killed those alive of pids %s",
+                        ", ".join(str(pid) for pid in killed))
+        self._holder_record.write([])
+
+    def _record_holders(self) -> None:
+        """Write the record of processes holding or acquiring leases (see holders.py)."""
+        with self._record_lock:
+            with self._lock:
+                holding = [s.process for s in self._registered.values()
+                           if s.process is not None and (s.leases or s.acquiring)]
+            self._holder_record.write(holding)
+
     def serve_forever(self) -> None:
         if self._listener is None:
             self.open()
@@ -173,6 +217,10 @@ class Daemon:
         monitor.start()
         log.info("leasestore daemon %s: host name %s, socket %s, watchdog %s", __version__,
                  self.config.host_name, self.socket_path, self.watchdog.describe())
+        if isinstance(self.watchdog, NoWatchdog):
+            log.warning("watchdog none: nothing resets this host if the daemon hangs or dies, "
+                        "or its storage stalls while a holder ignores SIGKILL; such holders may "
+                        "run on after other hosts have taken their leases (host_dead)")
         notify_systemd("READY=1")
         try:
             while not self._shutdown.is_set():
@@ -192,7 +240,11 @@ class Daemon:
         notify_systemd("STOPPING=1")
         with self._lock:
             lockspaces = list(self.lockspaces.values())
-        stuck = self._kill_all_holders()
+        for lockspace in lockspaces:  # no acquire starts now; those under way end first
+            self.resources.gate.close(lockspace.name)
+        # Holders are killed and their leases released before any host_id is given up: others
+        # would take the resources while the holders still run.
+        stuck = {ls.name for ls in lockspaces if not self._stop_holders_in(ls)}
         for lockspace in lockspaces:
             if lockspace.name in stuck:
                 log.error("lockspace %s keeps its host lease: holders did not exit",
@@ -218,7 +270,7 @@ class Daemon:
     def _monitor(self) -> None:
         interval_s = min(1.0, self.config.watchdog_fire_timeout / 4)
         while not self._shutdown.wait(interval_s):
-            now_s = time.monotonic()
+            now_s = lease_now_s()
             with self._lock:
                 lockspaces = list(self.lockspaces.values())
             healthy = True
@@ -248,7 +300,10 @@ class Daemon:
             conn.settimeout(None)
             session = Session(Peer.of(conn))
             reader = conn.makefile("rb")
-            while not self._shutdown.is_set():
+            # A registered process's connection is its lease context: we never end it ourselves
+            # (that would release leases its process still believes it holds); it ends when the
+            # process exits, which shutdown brings about by killing holders.
+            while session.registered or not self._shutdown.is_set():
                 line = reader.readline(wire.MAX_MESSAGE_B + 1)
                 if not line:
                     return
@@ -293,9 +348,10 @@ class Daemon:
         with self._lock:
             if cmd.lockspace in self.lockspaces:
                 raise LockspaceExists(f"lockspace {cmd.lockspace!r} is already added")
+            self.resources.gate.reopen(cmd.lockspace)
             lockspace = Lockspace(spec, self.config.host_name, timeouts,
                                   history_size=self.config.renewal_history_size,
-                                  on_request=self._on_request)
+                                  on_request=self._on_request, open_device=self._open_device)
             self.lockspaces[cmd.lockspace] = lockspace
         log.info("add_lockspace %s (pid %d uid %d)", spec, peer.pid, peer.uid)
         lockspace.start()
@@ -320,26 +376,62 @@ class Daemon:
         return lockspace
 
     def _rem_lockspace(self, cmd: wire.RemLockspace, session: Session) -> None:
+        """Leave a lockspace. No acquire in it starts once removal begins, and those under way
+        end first, so the holders found then are all there are; they are killed (SIGKILL, as
+        sanlock does), their leases released, and only then is the host_id given up. With
+        `unused`, held leases refuse the removal instead (LockspaceBusy)."""
         peer = session.peer
         self._require_admin(peer)
         lockspace = self._find(cmd)
-        if self.resources.in_lockspace(lockspace.name):
+        with self._lock:
+            if lockspace.name in self._removing:
+                raise LockspaceBusy(f"lockspace {lockspace.name!r} is already being removed")
+            self._removing.add(lockspace.name)
+        self.resources.gate.close(lockspace.name)
+        if cmd.unused and (self.resources.in_lockspace(lockspace.name)
+                           or self.resources.busy_in(lockspace.name)):
+            self.resources.gate.reopen(lockspace.name)
+            with self._lock:
+                self._removing.discard(lockspace.name)
             raise LockspaceBusy(f"lockspace {lockspace.name!r} has resource leases held; "
                                 "release them first")
         log.info("rem_lockspace %s (pid %d uid %d)", lockspace.spec, peer.pid, peer.uid)
-        with self._lock:
-            self._removing.add(lockspace.name)
 
         def remove() -> None:
-            lockspace.stop(wait=True)
-            self._forget(lockspace)
-            with self._lock:
-                self._removing.discard(lockspace.name)
+            try:
+                if self._stop_holders_in(lockspace):
+                    lockspace.stop(wait=True)
+                    self._forget(lockspace)
+                else:
+                    log.error("lockspace %s keeps its host lease: its holders did not exit",
+                              lockspace.name)
+                    raise LockspaceBusy(f"lockspace {lockspace.name!r}: lease holders did not "
+                                        "exit; the host lease is kept")
+            finally:
+                with self._lock:
+                    self._removing.discard(lockspace.name)
 
         if cmd.wait:
             remove()
         else:
             threading.Thread(target=remove, daemon=True).start()
+
+    def _stop_holders_in(self, lockspace: Lockspace) -> bool:
+        """SIGKILL the holders of leases in `lockspace` (new acquires are shut out already) and
+        wait until their leases are released and no release of ours is in flight there.
+        False if some remain after the wait (the host lease must then be kept)."""
+        name = lockspace.name
+        holders = self._holders_in(name)
+        for holder in holders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder.peer.pid, signal.SIGKILL)
+        deadline_s = time.monotonic() + HOLDER_EXIT_WAIT_S + 4 * lockspace.timeouts.io_timeout_s
+        while time.monotonic() < deadline_s:
+            if not (self._holders_in(name) or self.resources.in_lockspace(name)
+                    or self.resources.busy_in(name)):
+                return True
+            time.sleep(0.05)
+        return False
 
     def _inq_lockspace(self, cmd: wire.InqLockspace, session: Session) -> bool | None:
         try:
@@ -361,7 +453,7 @@ class Daemon:
         flags = LSFLAG_ADD if lockspace.state == LockspaceState.JOINING else 0
         if lockspace.name in self._removing:
             flags |= LSFLAG_REM
-        now_s = time.monotonic()
+        now_s = lease_now_s()
         return {
             "lockspace": spec.name, "host_id": spec.host_id, "path": spec.path,
             "offset": spec.offset_b, "flags": flags, "state": str(lockspace.state),
@@ -419,6 +511,7 @@ class Daemon:
             if previous is not None and not previous.closed:
                 raise UsageError(f"pid {pid} is already registered on another connection")
             session.registered = True
+            session.process = holder_record.holder(pid)
             self._registered[pid] = session
         log.info("registered pid %d (uid %d)", pid, session.peer.uid)
         return {"pid": pid}
@@ -441,12 +534,23 @@ class Daemon:
         target = self._target(session, cmd.pid)
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
-        held = self.resources.acquire(lockspace, key, target.peer.pid, shared=cmd.shared,
-                                      lver=None if cmd.lver < 0 else cmd.lver)
         with self._lock:
-            gone = target.closed
-            if not gone:
-                target.leases[key] = held
+            target.acquiring += 1
+        try:
+            self._record_holders()  # before the first I/O: a daemon dying now leaves a holder
+            # Admitted until the holder is recorded: removal waits for that, then stops holders.
+            with self.resources.gate.admit(cmd.lockspace):
+                held = self.resources.acquire(lockspace, key, target.peer.pid,
+                                              shared=cmd.shared,
+                                              lver=None if cmd.lver < 0 else cmd.lver)
+                with self._lock:
+                    gone = target.closed
+                    if not gone:
+                        target.leases[key] = held
+        finally:
+            with self._lock:
+                target.acquiring -= 1
+            self._record_holders()
         if gone:  # the holder exited while we acquired for it
             self._release_quietly(key, target.peer.pid)
             raise NotRegistered(f"pid {target.peer.pid} exited during the acquire")
@@ -460,7 +564,10 @@ class Daemon:
             held = target.leases.pop(key, None)
         if held is None:
             raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
-        self.resources.release(self._named(cmd.lockspace), key, target.peer.pid)
+        try:
+            self.resources.release(self._named(cmd.lockspace), key, target.peer.pid)
+        finally:
+            self._record_holders()
         log.info("pid %d released %s", target.peer.pid, held.state)
 
     def _inquire(self, cmd: wire.Inquire, session: Session) -> list[dict[str, object]]:
@@ -538,25 +645,11 @@ class Daemon:
             session.leases.clear()
         for key in leases:
             self._release_quietly(key, session.peer.pid)
+        self._record_holders()
         if leases:
             log.info("pid %d left; released %d lease(s)", session.peer.pid, len(leases))
 
     # -- supervision -------------------------------------------------------------------------
-
-    def _kill_all_holders(self, timeout_s: float = 10.0) -> set[str]:
-        """On shutdown: SIGKILL every lease holder and wait for their leases to be released.
-        Returns the lockspaces that still have holders (their host leases must not be
-        released: others would take the resources while the holders still run)."""
-        with self._lock:
-            holders = [s for s in self._registered.values() if s.leases]
-        for session in holders:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(session.peer.pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(s.leases for s in holders):
-            time.sleep(0.05)
-        with self._lock:
-            return {key[0] for s in holders for key in s.leases}
 
     def _holders_in(self, name: str) -> list[Session]:
         with self._lock:

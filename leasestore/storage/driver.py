@@ -1,4 +1,4 @@
-"""The real driver: runs an effect generator against `Device`s and the monotonic clock.
+"""The real driver: runs an effect generator against `Device`s and the lease clock (clock.py).
 
 Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `stop` so that a
 removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from leasestore.clock import lease_now_s
 from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
 from leasestore.errors import Cancelled, StorageError
 from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
 
 T = TypeVar("T")
-
-
-def monotonic_s() -> float:
-    return time.monotonic()
 
 
 class Driver:
@@ -50,7 +46,7 @@ class Driver:
 
     def _perform(self, effect: Effect) -> Any:
         if isinstance(effect, Now):
-            return monotonic_s()
+            return lease_now_s()
         if isinstance(effect, Random):
             return random.random()
         if isinstance(effect, Sleep):

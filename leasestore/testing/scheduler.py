@@ -78,6 +78,8 @@ class SimWorld:
         self.tasks: list[SimTask] = []
         self._late_writes: list[tuple[str, str, int, int, float]] = []
         """(host, disk, start, end, lands_at) of writes reported timed out but not landed."""
+        self.fail_when: Callable[[Read | Write], bool] | None = None
+        """A targeted fault: I/Os it picks fail with an I/O error (tests aim it)."""
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -224,8 +226,9 @@ class SimWorld:
                 blocked: StorageError = IOTimeout("an earlier write is still in flight")
                 return self.now + effect.timeout_s, lambda: blocked
             start = max(self.now, earlier)
-        roll = self.rng.random()
-        if roll < self.faults.io_error:
+        targeted = self.fail_when is not None and self.fail_when(effect)
+        roll = self.rng.random()  # drawn either way, so that a seed replays alike
+        if targeted or roll < self.faults.io_error:
             self.count("io_error")
             failure: StorageError = IOFailed(
                 f"simulated I/O error on {disk.name} at {effect.offset_b}"

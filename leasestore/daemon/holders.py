@@ -1,0 +1,102 @@
+"""The lease holders of this host, recorded in the run dir so that they outlive the daemon.
+
+A daemon that dies (SIGKILL, a crash) leaves its holders running, and the watchdog it had armed
+counting down: unless something pets it, the host is reset before any other host may take
+those holders' leases (host_dead). A daemon started again on the same run dir must not pet that
+watchdog while those holders live. So every process that holds, or is acquiring, a lease is
+recorded here (pid and kernel start time, which tells a reused pid apart) before its acquire's
+first I/O, and dropped once it holds nothing; and a starting daemon kills every recorded
+process still alive, and opens its watchdog only once they are all gone.
+
+The record lives in the run dir (normally tmpfs): it must survive a daemon restart, not a
+reboot, and a reboot ends the holders too. It is written whole and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+RECORD_NAME = "holders.json"
+
+
+@dataclass(frozen=True, order=True)
+class HolderProcess:
+    pid: int
+    start_ticks: int
+    """/proc/PID/stat starttime: with the pid, names one process for good."""
+
+    def alive(self) -> bool:
+        return process_start_ticks(self.pid) == self.start_ticks
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of process `pid` (clock ticks since boot), None if none runs."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(b")")[2].split()
+    try:
+        if fields[0] == b"Z":  # exited, not yet reaped: it holds nothing any more
+            return None
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def holder(pid: int) -> HolderProcess | None:
+    ticks = process_start_ticks(pid)
+    return None if ticks is None else HolderProcess(pid, ticks)
+
+
+class HolderRecord:
+    """The file `<run_dir>/holders.json`. Callers serialise `write` calls."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, RECORD_NAME)
+        self._written: frozenset[HolderProcess] | None = None
+
+    def write(self, holders: Iterable[HolderProcess]) -> None:
+        current = frozenset(holders)
+        if current == self._written:
+            return
+        staging = self.path + ".new"
+        with open(staging, "w") as f:
+            json.dump({"holders": [[h.pid, h.start_ticks] for h in sorted(current)]}, f)
+        os.replace(staging, self.path)
+        self._written = current
+
+    def read(self) -> list[HolderProcess]:
+        """What a previous daemon recorded; a missing or unreadable record holds nobody, an
+        unreadable one is reported by ValueError."""
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
+        try:
+            return [HolderProcess(int(pid), int(ticks)) for pid, ticks in data["holders"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: malformed ({exc})") from None
+
+
+def kill_and_wait(holders: Iterable[HolderProcess], timeout_s: float) -> list[HolderProcess]:
+    """SIGKILL every holder still alive; returns those still alive after `timeout_s`."""
+    alive = [h for h in holders if h.alive()]
+    for h in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(h.pid, signal.SIGKILL)
+    deadline_s = time.monotonic() + timeout_s
+    while alive and time.monotonic() < deadline_s:
+        time.sleep(0.05)
+        alive = [h for h in alive if h.alive()]
+    return alive
