@@ -528,9 +528,7 @@ def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
     """Commit version `lver` free (timestamp 0): the dblocks prove it was reached and its
     holding over, and that nothing later was decided."""
     now_s: float = yield Now()
-    free = cur.replace(lver=lver, timestamp=0, flags=cur.flags & ~FLAG_SHORT_HOLD,
-                       write_id=p.host_id, write_generation=p.generation,
-                       write_timestamp=max(1, int(now_s)))
+    free = _freed_by_us(p, cur.replace(lver=lver), now_s)
     yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
                 p.io_timeout_s)
 
@@ -657,12 +655,17 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
     yield from _write_released(p, released, leader)
 
 
+def _freed_by_us(p: PaxosParams, leader: Leader, now_s: float) -> Leader:
+    """`leader` free (timestamp 0, no SHORT_HOLD), as written by us at `now_s`."""
+    return leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
+                          write_id=p.host_id, write_generation=p.generation,
+                          write_timestamp=max(1, int(now_s)))
+
+
 def _write_released(p: PaxosParams, released: Dblock, leader: Leader) -> Algorithm[None]:
     """Write our RELEASED dblock and `leader` with timestamp 0, together."""
     now_s: float = yield Now()
-    free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
-                          write_id=p.host_id, write_generation=p.generation,
-                          write_timestamp=max(1, int(now_s)))
+    free = _freed_by_us(p, leader, now_s)
     # The RELEASED dblock (proof, should a late write roll the leader back, that this version
     # is over) and the free leader go out together. The leader is what matters: its failure
     # fails the release; a failed dblock write only slows a later recovery down.

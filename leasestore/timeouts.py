@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from leasestore.errors import UsageError
+from leasestore.units import checked_whole
 
 DEFAULT_IO_TIMEOUT_S = 10
 DEFAULT_WATCHDOG_FIRE_TIMEOUT_S = 60
@@ -24,11 +25,7 @@ MAX_PEER_IO_TIMEOUT_S = 0xFFFF
 
 def checked_io_timeout(value: object, what: str = "io_timeout") -> int:
     """`value` as our own io_timeout, or UsageError naming `what` (a flag, a config key)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-            1 <= value <= MAX_OWN_IO_TIMEOUT_S):
-        raise UsageError(f"{what} must be a whole number of seconds in 1..{MAX_OWN_IO_TIMEOUT_S}, "
-                         f"not {value!r}")
-    return value
+    return checked_whole(value, what, 1, MAX_OWN_IO_TIMEOUT_S, " of seconds")
 
 
 def checked_fire_timeout(value: object, what: str = "watchdog_fire_timeout") -> float:

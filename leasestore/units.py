@@ -10,6 +10,13 @@ MiB = 1024 * KiB
 _SUFFIXES = {"": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB}
 
 
+def checked_whole(value: object, what: str, low: int, high: int, unit: str = "") -> int:
+    """`value` if it is an int (not a bool) in low..high, else UsageError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{what} must be a whole number{unit} in {low}..{high}, not {value!r}")
+    return value
+
+
 def parse_size(text: str) -> int:
     """Bytes named by `text`: a decimal integer with an optional K/M suffix (binary units)."""
     stripped = text.strip().upper()

@@ -377,19 +377,27 @@ def test_request_record_rules() -> None:
     assert decode_request(d.disk.read(RES_AT + 512, 512)).lver == 0
 
 
+def _rolled_back_to_lver_1(lver2_value: Dblock) -> Disk:
+    """Host 1 joined; `lver2_value` in its writer's dblock (host `inp`), host 2's phase-1-only
+    dblock for lver 3, and the leader rolled back to lver 1 (owned by lver2_value's writer)."""
+    d = Disk()
+    d.join(1, 100)
+    _land_dblock(d, lver2_value.inp, lver2_value)
+    _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
+    owner = lver2_value.inp
+    _land_leader(d, d.leader().replace(lver=1, owner_id=owner, owner_generation=1, timestamp=0,
+                                       write_id=owner, write_generation=1))
+    return d
+
+
 def test_phase1_only_dblocks_beyond_a_rolled_back_leader_are_no_value_to_recover() -> None:
     """Seen in the default campaign: host 2 read the leader at lver 2 and began a ballot for
     lver 3 (phase 1 only), then a late write rolled the leader back to lver 1. Counting that
     dblock as a value to recover left the lease in LeaderStale for good. Its writer judged lver
     2's holding over, and nothing at lver 3 was decided: lver 2 is committed free, and the next
     acquire is granted lver 3."""
-    d = Disk()
-    d.join(1, 100)
-    _land_dblock(d, 1, Dblock(mbal=2001, bal=2001, inp=1, inp2=1, inp3=60, lver=2,
-                              flags=DBLOCK_FLAG_RELEASED))
-    _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
-    _land_leader(d, d.leader().replace(lver=1, owner_id=1, owner_generation=1, timestamp=0,
-                                       write_id=1, write_generation=1))
+    d = _rolled_back_to_lver_1(Dblock(mbal=2001, bal=2001, inp=1, inp2=1, inp3=60, lver=2,
+                                      flags=DBLOCK_FLAG_RELEASED))
     task = d.run(acquire(d.params(1)), 100)
     assert task.error is None, task.error
     assert task.result.lver == 3
@@ -400,12 +408,7 @@ def test_phase1_only_dblocks_above_a_value_commit_the_version_below_them_free() 
     """A value at lver 2 (host 3's, unreleased) and phase-1-only dblocks at lver 3: the lver 3
     balloter saw lver 2 committed and its holding over, so lver 2 is committed free; recovering
     host 3's value by a ballot would run into the lver 3 dblocks for ever."""
-    d = Disk()
-    d.join(1, 100)
-    _land_dblock(d, 3, Dblock(mbal=2003, bal=2003, inp=3, inp2=1, inp3=70, lver=2))
-    _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
-    _land_leader(d, d.leader().replace(lver=1, owner_id=3, owner_generation=1, timestamp=0,
-                                       write_id=3, write_generation=1))
+    d = _rolled_back_to_lver_1(Dblock(mbal=2003, bal=2003, inp=3, inp2=1, inp3=70, lver=2))
     task = d.run(acquire(d.params(1)), 100)
     assert task.error is None, task.error
     assert task.result.lver == 3

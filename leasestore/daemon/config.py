@@ -21,6 +21,7 @@ from leasestore.timeouts import (
     checked_fire_timeout,
     checked_io_timeout,
 )
+from leasestore.units import checked_whole
 
 
 def default_run_dir() -> str:
@@ -60,9 +61,6 @@ class DaemonConfig:
         for name in ("run_dir", "host_name", "watchdog"):
             if not isinstance(getattr(self, name), str):
                 raise UsageError(f"{name} must be a string, not {getattr(self, name)!r}")
-        history = self.renewal_history_size
-        if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 100_000:
-            raise UsageError(f"renewal_history_size must be a whole number in 1..100000, "
-                             f"not {history!r}")
+        checked_whole(self.renewal_history_size, "renewal_history_size", 1, 100_000)
         if not self.host_name or len(self.host_name.encode()) > 48:
             raise UsageError("host_name must be 1..48 bytes")
