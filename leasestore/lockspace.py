@@ -11,10 +11,14 @@ States, and what a holder of the lockspace may assume in each:
   to judge dead look alive again). Leave with rem_lockspace; re-join with add_lockspace.
 - RELEASED: we gave the host_id up cleanly (rem_lockspace); the thread has ended.
 
-Each lockspace has its own thread and its own device handle (its own AIO context), so a stuck
-device delays only its own lockspace. `check_expiry` is called by the daemon's monitor every
-second: it does not depend on the renewal thread being responsive (a renewal write may hang for
-up to host_dead_seconds).
+In the daemon each lockspace has its own thread and its own device handle (its own AIO
+context), so a stuck device delays only its own lockspace. `check_expiry` is called by the
+daemon's monitor every second: it does not depend on the renewal thread being responsive (a
+renewal write may hang for up to host_dead_seconds).
+
+What the thread runs is `membership()`, an effect generator whose effects name the device by
+the lockspace's path; the simulator runs the same generator, and passes its own lease clock as
+`now`. Nothing here blocks except `wait_joined` and `stop`, which only the daemon calls.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from leasestore.delta import (
     host_lease_loop,
     probe_geometry,
 )
+from leasestore.effects import Algorithm
 from leasestore.errors import Cancelled, HostLeaseExpired, LeasestoreError
 from leasestore.liveness import HostStatus, HostTable, OwnerView
 from leasestore.ondisk.bitmap import host_bit_is_set, set_host_bits
@@ -45,7 +50,6 @@ from leasestore.storage.driver import Driver
 from leasestore.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
-DEVICE = "lockspace"
 DEFAULT_HISTORY = 180
 
 
@@ -84,8 +88,10 @@ class Lockspace(HostLeaseObserver):
         history_size: int = DEFAULT_HISTORY,
         on_request: Callable[[Lockspace], None] | None = None,
         open_device: Callable[[str], DirectDevice] = DirectDevice,
+        now: Callable[[], float] = lease_now_s,
     ) -> None:
         self._open_device = open_device
+        self._now = now
         self.spec = spec
         self.host_name = host_name
         self.timeouts = timeouts
@@ -166,15 +172,15 @@ class Lockspace(HostLeaseObserver):
         with self._lock:
             if self.table is None:
                 return []
-            return self.table.status(lease_now_s(), host_id)
+            return self.table.status(self._now(), host_id)
 
     def flag_host(self, host_id: int) -> None:
         """Set host_id's bit in our delta bitmap for set_bitmap_seconds: "look at requests"."""
         with self._lock:
-            self._flags[host_id] = lease_now_s() + self.timeouts.set_bitmap_s
+            self._flags[host_id] = self._now() + self.timeouts.set_bitmap_s
 
     def _bitmap(self) -> bytes:
-        now_s = lease_now_s()
+        now_s = self._now()
         with self._lock:
             live = {h for h, until in self._flags.items() if until > now_s}
         return set_host_bits(live) if live else b""
@@ -261,15 +267,29 @@ class Lockspace(HostLeaseObserver):
     def _run(self) -> None:
         try:
             with self._open_device(self.spec.path) as device:
-                driver = Driver({DEVICE: device}, self._stop)
-                geometry = driver.run(probe_geometry(
-                    DEVICE, self.spec.offset_b, self.spec.name, self.spec.host_id, self.timeouts))
-                params = DeltaParams(DEVICE, self.spec.offset_b, geometry, self.spec.name,
-                                     self.spec.host_id, self.host_name, self.timeouts)
-                with self._lock:
-                    self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
-                                           self.timeouts)
-                driver.run(host_lease_loop(params, self, self._bitmap))
+                Driver({self.spec.path: device}, self._stop).run(self.membership())
+        except LeasestoreError as exc:  # the device would not open
+            self._set(LockspaceState.FAILED, exc)
+        except Exception as exc:
+            log.exception("lockspace %s: unexpected error", self.name)
+            self._set(LockspaceState.FAILED, LeasestoreError(f"internal error: {exc}"))
+        finally:
+            if self._state == LockspaceState.JOINING:
+                self._set(LockspaceState.FAILED, LeasestoreError("renewal thread ended"))
+
+    def membership(self) -> Algorithm[None]:
+        """Join, renew until stopped (Cancelled thrown into a Sleep) or lost, then release.
+        Every outcome ends in a terminal state; nothing is raised to the runner."""
+        device = self.spec.path
+        try:
+            geometry = yield from probe_geometry(
+                device, self.spec.offset_b, self.spec.name, self.spec.host_id, self.timeouts)
+            params = DeltaParams(device, self.spec.offset_b, geometry, self.spec.name,
+                                 self.spec.host_id, self.host_name, self.timeouts)
+            with self._lock:
+                self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
+                                       self.timeouts)
+            yield from host_lease_loop(params, self, self._bitmap)
         except Cancelled:
             self._set(LockspaceState.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
         except LeasestoreError as exc:
@@ -277,6 +297,5 @@ class Lockspace(HostLeaseObserver):
         except Exception as exc:  # a bug must not leave waiters blocked forever
             log.exception("lockspace %s: unexpected error", self.name)
             self._set(LockspaceState.FAILED, LeasestoreError(f"internal error: {exc}"))
-        finally:
-            if self._state == LockspaceState.JOINING:
-                self._set(LockspaceState.FAILED, LeasestoreError("renewal thread ended"))
+        if self._state == LockspaceState.JOINING:
+            self._set(LockspaceState.FAILED, LeasestoreError("renewal ended before the join"))

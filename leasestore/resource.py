@@ -1,8 +1,11 @@
 """Resource leases this host holds, on top of its lockspaces.
 
-Each acquire or release runs the Disk Paxos algorithm through a real driver. Devices are opened
-once per path and shared by every thread, so that each path's record of abandoned writes
-sees all of them (their waits still overlap). A lease can be acquired only in a
+Each acquire or release is an effect generator (`acquiring`, `releasing`, `releasing_after_exit`)
+whose effects name devices by path; the daemon's threads run them through a real driver
+(`acquire`, `release`), the simulator runs the same generators. Background retries are started
+through the `spawn` seam. In the daemon, devices are opened once per path and shared by every
+thread, so that each path's record of abandoned writes sees all of them (their waits still
+overlap). A lease can be acquired only in a
 lockspace whose host lease is HELD, with the lockspace's current host generation; the takeover
 rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
 Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to
@@ -30,16 +33,18 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from leasestore.clock import lease_now_s
 from leasestore.delta import PROBE_SIZE_B
-from leasestore.effects import Algorithm
+from leasestore.effects import Algorithm, Now, Read, Sleep
 from leasestore.errors import (
+    Cancelled,
     CorruptRecord,
     LeaseAlreadyHeld,
     LeaseNotHeld,
+    LeasestoreError,
     LockspaceNotJoined,
     StorageError,
 )
@@ -63,8 +68,7 @@ from leasestore.storage.driver import Driver
 
 log = logging.getLogger(__name__)
 ResourceKey = tuple[str, str, str, int]
-RES_DEVICE = "resource"
-LS_DEVICE = "lockspace"
+T = TypeVar("T")
 
 
 @dataclass
@@ -127,9 +131,15 @@ class AcquireGate:
             self._closed.discard(name)
 
 
+Spawn = Callable[[str, Algorithm[None]], None]
+"""Start a background algorithm (named for logs) that runs on its own."""
+
+
 class ResourceService:
-    def __init__(self, open_device: Callable[[str], DirectDevice] = DirectDevice) -> None:
+    def __init__(self, open_device: Callable[[str], DirectDevice] = DirectDevice,
+                 spawn: Spawn | None = None) -> None:
         self._open_device = open_device
+        self._spawn: Spawn = spawn or self._spawn_thread
         self._lock = threading.Lock()
         self._devices: dict[str, DirectDevice] = {}
         self._geometries: dict[tuple[str, int], Geometry] = {}
@@ -139,6 +149,8 @@ class ResourceService:
         self._closed = threading.Event()
         self.gate = AcquireGate()
 
+    # -- running on real devices -------------------------------------------------------------
+
     def _device(self, path: str) -> DirectDevice:
         with self._lock:
             device = self._devices.get(path)
@@ -146,11 +158,50 @@ class ResourceService:
                 device = self._devices[path] = self._open_device(path)
             return device
 
-    def _geometry(self, path: str, offset_b: int, io_timeout_s: float) -> Geometry:
+    def _run(self, algorithm: Algorithm[T]) -> T:
+        return Driver(_OpenOnUse(self._device), self._closed).run(algorithm)
+
+    def _spawn_thread(self, name: str, algorithm: Algorithm[None]) -> None:
+        threading.Thread(target=self._run, args=(algorithm,), name=name, daemon=True).start()
+
+    def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
+                lver: int | None = None) -> HeldResource:
+        return self._run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver))
+
+    def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
+        self._run(self.releasing(lockspace, key, pid))
+
+    def release_after_exit(self, lockspace: Lockspace | None, key: ResourceKey,
+                           pid: int) -> None:
+        self._run(self.releasing_after_exit(lockspace, key, pid))
+
+    def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
+                force_mode: int) -> int:
+        """Write the request record; returns the owner's host_id (0: nothing requested)."""
+        return self._run(self._requesting(lockspace, key, lver, force_mode))
+
+    def pending_request(self, lockspace: Lockspace, held: HeldResource) -> Request | None:
+        """The request record of a lease we hold, if it asks us to give it up."""
+        record: Request = self._run(read_request(held.params))
+        if record.force_mode and record.lver > held.lease.lver:
+            return record
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            devices = list(self._devices.values())
+            self._devices.clear()
+        for device in devices:
+            device.close()
+
+    # -- the algorithms ------------------------------------------------------------------------
+
+    def _geometry(self, path: str, offset_b: int, io_timeout_s: float) -> Algorithm[Geometry]:
         cached = self._geometries.get((path, offset_b))
         if cached is not None:
             return cached
-        raw = self._device(path).read(offset_b, PROBE_SIZE_B, io_timeout_s)
+        raw = yield Read(path, offset_b, PROBE_SIZE_B, io_timeout_s)
         try:
             leader = decode_leader(raw, (LeaderMagic.PAXOS,))
             geometry = leader.geometry()
@@ -159,29 +210,26 @@ class ResourceService:
         self._geometries[(path, offset_b)] = geometry
         return geometry
 
-    def _params(self, lockspace: Lockspace, key: ResourceKey) -> PaxosParams:
+    def _params(self, lockspace: Lockspace, key: ResourceKey) -> Algorithm[PaxosParams]:
         name, resource, path, offset_b = key
         timeouts = lockspace.timeouts
         table = lockspace.table
         if table is None:
             raise LockspaceNotJoined(f"lockspace {name!r} has no host table yet")
+        geometry = yield from self._geometry(path, offset_b, timeouts.io_timeout_s)
         return PaxosParams(
-            RES_DEVICE, offset_b, self._geometry(path, offset_b, timeouts.io_timeout_s), name,
-            resource, lockspace.spec.host_id, lockspace.generation, timeouts, LS_DEVICE,
-            lockspace.spec.offset_b, table.geometry, host_info=lockspace.owner_view,
+            path, offset_b, geometry, name, resource, lockspace.spec.host_id,
+            lockspace.generation, timeouts, lockspace.spec.path, lockspace.spec.offset_b,
+            table.geometry, host_info=lockspace.owner_view,
         )
 
-    def _driver(self, lockspace: Lockspace, path: str) -> Driver:
-        devices = {RES_DEVICE: self._device(path), LS_DEVICE: self._device(lockspace.spec.path)}
-        return Driver(devices)
-
-    def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
-                lver: int | None = None) -> HeldResource:
+    def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,
+                  shared: bool = False, lver: int | None = None) -> Algorithm[HeldResource]:
         with self.gate.admit(key[0]):
-            return self._acquire(lockspace, key, pid, shared=shared, lver=lver)
+            return (yield from self._acquiring(lockspace, key, pid, shared=shared, lver=lver))
 
-    def _acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
-                 lver: int | None) -> HeldResource:
+    def _acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
+                   lver: int | None) -> Algorithm[HeldResource]:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
@@ -195,17 +243,17 @@ class ResourceService:
             self._busy.add(key)
         retrying = False
         try:
-            params = self._params(lockspace, key)
+            params = yield from self._params(lockspace, key)
             try:
-                lease = self._driver(lockspace, key[2]).run(
-                    acquire(params, shared=shared, lver=lver))
+                lease = yield from acquire(params, shared=shared, lver=lver)
             except ClaimNotWithdrawn as exc:
                 retrying = True
                 claim = exc.dblock
                 self._retry_in_background(lockspace, key, "withdrawal of our claim",
                                           lambda: withdraw_claim(params, claim))
                 raise
-            if not lockspace.valid_at(lease_now_s()):
+            now_s = yield Now()
+            if not lockspace.valid_at(now_s):
                 # A ballot that ends after our host lease expired (a long stall) grants nothing:
                 # other hosts may already have taken the lease over.
                 raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired while "
@@ -233,7 +281,7 @@ class ResourceService:
                 self._busy.add(key)
             return self.held.pop(key)
 
-    def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
+    def releasing(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> Algorithm[None]:
         held = self._unhold(key, pid, releasing=True)
         if held is None:
             return
@@ -241,9 +289,9 @@ class ResourceService:
         try:
             # While our host lease outlasts the write's deadline no host can have taken the
             # lease over, so the leader need not be read first (sanlock reads it).
-            unchanged = lockspace.valid_at(lease_now_s() + lockspace.timeouts.io_timeout_s)
-            self._driver(lockspace, key[2]).run(
-                release(held.params, held.lease, leader_unchanged=unchanged))
+            now_s = yield Now()
+            unchanged = lockspace.valid_at(now_s + lockspace.timeouts.io_timeout_s)
+            yield from release(held.params, held.lease, leader_unchanged=unchanged)
         except StorageError as exc:
             retrying = True
             self._retry_in_background(lockspace, key, "release",
@@ -253,6 +301,20 @@ class ResourceService:
             if not retrying:
                 with self._lock:
                     self._busy.discard(key)
+
+    def releasing_after_exit(self, lockspace: Lockspace | None, key: ResourceKey,
+                             pid: int) -> Algorithm[None]:
+        """Release after the holder is gone; failures are logged, not raised. In a lockspace
+        that is not held any more the disk is not ours to write: the lease is only forgotten
+        (others take it after host_dead)."""
+        if lockspace is None or lockspace.state not in (LockspaceState.HELD,
+                                                        LockspaceState.RENEWAL_FAILING):
+            self.drop(key, pid)
+            return
+        try:
+            yield from self.releasing(lockspace, key, pid)
+        except LeasestoreError as exc:
+            log.warning("release of %s after its holder left failed: %s", key[1], exc)
 
     def busy_in(self, name: str) -> bool:
         """Whether an acquire or release of a lease in lockspace `name` is under way here."""
@@ -265,40 +327,33 @@ class ResourceService:
         succeeds, fails for good (the lease moved on: nothing of ours is left on it), or the
         lockspace stops being ours to write. The key, busy already, stays busy until then."""
 
-        def retry() -> None:
+        def retry() -> Algorithm[None]:
             try:
                 while (lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
                        and not self.gate.closed(lockspace.name)):
-                    if self._closed.wait(lockspace.timeouts.io_timeout_s):
-                        return
+                    yield Sleep(lockspace.timeouts.io_timeout_s)
                     try:
-                        self._driver(lockspace, key[2]).run(algorithm())
+                        yield from algorithm()
                         log.info("lease %s: %s done on retry", key[1], what)
                         return
                     except StorageError as exc:
                         log.warning("lease %s: %s failed again: %s", key[1], what, exc)
-                    except Exception as exc:  # taken over, moved on: nothing left to do
+                    except LeasestoreError as exc:  # taken over, moved on: nothing left to do
                         log.warning("lease %s: %s abandoned: %s", key[1], what, exc)
                         return
+            except Cancelled:
+                return
             finally:
                 with self._lock:
                     self._busy.discard(key)
 
-        threading.Thread(target=retry, name=f"retry-{key[1]}", daemon=True).start()
+        self._spawn(f"retry-{key[1]}", retry())
 
-    def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
-                force_mode: int) -> int:
-        """Write the request record; returns the owner's host_id (0: nothing requested)."""
-        params = self._params(lockspace, key)
-        owner: int = self._driver(lockspace, key[2]).run(request(params, lver, force_mode))
+    def _requesting(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
+                    force_mode: int) -> Algorithm[int]:
+        params = yield from self._params(lockspace, key)
+        owner: int = yield from request(params, lver, force_mode)
         return owner
-
-    def pending_request(self, lockspace: Lockspace, held: HeldResource) -> Request | None:
-        """The request record of a lease we hold, if it asks us to give it up."""
-        record: Request = self._driver(lockspace, held.key[2]).run(read_request(held.params))
-        if record.force_mode and record.lver > held.lease.lver:
-            return record
-        return None
 
     def drop(self, key: ResourceKey, pid: int) -> None:
         """Forget pid's hold without I/O (its lockspace failed: the disk is not ours to touch)."""
@@ -309,11 +364,18 @@ class ResourceService:
         with self._lock:
             return [h for h in self.held.values() if h.key[0] == name]
 
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            devices = list(self._devices.values())
-            self._devices.clear()
-        for device in devices:
-            device.close()
 
+class _OpenOnUse(Mapping[str, DirectDevice]):
+    """The devices a driver may use, named by path, each opened on first use."""
+
+    def __init__(self, device: Callable[[str], DirectDevice]) -> None:
+        self._device = device
+
+    def __getitem__(self, path: str) -> DirectDevice:
+        return self._device(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0

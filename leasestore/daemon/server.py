@@ -28,6 +28,7 @@ from leasestore.clock import lease_now_s
 from leasestore.daemon import holders as holder_record
 from leasestore.daemon import wire
 from leasestore.daemon.config import DaemonConfig
+from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
 from leasestore.errors import (
     LeaseNotHeld,
@@ -77,8 +78,6 @@ class Session:
     registered: bool = False
     closed: bool = False
     leases: dict[ResourceKey, HeldResource] = field(default_factory=dict)
-    kill_started_s: float | None = None
-    last_signal_s: float = 0.0
     killpath: list[str] = field(default_factory=list)
     acquiring: int = 0
     """Acquires under way for this process: it counts as a holder from their first I/O on."""
@@ -127,6 +126,7 @@ class Daemon:
         self._holder_record = holder_record.HolderRecord(config.run_dir)
         self._record_lock = threading.Lock()
         self.resources = ResourceService(open_device)
+        self.supervisor = Supervisor(self._stop_pid)
         self._registered: dict[int, Session] = {}
         self._handlers: dict[type[wire.Command], Callable[[Any, Session], Any]] = {
             wire.AddLockspace: self._add_lockspace,
@@ -268,19 +268,11 @@ class Daemon:
     # -- monitor -------------------------------------------------------------------------------
 
     def _monitor(self) -> None:
-        interval_s = min(1.0, self.config.watchdog_fire_timeout / 4)
+        interval_s = monitor_interval_s(self.config.watchdog_fire_timeout)
         while not self._shutdown.wait(interval_s):
-            now_s = lease_now_s()
             with self._lock:
                 lockspaces = list(self.lockspaces.values())
-            healthy = True
-            for lockspace in lockspaces:
-                state = lockspace.check_expiry(now_s)
-                if state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
-                    healthy = healthy and now_s < lockspace.valid_until_s
-                elif state == LockspaceState.FAILED and self._supervise(lockspace, now_s):
-                    healthy = False  # holders still run: let the watchdog reset the host
-            if healthy:
+            if self.supervisor.tick(lease_now_s(), lockspaces, self._holder_pids_in):
                 self.watchdog.pet()
 
     # -- connections ---------------------------------------------------------------------------
@@ -623,18 +615,9 @@ class Daemon:
             os.kill(session.peer.pid, signal.SIGTERM if graceful else signal.SIGKILL)
 
     def _release_quietly(self, key: ResourceKey, pid: int) -> None:
-        """Release after the holder is gone. In a lockspace that is not held any more the disk
-        is not ours to write: the lease is only forgotten (others take it after host_dead)."""
         with self._lock:
             lockspace = self.lockspaces.get(key[0])
-        if lockspace is None or lockspace.state not in (LockspaceState.HELD,
-                                                        LockspaceState.RENEWAL_FAILING):
-            self.resources.drop(key, pid)
-            return
-        try:
-            self.resources.release(lockspace, key, pid)
-        except LeasestoreError as exc:
-            log.warning("release of %s after its holder left failed: %s", key[1], exc)
+        self.resources.release_after_exit(lockspace, key, pid)
 
     def _end_session(self, session: Session) -> None:
         with self._lock:
@@ -656,19 +639,11 @@ class Daemon:
             return [s for s in self._registered.values()
                     if any(key[0] == name for key in s.leases)]
 
-    def _supervise(self, lockspace: Lockspace, now_s: float) -> bool:
-        """Stop the holders of a failed lockspace: SIGTERM, then SIGKILL after the grace period
-        (kill_grace_seconds, shortened with small watchdog timeouts), all before host_dead.
-        Returns True while holders remain."""
-        holders = self._holders_in(lockspace.name)
-        grace_s = lockspace.timeouts.kill_grace_s
-        for session in holders:
-            if session.kill_started_s is None:
-                session.kill_started_s = now_s
-                log.error("lockspace %s failed: stopping pid %d", lockspace.name,
-                          session.peer.pid)
-            if now_s - session.last_signal_s < 1.0:
-                continue
-            session.last_signal_s = now_s
-            self._stop_holder(session, graceful=now_s - session.kill_started_s < grace_s)
-        return bool(holders)
+    def _holder_pids_in(self, name: str) -> list[int]:
+        return [session.peer.pid for session in self._holders_in(name)]
+
+    def _stop_pid(self, pid: int, graceful: bool) -> None:
+        with self._lock:
+            session = self._registered.get(pid)
+        if session is not None:
+            self._stop_holder(session, graceful)
