@@ -524,6 +524,17 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False, free=released)
 
 
+def _freed_only_by_our_mark(p: PaxosParams, read1: LeaseRead) -> bool:
+    """The leader names this host generation as holding it, and what says the holding is over
+    is only our own RELEASED dblock at the leader's version (a withdrawn claim, a release whose
+    leader write failed)."""
+    leader, own = read1.leader, read1.own
+    ours = (p.host_id, p.generation)
+    return (leader.timestamp != 0 and (leader.owner_id, leader.owner_generation) == ours
+            and own is not None and own.released and own.lver == leader.lver
+            and (own.inp, own.inp2) == ours)
+
+
 def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
     """Commit version `lver` free (timestamp 0): the dblocks prove it was reached and its
     holding over, and that nothing later was decided."""
@@ -543,6 +554,11 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
         raise _Restart
     if lver is not None and read1.leader.lver != lver:
         raise AcquireLver(f"lease {p.resource!r} is at lver {read1.leader.lver}, not {lver}")
+    if _freed_only_by_our_mark(p, read1):
+        # Our ballot's first write would replace that mark; should the ballot then fail, the
+        # leader would name us, live and holding nothing, and nobody could take the lease.
+        yield from _commit_free(p, read1.leader, read1.leader.lver)
+        raise _Restart
     may = yield from _may_ballot(p, read1.leader)
     if not may:
         raise _Restart

@@ -39,7 +39,10 @@ FORBIDDEN_STDLIB_IN_PURE = {"os", "time", "socket", "threading", "random", "subp
 TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device", "leasestore.plugin.api",
                            # the real-process harness drives daemons as any client does:
                            "leasestore.client", "leasestore.daemon.wire",
-                           "leasestore.direct"}
+                           "leasestore.direct",
+                           # the simulator runs the shipped policy, not a copy of it:
+                           "leasestore.lockspace", "leasestore.resource",
+                           "leasestore.daemon.supervisor"}
 CLIENT_FRONT_ENDS = {"client", "plugin"}
 
 

@@ -7,13 +7,14 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import leasestore.paxos as paxos_module
+from leasestore.daemon.supervisor import Supervisor
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
 from leasestore.effects import Algorithm, Read, Write
 from leasestore.errors import (
@@ -28,6 +29,7 @@ from leasestore.errors import (
     SharedHolders,
     StorageError,
 )
+from leasestore.lockspace import Lockspace
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
@@ -40,9 +42,11 @@ from leasestore.ondisk.geometry import Geometry, pad_sector
 from leasestore.ondisk.leader import Leader, decode_leader
 from leasestore.ondisk.request import decode_request
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
+from leasestore.resource import ResourceKey, ResourceService
 from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
-from leasestore.testing.campaign import Shape, Totals, run_campaign
-from leasestore.testing.paxos_cluster import PaxosCluster
+from leasestore.testing.campaign import CAMPAIGN_FAULTS, Shape, Totals, run_campaign
+from leasestore.testing.cluster import Violation
+from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
 from leasestore.timeouts import Timeouts
 
 G = Geometry(512, 1 << 20)
@@ -305,22 +309,32 @@ def test_a_wrong_unchanged_belief_is_repaired_by_the_next_acquirer() -> None:
     assert (leader.lver, leader.owner_id) == (2, 2) and leader.timestamp != 0
 
 
-SEEDS = int(os.environ.get("LEASESTORE_PAXOS_SEEDS", "1000"))
-CHUNK = 100
-SHAPE = Shape(hosts=4, resources=2, chaos_s=400, settle_s=None)
+SEEDS = int(os.environ.get("LEASESTORE_PAXOS_SEEDS", "300"))
+CHUNK = 50
+VARIED = Shape(hosts=None, resources=None, chaos_s=400, settle_s=None)
+FIXED = Shape(hosts=4, resources=2, chaos_s=400, settle_s=None, varied=False)
 
 
+@pytest.mark.parametrize("shape", [VARIED, FIXED], ids=["varied", "fixed"])
 @pytest.mark.parametrize("first", range(0, SEEDS, CHUNK))
-def test_chaos_campaign_keeps_exclusion_and_grants_every_host(first: int) -> None:
-    """400 s of chaos (crashes, pauses, I/O errors, late writes) per seed, then a fault-free
-    phase in which every host must be granted a lease."""
+def test_chaos_campaign_keeps_exclusion_and_grants_every_host(first: int, shape: Shape) -> None:
+    """400 s of chaos per seed (machine crashes, daemon stalls, storage outages, processes that
+    exit or ignore signals, watchdog resets, I/O errors, late writes), then a fault-free phase in
+    which every host must be granted a lease, then no orphan may be left. The varied shape draws
+    each seed's hosts, host_ids, io_timeouts (per host and at format), fire timeout, geometry,
+    processes and shared mode; the fixed one is sanlock's defaults."""
     totals = Totals()
-    for result in run_campaign(range(first, min(first + CHUNK, SEEDS)), SHAPE, jobs=1):
+    for result in run_campaign(range(first, min(first + CHUNK, SEEDS)), shape, jobs=1):
         totals.add(result)
     assert totals.acquisitions > 5 * CHUNK, "the campaign acquired too little to mean anything"
-    assert totals.faults["crash"] and totals.faults["pause"] and totals.faults["slow_io"]
+    for fault in ("machine_crash", "daemon_stall", "storage_outage", "watchdog_reset",
+                  "slow_io", "io_error"):
+        assert totals.faults[fault], f"no {fault} in this chunk"
     assert not totals.failed, "\n".join(
-        f"seed {r.seed}: {v}" for r in totals.failed[:5] for v in r.violations)
+        f"seed {r.seed}: {v}" for r in totals.failed[:5] for v in r.failures)
+    if shape.varied:
+        assert totals.configs["io_timeouts=mixed"] and totals.configs["format_io_timeout=differs"]
+        assert len([k for k in totals.configs if k.startswith("geometry=")]) >= 3
 
 
 def test_simulate_tool_reports_json_and_fails_on_a_violation(
@@ -329,7 +343,8 @@ def test_simulate_tool_reports_json_and_fails_on_a_violation(
     assert simulate.main(["--seeds", "3", "--first-seed", "5", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["seeds"] == 3 and summary["violations"] == 0 and summary["steps"] > 1000
-    assert set(summary["faults"]) >= {"crash", "io_error"}
+    assert summary["liveness_failures"] == 0 and summary["orphans"] == 0
+    assert set(summary["faults"]) >= {"crash", "io_error"} and summary["configs"]
 
     monkeypatch.setattr(paxos_module, "_may_ballot", _take_at_once)
     assert simulate.main(["--seeds", "2", "--chaos-seconds", "600", "--json"]) == 1
@@ -356,9 +371,9 @@ def _take_at_once(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
 
 def test_checker_catches_takeover_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(paxos_module, "_may_ballot", _take_at_once)
-    cluster = PaxosCluster(0, 4, 2, faults=Faults.none())
+    cluster = PaxosCluster(0, ClusterConfig.fixed(4, 2), faults=Faults.none())
     violations = cluster.run(chaos_s=600)
-    assert any("validly held by" in str(v) for v in violations)
+    assert any("held by live processes" in str(v) for v in violations)
 
 
 def test_request_record_rules() -> None:
@@ -445,3 +460,109 @@ def test_a_claim_that_cannot_be_withdrawn_is_reported_for_retry() -> None:
     taken = d.run(acquire(d.params(2)), 200)
     assert taken.error is None, taken.error
     assert (d.leader().owner_id, d.leader().lver) == (2, 3)  # lver 2: won and given back
+
+
+def test_a_ballot_never_overwrites_the_release_mark_that_frees_our_lease() -> None:
+    """Found by the first campaign of the shipped daemon code (fixed shape, seed 10): host 1's
+    lease was free only through its RELEASED dblock (the leader still named host 1, as after a
+    withdrawn claim). Its next acquire wrote the phase-1 dblock for the next version over that
+    mark, then failed: the leader named live host 1, which held nothing, so no other host could
+    acquire the lease while host 1 lived (an orphan). The acquire now commits the leader free
+    before its ballot."""
+    d = Disk()
+    d.join(1, 100)
+    d.join(2, 200)
+    held = d.run(acquire(d.params(1)), 100).result
+    d.run(paxos_module.withdraw_claim(d.params(1), held.dblock), 100)
+    assert d.leader().timestamp != 0  # owned by host 1, freed by its mark alone
+
+    def accept_writes_of_host_1(write: Write) -> bool:
+        return _writes_dblock_of(1)(write) and decode_dblock(write.data).bal != 0
+
+    failed = d.run(_failing(acquire(d.params(1)), accept_writes_of_host_1, times=5), 100)
+    assert isinstance(failed.error, StorageError), failed.error
+    taken = d.run(acquire(d.params(2)), 200)
+    assert taken.error is None, taken.error
+    assert (d.leader().owner_id, d.leader().lver) == (2, 2)
+
+
+def _stranded_holder(**config: Any) -> tuple[PaxosCluster, Violation | None]:
+    """Two hosts, one resource, processes that hold it for longer than host_dead; the holder's
+    storage hangs for good while the other host keeps asking for the lease. Runs the shipped
+    lockspace, resource service and supervisor; returns the cluster and its first violation."""
+    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0, **config)
+    cluster = PaxosCluster(3, shape, faults=Faults.none())
+    for host in cluster.hosts:
+        cluster.boot(host)
+    world = cluster.world
+    world.run_until(100, cluster.check)
+    holder = next(host for host, _, _ in cluster.holdings())
+    world.outages[holder.machine] = (float("inf"), True)
+    world.run_until(100 + 3 * shape.longest.host_dead_s, cluster.check)
+    other = next(h for h in cluster.hosts if h is not holder)
+    assert other.acquisitions, "the other host never took the lease over"
+    return cluster, (cluster.violations[0] if cluster.violations else None)
+
+
+def _supervisor_that_never_stops_holders(self: Supervisor, now_s: float,
+                                         lockspaces: Iterable[Lockspace],
+                                         holders_in: Callable[[str], Iterable[int]]) -> bool:
+    for lockspace in lockspaces:
+        lockspace.check_expiry(now_s)
+    return True
+
+
+def test_fencing_stops_a_stranded_holder_before_its_lease_is_taken_over() -> None:
+    cluster, violation = _stranded_holder(ignores_sigterm=0.0)
+    assert violation is None, violation
+    assert cluster.counts.get("sigterm"), cluster.counts
+
+
+def test_a_holder_that_ignores_every_signal_is_fenced_by_the_watchdog() -> None:
+    cluster, violation = _stranded_holder(ignores_sigterm=1.0, ignores_sigkill=1.0)
+    assert violation is None, violation
+    assert cluster.counts.get("sigkill") and cluster.counts.get("watchdog_reset"), cluster.counts
+
+
+def test_checker_catches_a_supervisor_that_lets_holders_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Supervisor, "tick", _supervisor_that_never_stops_holders)
+    _, violation = _stranded_holder(ignores_sigterm=0.0)
+    assert violation is not None and "held by live processes" in str(violation)
+
+
+def test_checker_catches_a_monitor_that_pets_while_holders_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_tick = Supervisor.tick
+
+    def pets_anyway(self: Supervisor, now_s: float, lockspaces: Iterable[Lockspace],
+                    holders_in: Callable[[str], Iterable[int]]) -> bool:
+        real_tick(self, now_s, lockspaces, holders_in)
+        return True
+
+    monkeypatch.setattr(Supervisor, "tick", pets_anyway)
+    _, violation = _stranded_holder(ignores_sigterm=1.0, ignores_sigkill=1.0)
+    assert violation is not None and "held by live processes" in str(violation)
+
+
+def _releasing_without_io(self: ResourceService, lockspace: Lockspace, key: ResourceKey,
+                          pid: int) -> Algorithm[None]:
+    """A broken release: the lease is forgotten here but left owned on disk."""
+    self._unhold(key, pid, releasing=False)
+    return
+    yield
+
+
+def test_orphan_checker_catches_leases_left_owned_by_live_hosts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(The defect the orphan checker first found is the paxos test above; its seed no longer
+    reproduces it in today's workload, so the checker is shown on a blunter one.)"""
+    def orphans() -> list[Violation]:
+        cluster = PaxosCluster(1, FIXED.config(1), faults=CAMPAIGN_FAULTS)
+        cluster.run(FIXED.chaos_s)
+        return cluster.orphans
+
+    assert not orphans()
+    monkeypatch.setattr(ResourceService, "releasing", _releasing_without_io)
+    found = orphans()
+    assert found and "cannot acquire it" in str(found[0]), found

@@ -1,17 +1,20 @@
 """A simulation campaign: many seeds of `PaxosCluster`, in parallel, with totals.
 
-Each seed runs a fault phase with every fault the simulator has, then a fault-free liveness
-phase; a seed's result names its violations, which replay exactly from (seed, shape).
+Each seed draws its configuration from the seed, runs a fault phase with every fault the
+simulator has, then a fault-free liveness phase; a seed's result names its safety violations,
+liveness failures and orphaned leases, which replay exactly from (seed, shape).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from leasestore.testing.paxos_cluster import PaxosCluster
+from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
 from leasestore.testing.scheduler import Faults
 
 CAMPAIGN_FAULTS = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2)
@@ -19,19 +22,37 @@ CAMPAIGN_FAULTS = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2)
 
 @dataclass(frozen=True)
 class Shape:
-    hosts: int
-    resources: int
+    """What a campaign fixes; the rest of each seed's configuration is drawn from the seed
+    (`ClusterConfig.draw`), or fixed at sanlock's defaults with `varied=False`."""
+
+    hosts: int | None
+    resources: int | None
     chaos_s: float
     settle_s: float | None
+    varied: bool = True
+
+    def config(self, seed: int) -> ClusterConfig:
+        if not self.varied:
+            return ClusterConfig.fixed(self.hosts or 4, self.resources or 2)
+        return ClusterConfig.draw(random.Random(f"config-{seed}"), self.hosts, self.resources)
 
 
 @dataclass
 class SeedResult:
     seed: int
     violations: list[str]
+    """Safety: double holdings, lver going back."""
+    liveness_failures: list[str]
+    orphans: list[str]
     steps: int
     acquisitions: int
     faults: dict[str, int]
+    config: dict[str, str]
+    """The seed's configuration along the dimensions a campaign is counted by."""
+
+    @property
+    def failures(self) -> list[str]:
+        return self.violations + self.liveness_failures + self.orphans
 
 
 @dataclass
@@ -40,6 +61,10 @@ class Totals:
     steps: int = 0
     acquisitions: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    configs: Counter[str] = field(default_factory=Counter)
+    violations: int = 0
+    liveness_failures: int = 0
+    orphans: int = 0
     failed: list[SeedResult] = field(default_factory=list)
 
     def add(self, result: SeedResult) -> None:
@@ -47,22 +72,50 @@ class Totals:
         self.steps += result.steps
         self.acquisitions += result.acquisitions
         self.faults.update(result.faults)
-        if result.violations:
+        self.configs.update(f"{k}={v}" for k, v in result.config.items())
+        self.violations += len(result.violations)
+        self.liveness_failures += len(result.liveness_failures)
+        self.orphans += len(result.orphans)
+        if result.failures:
             self.failed.append(result)
 
     def summary(self) -> dict[str, object]:
-        return {"seeds": self.seeds, "violations": sum(len(r.violations) for r in self.failed),
+        return {"seeds": self.seeds, "violations": self.violations,
+                "liveness_failures": self.liveness_failures, "orphans": self.orphans,
                 "failed_seeds": [r.seed for r in self.failed][:100], "steps": self.steps,
-                "acquisitions": self.acquisitions, "faults": dict(sorted(self.faults.items()))}
+                "acquisitions": self.acquisitions, "faults": dict(sorted(self.faults.items())),
+                "configs": dict(sorted(self.configs.items()))}
+
+
+def config_dimensions(config: ClusterConfig) -> dict[str, str]:
+    io = set(config.io_timeouts_s)
+    return {
+        "geometry": f"{config.sector_size}/{config.align_size >> 20}M",
+        "hosts": str(config.hosts),
+        "io_timeouts": "equal" if len(io) == 1 else "mixed",
+        "format_io_timeout": "as joined" if config.format_io_timeout_s in io else "differs",
+        "fire_timeout": f"{config.watchdog_fire_timeout_s:g}",
+        "host_ids": "1..n" if config.host_ids == tuple(range(1, config.hosts + 1))
+        else "sparse",
+        "processes": str(config.processes),
+        "shared": "yes" if config.shared_fraction else "no",
+    }
 
 
 def run_seed(args: tuple[int, Shape]) -> SeedResult:
     seed, shape = args
-    cluster = PaxosCluster(seed, shape.hosts, shape.resources, faults=CAMPAIGN_FAULTS)
-    violations = cluster.run(shape.chaos_s, shape.settle_s)
-    return SeedResult(seed, [str(v) for v in violations], cluster.world.steps,
-                      sum(log.acquisitions for log in cluster.logs),
-                      dict(cluster.world.fault_counts))
+    logging.getLogger("leasestore").setLevel(logging.CRITICAL)  # faults are expected here
+    config = shape.config(seed)
+    cluster = PaxosCluster(seed, config, faults=CAMPAIGN_FAULTS)
+    cluster.run(shape.chaos_s, shape.settle_s)
+    faults = dict(cluster.world.fault_counts)
+    for name, count in cluster.counts.items():
+        faults[name] = faults.get(name, 0) + count
+    return SeedResult(seed, [str(v) for v in cluster.violations],
+                      [str(v) for v in cluster.liveness_failures],
+                      [str(v) for v in cluster.orphans], cluster.world.steps,
+                      sum(log.acquisitions for log in cluster.logs), faults,
+                      config_dimensions(config))
 
 
 def run_campaign(seeds: Iterable[int], shape: Shape, jobs: int) -> Iterator[SeedResult]:

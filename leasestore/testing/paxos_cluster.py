@@ -1,69 +1,178 @@
-"""Hosts contending for resource leases in one `SimWorld`, with checkers after every step.
+"""Hosts running the shipped daemon policy in one `SimWorld`, with checkers after every step.
 
-Each host runs the real host-lease loop and a worker that acquires a random resource (sometimes
-shared, sometimes with the lver it last saw), holds it, and releases it. A holding is *valid*
-while the worker holds it and its host's delta lease is within id_renewal_fail_s of its last
-renewal (past that the supervisor has killed it). Machine crashes kill both tasks at once;
-pauses freeze both; a lost host lease kills the worker (the supervisor) and the host re-joins
-later.
+Each simulated host runs, as tasks of its current boot, the daemon's own code: a `Lockspace`
+(its `membership()` generator: join, renew, fail, release), a `ResourceService` (its
+`acquiring`, `releasing`, `releasing_after_exit` generators and the background retries it
+spawns) and the monitor's `Supervisor` (expiry, stopping holders, whether to pet). What is
+simulated is only the world around that code: the disk and its faults, the processes holding
+leases (which die, or ignore SIGTERM, or ignore even SIGKILL as a process stuck in the kernel
+does), the hardware watchdog (it resets the host `watchdog_fire_timeout` after the last pet),
+machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), storage
+outages of one host (its I/O fails or hangs), and an operator who adds a failed lockspace
+again once its holders are gone.
 
-Checkers: never two valid exclusive holders of one resource; never an exclusive beside a shared
-valid holder; every exclusive acquisition's lver is greater than all earlier ones of that
-resource, or equal to the last one when granted again to the same host generation; a dead-owner
-takeover happens only after the owner's holding stopped being valid.
+Each seed draws a configuration (`ClusterConfig.draw`): hosts and their host_ids, resources,
+processes per host, per-host io_timeouts and the io_timeout the area was formatted with, the
+watchdog fire timeout, the area geometry, how often shared mode is asked for.
+
+Checkers:
+- safety: never two live processes (on any hosts) holding one resource exclusively, nor one
+  exclusive beside a shared holder. A holding lasts from the grant until its process lets go
+  or dies: the fencing (supervisor kills, watchdog resets) is under test, not assumed;
+- lver: every exclusive grant's lver is above all earlier ones of that resource, or equal to
+  the last one when granted again to the same host generation;
+- liveness: once faults stop and the devices' queues have drained, every host is granted a
+  lease within `settle_s`;
+- orphans: at the end, with every process gone, each resource can be acquired from a live host
+  (none is left owned by a live host that does not hold it, or blocked by a stale claim).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from leasestore.delta import DeltaParams, HostLeaseObserver, RenewOutcome, host_lease_loop
-from leasestore.effects import Algorithm, Sleep
-from leasestore.errors import LeasestoreError, StorageError
-from leasestore.liveness import HostTable, OwnerView
+from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
+from leasestore.effects import Algorithm, Now, Sleep
+from leasestore.errors import LeasestoreError
+from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import Leader
-from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
+from leasestore.paxos import HeldLease
+from leasestore.resource import ResourceKey, ResourceService
+from leasestore.specs import LockspaceSpec
 from leasestore.testing.cluster import Violation
 from leasestore.testing.scheduler import Faults, SimTask, SimWorld
 from leasestore.testing.simdisk import SimDisk
 from leasestore.timeouts import Timeouts
 
 SPACE = "paxos-space"
-DEVICE = "shared"
+DEVICE = "/dev/shared"
+GEOMETRIES = ((512, 1 << 20), (4096, 1 << 20), (4096, 2 << 20), (4096, 8 << 20))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    hosts: int
+    resources: int
+    host_ids: tuple[int, ...]
+    io_timeouts_s: tuple[int, ...]
+    """Each host's io_timeout (what it joins with); peers judge it by what it writes."""
+    format_io_timeout_s: int
+    """The io_timeout written by the format, which the first join's wait follows."""
+    watchdog_fire_timeout_s: float
+    sector_size: int = 512
+    align_size: int = 1 << 20
+    processes: int = 1
+    """Lease-holding processes per host."""
+    shared_fraction: float = 0.2
+    long_hold_fraction: float = 0.2
+    """Holds that outlast host_dead several times over (a VM runs for days)."""
+    ignores_sigterm: float = 0.3
+    ignores_sigkill: float = 0.03
+    """How often a process ignores SIGTERM, or even SIGKILL (stuck in the kernel)."""
+
+    @classmethod
+    def fixed(cls, hosts: int, resources: int, io_timeout_s: int = 10,
+              watchdog_fire_timeout_s: float = 60) -> ClusterConfig:
+        """One io_timeout everywhere, host_ids 1..hosts, 512/1M: the classic shape."""
+        return cls(hosts, resources, tuple(range(1, hosts + 1)), (io_timeout_s,) * hosts,
+                   io_timeout_s, watchdog_fire_timeout_s)
+
+    @classmethod
+    def draw(cls, rng: random.Random, hosts: int | None = None,
+             resources: int | None = None) -> ClusterConfig:
+        """A configuration as users bring them: sizes and timeouts vary per seed and host."""
+        n = hosts if hosts is not None else rng.randint(2, 8)
+        sector_size, align_size = rng.choice(GEOMETRIES)
+        max_hosts = Geometry(sector_size, align_size).max_hosts
+        top = rng.choice((n, 16, max_hosts))
+        host_ids = tuple(sorted(rng.sample(range(1, max(top, n) + 1), n)))
+        base = rng.choice((1, 2, 5, 10))
+        io_timeouts = tuple(base if rng.random() < 0.6 else rng.randint(1, 10) for _ in range(n))
+        format_io = rng.choice((base, 10, rng.randint(1, 10)))
+        fire = float(rng.choice((60, 60, 30, 10, 5)))
+        return cls(n, resources if resources is not None else rng.randint(1, 6), host_ids,
+                   io_timeouts, format_io, fire, sector_size, align_size,
+                   processes=rng.randint(1, 3), shared_fraction=rng.choice((0.0, 0.2, 0.5)))
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.sector_size, self.align_size)
+
+    def timeouts(self, host: int) -> Timeouts:
+        return Timeouts(self.io_timeouts_s[host], self.watchdog_fire_timeout_s)
+
+    @property
+    def longest(self) -> Timeouts:
+        """The timeouts of the host with the longest io_timeout (the slowest to judge dead)."""
+        return Timeouts(max(self.io_timeouts_s), self.watchdog_fire_timeout_s)
+
+    def describe(self) -> str:
+        return (f"{self.hosts} hosts (ids {list(self.host_ids)}, io_timeouts "
+                f"{list(self.io_timeouts_s)}, formatted with {self.format_io_timeout_s}), "
+                f"{self.resources} resources, {self.processes} processes/host, "
+                f"{self.sector_size}/{self.align_size >> 20}M, "
+                f"fire timeout {self.watchdog_fire_timeout_s:g} s")
 
 
 @dataclass
 class Holding:
-    host: int
-    incarnation: int
     resource: int
     lver: int
     shared: bool
 
 
 @dataclass
-class PaxosHost:
+class SimProcess:
+    """A process the daemon holds leases for. It keeps running (and using its leases) whatever
+    the daemon does, until it exits or is killed."""
+
+    pid: int
+    ignores_sigterm: bool
+    ignores_sigkill: bool
+    alive: bool = True
+    holding: Holding | None = None
+    keys: set[ResourceKey] = field(default_factory=set)
+    """The leases the daemon holds for it (its session's leases)."""
+
+
+@dataclass
+class SimHost:
     index: int
     host_id: int
+    timeouts: Timeouts
     clock_offset_s: float
-    incarnation: int = 0
-    """Part of the host name: a new name after a crash forgoes sanlock's fast reacquire."""
-    epoch: int = 0
-    """Counts starts; a holding from an earlier start is never valid."""
-    delta_task: SimTask | None = None
-    worker_task: SimTask | None = None
-    table: HostTable | None = None
-    joined: bool = False
-    generation: int = 0
-    last_success_s: float = 0.0
-    holding: Holding | None = None
+    boot: int = 0
+    lockspace: Lockspace | None = None
+    resources: ResourceService | None = None
+    supervisor: Supervisor | None = None
+    tasks: list[SimTask] = field(default_factory=list)
+    """The daemon's tasks of this boot (all stop at a crash or reset; all pause in a stall)."""
+    processes: dict[int, SimProcess] = field(default_factory=dict)
+    watchdog_deadline_s: float | None = None
+    """World time at which the watchdog resets the host unless petted (None: not armed)."""
+    watchdog_check_at: float | None = None
     acquisitions: int = 0
+    next_pid: int = 100
+    incarnation: int = 0
+    """Part of the host name: changed at some reboots."""
+    stalled_until_s: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"h{self.index}-{self.incarnation}"
+        return f"h{self.host_id}.{self.boot}"
+
+    @property
+    def machine(self) -> str:
+        return f"m{self.index}"
+
+    @property
+    def generation(self) -> int:
+        return 0 if self.lockspace is None else self.lockspace.generation
 
 
 @dataclass
@@ -73,258 +182,390 @@ class ResourceLog:
     """(host index, generation) granted max_lver: only it may be granted that lver again (a
     re-grant to the same owner after its leader write was rolled back, as sanlock's)."""
     acquisitions: int = 0
-    takeovers: int = 0
     history: list[tuple[float, str]] = field(default_factory=list)
 
 
 class PaxosCluster:
-    def __init__(self, seed: int, hosts: int, resources: int, *, io_timeout_s: int = 10,
-                 watchdog_fire_timeout_s: float = 60, faults: Faults | None = None) -> None:
-        self.geometry = Geometry(512, 1 << 20)
-        self.timeouts = Timeouts(io_timeout_s, watchdog_fire_timeout_s)
-        self.resources = resources
-        size = self.geometry.align_size * (1 + resources)
-        self.disk = SimDisk(size, 512, DEVICE)
-        self.disk.land(0, lockspace_area_image(SPACE, self.geometry, io_timeout_s))
-        for r in range(resources):
-            self.disk.land(self._offset(r),
-                           resource_area_image(SPACE, f"res{r}", self.geometry))
+    def __init__(self, seed: int, config: ClusterConfig, *, faults: Faults | None = None) -> None:
+        self.config = config
+        self.geometry = config.geometry
+        self.resources = config.resources
+        size = self.geometry.align_size * (1 + config.resources)
+        self.disk = SimDisk(size, self.geometry.sector_size, DEVICE)
+        self.disk.land(0, lockspace_area_image(SPACE, self.geometry, config.format_io_timeout_s))
+        for r in range(config.resources):
+            self.disk.land(self._offset(r), resource_area_image(SPACE, f"res{r}", self.geometry))
         self.world = SimWorld(seed, {DEVICE: self.disk}, faults)
         rng = self.world.rng
-        self.hosts = [PaxosHost(i, i + 1, rng.uniform(100.0, 100000.0)) for i in range(hosts)]
-        self.logs = [ResourceLog() for _ in range(resources)]
+        self.hosts = [SimHost(i, config.host_ids[i], config.timeouts(i),
+                              rng.uniform(100.0, 100000.0)) for i in range(config.hosts)]
+        self.logs = [ResourceLog() for _ in range(config.resources)]
         self.violations: list[Violation] = []
+        self.liveness_failures: list[Violation] = []
+        self.orphans: list[Violation] = []
+        self.counts: dict[str, int] = {}
+        self._reported: set[str] = set()
         self._acquired_at_settle: list[int] | None = None
-        self._rejoin_until_s = float("inf")
+        self._winding_down = False
 
     def _offset(self, resource: int) -> int:
         return self.geometry.align_size * (1 + resource)
 
-    # -- validity ----------------------------------------------------------------------------
+    def _key(self, resource: int) -> ResourceKey:
+        return (SPACE, f"res{resource}", DEVICE, self._offset(resource))
 
-    def _alive(self, host: PaxosHost) -> bool:
-        return host.delta_task is not None and host.delta_task.alive
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
-    def delta_valid(self, host: PaxosHost) -> bool:
-        return self.delta_valid_at(host, 0.0)
+    # -- checkers ------------------------------------------------------------------------------
 
-    def delta_valid_at(self, host: PaxosHost, ahead_s: float) -> bool:
-        """The host's delta lease is valid now and still will be ahead_s from now."""
-        if not self._alive(host) or not host.joined or host.delta_task is None:
-            return False
-        age_s = self.world.clock(host.delta_task) + ahead_s - host.last_success_s
-        return age_s < self.timeouts.id_renewal_fail_s
-
-    def valid_holding(self, host: PaxosHost) -> Holding | None:
-        if host.holding is None or host.holding.incarnation != host.epoch:
-            return None
-        return host.holding if self.delta_valid(host) else None
+    def holdings(self) -> Iterator[tuple[SimHost, SimProcess, Holding]]:
+        for host in self.hosts:
+            for process in host.processes.values():
+                if process.alive and process.holding is not None:
+                    yield host, process, process.holding
 
     def check(self) -> None:
-        by_resource: dict[int, list[tuple[PaxosHost, Holding]]] = {}
-        for host in self.hosts:
-            held = self.valid_holding(host)
-            if held is not None:
-                by_resource.setdefault(held.resource, []).append((host, held))
+        by_resource: dict[int, list[tuple[SimHost, SimProcess, Holding]]] = {}
+        for entry in self.holdings():
+            by_resource.setdefault(entry[2].resource, []).append(entry)
         for resource, holders in by_resource.items():
-            exclusive = [h for h in holders if not h[1].shared]
+            exclusive = [h for h in holders if not h[2].shared]
             if len(exclusive) > 1 or (exclusive and len(holders) > 1):
-                desc = ", ".join(f"{h.name}({'sh' if x.shared else 'ex'} lver {x.lver})"
-                                 for h, x in holders)
-                self._violate(f"res{resource} validly held by {desc}")
+                desc = ", ".join(f"{h.name} pid {p.pid} ({'sh' if x.shared else 'ex'} "
+                                 f"lver {x.lver})" for h, p, x in holders)
+                self._violate(f"res{resource} held by live processes {desc}")
 
     def _violate(self, message: str) -> None:
-        self.violations.append(Violation(self.world.seed, self.world.now, message))
+        """Record a violation once (the checker sees a lasting one after every step)."""
+        if message not in self._reported:
+            self._reported.add(message)
+            self.violations.append(Violation(self.world.seed, self.world.now, message))
 
-    # -- host tasks ----------------------------------------------------------------------------
-
-    def _owner_view(self, host: PaxosHost, owner: int) -> OwnerView | None:
-        return None if host.table is None else host.table.owner_view(owner)
-
-    def start(self, host: PaxosHost, new_name: bool = False) -> None:
-        if self._alive(host) and host.delta_task is not None and not host.delta_task.done:
-            return
-        self._crash(host)  # whatever is left of the previous incarnation goes with it
-        host.incarnation += 1 if new_name else 0
-        host.epoch += 1
-        host.joined, host.holding = False, None
-        incarnation = host.epoch
-        params = DeltaParams(DEVICE, 0, self.geometry, SPACE, host.host_id, host.name,
-                             self.timeouts)
-        host.table = HostTable(self.geometry, SPACE, host.host_id, self.timeouts)
-        cluster = self
-
-        class Observer(HostLeaseObserver):
-            def joined(self, leader: Leader) -> None:
-                host.joined, host.generation = True, leader.owner_generation
-                host.last_success_s = float(leader.timestamp)
-
-            def renewed(self, outcome: RenewOutcome) -> None:
-                host.last_success_s = float(outcome.leader.timestamp)
-                assert host.table is not None
-                host.table.observe(outcome.area, outcome.read_done_s)
-
-            def lost(self, error: LeasestoreError) -> None:
-                cluster._kill_worker(host)
-                host.joined = False
-
-            def released(self) -> None:
-                host.joined = False
-
-        machine = f"m{host.index}"
-        host.delta_task = self.world.spawn(host.name, host_lease_loop(params, Observer()),
-                                           host.clock_offset_s, machine)
-        host.worker_task = self.world.spawn(host.name + "-worker",
-                                            self._worker(host, incarnation), host.clock_offset_s,
-                                            machine)
-
-    def _kill_worker(self, host: PaxosHost) -> None:
-        if host.worker_task is not None and host.worker_task.alive:
-            self.world.crash(host.worker_task)
-        host.holding = None
-
-    def _params(self, host: PaxosHost, resource: int) -> PaxosParams:
-        return PaxosParams(
-            DEVICE, self._offset(resource), self.geometry, SPACE, f"res{resource}",
-            host.host_id, host.generation, self.timeouts, DEVICE, 0, self.geometry,
-            host_info=lambda owner: self._owner_view(host, owner),
-        )
-
-    def _worker(self, host: PaxosHost, incarnation: int) -> Algorithm[None]:
-        rng = self.world.rng
-        while True:
-            if not host.joined or self._satisfied(host):
-                yield Sleep(self.timeouts.io_timeout_s / 4)
-                continue
-            resource = rng.randrange(self.resources)
-            shared = rng.random() < 0.2
-            params = self._params(host, resource)
-            try:
-                held = yield from acquire(params, shared=shared)
-            except LeasestoreError:
-                yield Sleep(rng.uniform(0.5, 3 * self.timeouts.io_timeout_s))
-                continue
-            if not self.delta_valid(host):  # as the daemon does: a grant that outlived our
-                yield Sleep(self.timeouts.io_timeout_s)  # host lease is void
-                continue
-            self._acquired(host, incarnation, resource, held)
-            yield from self._hold(rng.expovariate(1 / (4 * self.timeouts.io_timeout_s)))
-            host.holding = None
-            yield from self._release(host, params, held)
-            yield Sleep(rng.uniform(0, 2 * self.timeouts.io_timeout_s))
-
-    def _hold(self, seconds: float) -> Algorithm[None]:
-        """Hold a lease that long; in the fault-free phase, no longer than 4 × io_timeout, so
-        that a random long hold cannot outlast the window in which waiting hosts must be
-        granted (a workload choice, not a protocol rule)."""
-        cap_s = 4 * self.timeouts.io_timeout_s
-        held_s = 0.0
-        while held_s < seconds:
-            if self._acquired_at_settle is not None and held_s >= cap_s:
-                return
-            step = min(seconds - held_s, self.timeouts.io_timeout_s)
-            yield Sleep(step)
-            held_s += step
-
-    def _release(self, host: PaxosHost, params: PaxosParams, held: HeldLease) -> Algorithm[None]:
-        """As the daemon does: skip the leader read when our host lease outlasts the write's
-        deadline (half the time, so that both paths run); retry a release whose I/O failed, with
-        the read, while the host lease lasts."""
-        first = True
-        while host.joined:
-            unchanged = (first and self.world.rng.random() < 0.5
-                         and self.delta_valid_at(host, self.timeouts.io_timeout_s))
-            first = False
-            try:
-                yield from release(params, held, leader_unchanged=unchanged)
-                return
-            except StorageError:
-                yield Sleep(self.timeouts.io_timeout_s)
-            except LeasestoreError:
-                return
-
-    def _satisfied(self, host: PaxosHost) -> bool:
-        """In the fault-free phase a host that has been granted a lease stops contending, so
-        that every other waiting host must be granted one too."""
-        return (self._acquired_at_settle is not None
-                and host.acquisitions > self._acquired_at_settle[host.index])
-
-    def _acquired(self, host: PaxosHost, incarnation: int, resource: int, held: HeldLease) -> None:
+    def _granted(self, host: SimHost, process: SimProcess, resource: int,
+                 held: HeldLease) -> None:
         log = self.logs[resource]
         if not held.shared:
             owner = (host.index, host.generation)
             again = held.lver == log.max_lver and owner == log.max_lver_owner
             if held.lver <= log.max_lver and not again:
-                self._violate(f"res{resource}: lver {held.lver} acquired after {log.max_lver}")
+                self._violate(f"res{resource}: lver {held.lver} granted after {log.max_lver}")
             log.max_lver, log.max_lver_owner = max(log.max_lver, held.lver), owner
         log.acquisitions += 1
         host.acquisitions += 1
-        host.holding = Holding(host.index, incarnation, resource, held.lver, held.shared)
-        log.history.append((self.world.now, f"{host.name} {'sh' if held.shared else 'ex'} "
-                                            f"lver {held.lver}"))
+        process.holding = Holding(resource, held.lver, held.shared)
+        log.history.append((self.world.now, f"{host.name} pid {process.pid} "
+                                            f"{'sh' if held.shared else 'ex'} lver {held.lver}"))
         self.check()
 
-    # -- chaos ---------------------------------------------------------------------------------
+    def _find_orphans(self) -> None:
+        """Once every process has let go: each resource must be free to acquire from a live
+        host. One that is not (owned on disk by a live host that does not hold it, or blocked
+        by a stale claim) is an orphan: nobody would ever be granted it again."""
+        probes: list[tuple[int, SimHost, SimTask]] = []
+        live = [h for h in self.hosts if h.lockspace is not None and h.resources is not None
+                and h.lockspace.state == LockspaceState.HELD]
+        if not live:
+            return
+        for r in range(self.resources):
+            owner = self._leader(r).owner_id  # the owner itself might take its own lease back
+            host = next((h for h in live if h.host_id != owner), live[r % len(live)])
+            assert host.lockspace is not None and host.resources is not None
+            task = self.world.spawn(f"{host.name}:probe-res{r}",
+                                    self._probe(host.lockspace, host.resources, r),
+                                    host.clock_offset_s, host.machine)
+            probes.append((r, host, task))
+        longest = self.config.longest
+        self.world.run_until(self.world.now + 4 * longest.host_dead_s, self.check)
+        for r, host, task in probes:
+            if task.error is not None or not task.done:
+                leader = self._leader(r)
+                self.orphans.append(Violation(
+                    self.world.seed, self.world.now,
+                    f"res{r}: no process holds it and {host.name} cannot acquire it "
+                    f"({task.error or 'still trying'}); leader: owner {leader.owner_id} "
+                    f"generation {leader.owner_generation} lver {leader.lver} timestamp "
+                    f"{leader.timestamp}"))
 
-    def _crash(self, host: PaxosHost) -> None:
-        for task in (host.delta_task, host.worker_task):
-            if task is not None and task.alive:
-                self.world.crash(task)
-        host.holding, host.joined = None, False
+    def _leader(self, resource: int) -> Leader:
+        raw = self.disk.read(self._offset(resource), self.geometry.sector_size)
+        return decode_leader(raw, (LeaderMagic.PAXOS,))
+
+    def _probe(self, lockspace: Lockspace, service: ResourceService,
+               resource: int) -> Algorithm[None]:
+        key = self._key(resource)
+        yield from service.acquiring(lockspace, key, 1)
+        yield from service.releasing(lockspace, key, 1)
+
+    # -- the daemon of one host ----------------------------------------------------------------
+
+    def _spawn(self, host: SimHost, name: str, algorithm: Algorithm[object]) -> None:
+        task = self.world.spawn(f"{host.name}:{name}", algorithm, host.clock_offset_s,
+                                host.machine)
+        host.tasks.append(task)
+        if host.stalled_until_s > self.world.now:  # started by a stalled daemon: stalled too
+            self.world.pause(task, host.stalled_until_s - self.world.now)
+
+    def _host_clock(self, host: SimHost) -> float:
+        return self.world.now + host.clock_offset_s
+
+    def boot(self, host: SimHost) -> None:
+        """Start the host's daemon (and its processes) afresh, as after a reboot."""
+        host.boot += 1
+        host.tasks, host.processes = [], {}
+        host.watchdog_deadline_s = host.watchdog_check_at = None  # a new boot: disarmed
+        host.resources = ResourceService(
+            spawn=lambda name, algorithm: self._spawn(host, name, algorithm))
+        host.supervisor = Supervisor(lambda pid, graceful: self._signal(host, pid, graceful))
+        self._add_lockspace(host)
+        self._spawn(host, "monitor", self._monitor(host))
+        for _ in range(self.config.processes):
+            self._start_process(host)
+
+    def _add_lockspace(self, host: SimHost) -> None:
+        spec = LockspaceSpec(SPACE, host.host_id, DEVICE, 0)
+        host.lockspace = Lockspace(spec, f"host{host.host_id}-{host.incarnation}", host.timeouts,
+                                   now=lambda: self._host_clock(host))
+        self._spawn(host, "lockspace", host.lockspace.membership())
+
+    def _monitor(self, host: SimHost) -> Algorithm[None]:
+        """The daemon's monitor thread: the shipped Supervisor decides; pets arm the watchdog.
+        Then the operator's part: a failed lockspace with no holder left is added again."""
+        interval_s = monitor_interval_s(self.config.watchdog_fire_timeout_s)
+        failed_since: float | None = None
+        while True:
+            now_s = yield Now()
+            lockspace, supervisor = host.lockspace, host.supervisor
+            assert lockspace is not None and supervisor is not None
+            if supervisor.tick(now_s, [lockspace], lambda name: self._holders_in(host)):
+                self._pet(host)
+            if lockspace.state in (LockspaceState.FAILED, LockspaceState.RELEASED):
+                failed_since = now_s if failed_since is None else failed_since
+                if (not self._holders_in(host) and host.resources is not None
+                        and not host.resources.busy_in(SPACE)
+                        and now_s - failed_since > 2 * host.timeouts.io_timeout_s):
+                    self._count("lockspace_readded")
+                    failed_since = None
+                    self._add_lockspace(host)
+            yield Sleep(interval_s)
+
+    def _holders_in(self, host: SimHost) -> list[int]:
+        """As the daemon's: registered (live) processes with leases in the lockspace."""
+        return [p.pid for p in host.processes.values() if p.alive and p.keys]
+
+    def _pet(self, host: SimHost) -> None:
+        host.watchdog_deadline_s = self.world.now + self.config.watchdog_fire_timeout_s
+        if host.watchdog_check_at is None:
+            self._watch(host, host.boot, host.watchdog_deadline_s)
+
+    def _watch(self, host: SimHost, boot: int, when: float) -> None:
+        host.watchdog_check_at = when
+
+        def check() -> None:
+            if host.boot != boot:
+                return
+            host.watchdog_check_at = None
+            deadline = host.watchdog_deadline_s
+            if deadline is None:
+                return
+            if self.world.now >= deadline:
+                self._count("watchdog_reset")
+                self._reset(host, "watchdog")
+            else:
+                self._watch(host, boot, deadline)
+
+        self.world.at(when, check)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _start_process(self, host: SimHost) -> None:
+        rng = self.world.rng
+        host.next_pid += 1
+        process = SimProcess(host.next_pid,
+                             ignores_sigterm=rng.random() < self.config.ignores_sigterm,
+                             ignores_sigkill=rng.random() < self.config.ignores_sigkill)
+        host.processes[process.pid] = process
+        self._spawn(host, f"pid{process.pid}", self._worker(host, process))
+
+    def _signal(self, host: SimHost, pid: int, graceful: bool) -> None:
+        """The supervisor's signal reaches the process: it dies soon after, unless it ignores
+        it (SIGTERM by choice; SIGKILL when stuck in the kernel)."""
+        process = host.processes.get(pid)
+        if process is None or not process.alive:
+            return
+        self._count("sigterm" if graceful else "sigkill")
+        if (process.ignores_sigterm if graceful else process.ignores_sigkill):
+            return
+        boot = host.boot
+        self.world.at(self.world.now + self.world.rng.uniform(0, 0.5),
+                      lambda: self._exit(host, process, boot))
+
+    def _exit(self, host: SimHost, process: SimProcess, boot: int) -> None:
+        """The process is gone: its connection closes and the daemon releases what it held."""
+        if host.boot != boot or not process.alive:
+            return
+        process.alive, process.holding = False, None
+        keys, process.keys = sorted(process.keys), set()
+        service = host.resources
+        assert service is not None
+        for key in keys:
+            self._spawn(host, f"exit{process.pid}",
+                        service.releasing_after_exit(host.lockspace, key, process.pid))
+        if not self._winding_down:
+            self._start_process(host)
+
+    def _worker(self, host: SimHost, process: SimProcess) -> Algorithm[None]:
+        """The process's requests, served by the daemon's connection thread: acquire a random
+        resource, hold it, release it."""
+        rng = self.world.rng
+        io_s = host.timeouts.io_timeout_s
+        service = host.resources
+        assert service is not None
+        while process.alive:
+            lockspace = host.lockspace
+            if (lockspace is None or lockspace.state != LockspaceState.HELD
+                    or self._satisfied(host)):
+                yield Sleep(io_s / 4)
+                continue
+            resource = rng.randrange(self.resources)
+            key = self._key(resource)
+            shared = rng.random() < self.config.shared_fraction
+            try:
+                held = yield from service.acquiring(lockspace, key, process.pid, shared=shared)
+            except LeasestoreError:
+                yield Sleep(rng.uniform(0.5, 3 * io_s))
+                continue
+            if not process.alive:  # it died while the daemon acquired for it
+                yield from service.releasing_after_exit(lockspace, key, process.pid)
+                return
+            process.keys.add(key)
+            self._granted(host, process, resource, held.lease)
+            long_hold = rng.random() < self.config.long_hold_fraction
+            hold_s = (rng.uniform(2, 6) * host.timeouts.host_dead_s if long_hold
+                      else rng.expovariate(1 / (4 * io_s)))
+            yield from self._hold(process, hold_s, io_s)
+            if not process.alive:
+                return  # its exit released the lease
+            process.holding = None
+            process.keys.discard(key)
+            with contextlib.suppress(LeasestoreError):
+                yield from service.releasing(lockspace, key, process.pid)
+            yield Sleep(rng.uniform(0, 2 * io_s))
+
+    def _hold(self, process: SimProcess, seconds: float, io_s: float) -> Algorithm[None]:
+        """Hold a lease that long; in the fault-free phase, no longer than 4 × io_timeout, so
+        that a random long hold cannot outlast the window in which waiting hosts must be
+        granted (a workload choice, not a protocol rule)."""
+        cap_s = 4 * io_s
+        held_s = 0.0
+        while held_s < seconds and process.alive:
+            if self._acquired_at_settle is not None and held_s >= cap_s:
+                return
+            step = min(seconds - held_s, io_s)
+            yield Sleep(step)
+            held_s += step
+
+    def _satisfied(self, host: SimHost) -> bool:
+        """In the fault-free phase a host that has been granted a lease stops contending, so
+        that every other waiting host must be granted one too."""
+        return self._winding_down or (self._acquired_at_settle is not None
+                                      and host.acquisitions > self._acquired_at_settle[host.index])
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _stop_daemon(self, host: SimHost) -> None:
+        for task in host.tasks:
+            self.world.crash(task)
+        host.tasks = []
+
+    def _reset(self, host: SimHost, why: str) -> None:
+        """The machine goes down (crash or watchdog): every process with it, no release I/O."""
+        self._stop_daemon(host)
+        for process in host.processes.values():
+            process.alive, process.holding = False, None
+        host.boot += 1  # stale events of the old boot do nothing
+        if self.world.rng.random() < 0.5:  # a new host name forgoes sanlock's fast reacquire
+            host.incarnation += 1
+        host.watchdog_deadline_s = None
+        host.lockspace = None
+        boot = host.boot
+        self.world.at(self.world.now + self.world.rng.uniform(1, host.timeouts.host_dead_s),
+                      lambda: self._reboot(host, boot))
+
+    def _reboot(self, host: SimHost, boot: int) -> None:
+        if host.boot == boot:
+            self.boot(host)
+
+    def _stall(self, host: SimHost, seconds: float) -> None:
+        """The daemon stops running (its tasks freeze); its processes and its watchdog do not."""
+        host.stalled_until_s = max(host.stalled_until_s, self.world.now + seconds)
+        for task in host.tasks:
+            self.world.pause(task, seconds)
 
     def _chaos(self, end_s: float, gap_s: float) -> None:
         world, rng = self.world, self.world.rng
         if world.now >= end_s:
             return
         host = rng.choice(self.hosts)
-        action = rng.choice(["crash", "pause", "pause", "restart"])
-        if action == "crash" and self._alive(host):
-            self._crash(host)
-            world.at(world.now + rng.uniform(0, 2 * self.timeouts.host_dead_s),
-                     lambda: self.start(host, new_name=rng.random() < 0.5))
-        elif action == "pause" and self._alive(host):
-            seconds = rng.uniform(0, 2 * self.timeouts.host_dead_s)
-            for task in (host.delta_task, host.worker_task):
-                if task is not None:
-                    world.pause(task, seconds)
-        elif action == "restart" and host.delta_task is not None and host.delta_task.done:
-            self._crash(host)
-            self.start(host, new_name=rng.random() < 0.3)
+        action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process"])
+        if action == "outage":
+            self._count("storage_outage")
+            seconds = rng.uniform(0, 2 * host.timeouts.host_dead_s)
+            world.outages[host.machine] = (world.now + seconds, rng.random() < 0.5)
+        elif host.lockspace is not None:
+            if action == "crash":
+                self._count("machine_crash")
+                self._reset(host, "crash")
+            elif action == "stall":
+                self._count("daemon_stall")
+                self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
+            else:
+                live = [p for p in host.processes.values() if p.alive]
+                if live:
+                    self._count("process_exit")
+                    process = rng.choice(live)
+                    self._exit(host, process, host.boot)
         world.at(world.now + rng.expovariate(1 / gap_s), lambda: self._chaos(end_s, gap_s))
 
-    def _rejoin_finished(self) -> None:
-        for host in self.hosts:
-            if host.delta_task is not None and host.delta_task.done and host.delta_task.alive:
-                self._crash(host)
-                self.world.at(self.world.now + self.world.rng.uniform(0, 30),
-                              lambda h=host: self.start(h))  # type: ignore[misc]
-        if self.world.now < self._rejoin_until_s:
-            self.world.at(self.world.now + self.timeouts.io_timeout_s, self._rejoin_finished)
+    # -- a run ---------------------------------------------------------------------------------
 
     def run(self, chaos_s: float, settle_s: float | None = None) -> list[Violation]:
         """Chaos for chaos_s, then faults off: once the devices' queues of timed-out writes have
-        drained, every host must be granted a lease within settle_s (4 × host_dead by default:
-        room for the longest pause, a host-lease acquire and a turn at the lease)."""
+        drained, every host must be granted a lease within settle_s (by default room for the
+        longest stall, a reset, a join and a turn at the lease)."""
         world = self.world
         for host in self.hosts:
-            world.at(world.rng.uniform(0, 5), lambda h=host: self.start(h))  # type: ignore[misc]
-        gap = self.timeouts.host_dead_s / 2
+            world.at(world.rng.uniform(0, 5), lambda h=host: self.boot(h))  # type: ignore[misc]
+        longest = self.config.longest
+        gap = longest.host_dead_s / 2
         if chaos_s > 0:
             world.at(world.rng.uniform(0, gap), lambda: self._chaos(chaos_s, gap))
-        settle = settle_s if settle_s is not None else 4 * self.timeouts.host_dead_s
-        self._rejoin_until_s = float("inf")
-        world.at(0, self._rejoin_finished)
+        settle = settle_s if settle_s is not None else 6 * longest.host_dead_s
         world.run_until(chaos_s, self.check)
         world.faults = Faults.none()
+        world.outages.clear()
         drained_s = max(chaos_s, world.backlog_clears_at())
-        end_s = self._rejoin_until_s = drained_s + settle
+        end_s = drained_s + settle
         world.run_until(drained_s, self.check)
         self._acquired_at_settle = [host.acquisitions for host in self.hosts]
         while world.now < end_s and not all(self._satisfied(h) for h in self.hosts):
-            world.run_until(min(end_s, world.now + self.timeouts.io_timeout_s), self.check)
+            world.run_until(min(end_s, world.now + longest.io_timeout_s), self.check)
         if settle > 0:
             for host, before in zip(self.hosts, self._acquired_at_settle, strict=True):
                 if host.acquisitions == before:
-                    self._violate(f"liveness: {host.name} acquired nothing in the "
-                                  f"{settle:.0f} s fault-free phase")
-        return self.violations
+                    self.liveness_failures.append(Violation(
+                        world.seed, world.now, f"liveness: {host.name} acquired nothing in "
+                        f"the {settle:.0f} s fault-free phase ({self.config.describe()})"))
+            self._quiesce()
+            self._find_orphans()
+        return self.violations + self.liveness_failures + self.orphans
+
+    def _quiesce(self) -> None:
+        """Let every process let go, and the daemons finish what they started, before looking
+        for orphans."""
+        for host in self.hosts:
+            for process in host.processes.values():
+                process.ignores_sigterm = process.ignores_sigkill = False
+        self._winding_down = True  # nobody acquires any more
+        longest = self.config.longest
+        self.world.run_until(self.world.now + 12 * longest.host_dead_s, self.check)

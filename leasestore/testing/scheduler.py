@@ -7,6 +7,7 @@ comes from one `random.Random(seed)`, so a seed replays a run exactly.
 
 Faults, drawn per I/O: an error; a slow I/O that outlives its timeout (a slow write still lands,
 after the task was told it timed out); a torn multi-sector write (sectors land separately).
+Per host: a storage outage (every I/O fails, or hangs until its timeout and never lands).
 Per task: crash (the generator is dropped, its in-flight writes still land) and pause (the task
 stops running; its clock keeps going). Sleep is cancellable like the real driver's.
 """
@@ -80,6 +81,9 @@ class SimWorld:
         """(host, disk, start, end, lands_at) of writes reported timed out but not landed."""
         self.fail_when: Callable[[Read | Write], bool] | None = None
         """A targeted fault: I/Os it picks fail with an I/O error (tests aim it)."""
+        self.outages: dict[str, tuple[float, bool]] = {}
+        """host -> (until, hangs): its path to storage is down until then; each I/O either
+        fails at once or, if `hangs`, times out and never lands (a lost SAN path)."""
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -226,6 +230,13 @@ class SimWorld:
                 blocked: StorageError = IOTimeout("an earlier write is still in flight")
                 return self.now + effect.timeout_s, lambda: blocked
             start = max(self.now, earlier)
+        outage_until, hangs = self.outages.get(task.host, (0.0, False))
+        if self.now < outage_until:
+            self.count("outage_io")
+            lost: StorageError = (IOTimeout(f"simulated hang on {disk.name}") if hangs
+                                  else IOFailed(f"simulated path failure on {disk.name}"))
+            return (self.now + effect.timeout_s if hangs else self.now + self._latency()), \
+                lambda: lost
         targeted = self.fail_when is not None and self.fail_when(effect)
         roll = self.rng.random()  # drawn either way, so that a seed replays alike
         if targeted or roll < self.faults.io_error:
