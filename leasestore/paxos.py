@@ -17,6 +17,8 @@ rolled-back leader (a late write landed over a newer one; read 1 finds dblocks b
   value -> commit the version below them free. Phase-1-only dblocks never name a value.
   An acquire that fails once our value may stand accepted marks it RELEASED; if even that write
   fails it raises ClaimNotWithdrawn, and the caller retries `withdraw_claim` until it lands.
+  A lease whose leader still names us and which only our RELEASED dblock frees is committed
+  free before our next ballot, whose first write replaces that mark.
 release: read the leader (skipped while our host lease outlasts the write: nobody can have
   taken it over); if it is still ours, write our RELEASED dblock and the free leader together.
 shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader

@@ -3,8 +3,11 @@
 
 Each host is a daemon on its own loop device (all over one backing file, so they share one
 disk) with workers that acquire a random resource, use it (writing a ledger line every 50 ms),
-and release it. Faults, at random: SIGKILL and SIGSTOP of daemons and workers, and
-`blockdev --setro` of a host's device for a while.
+and release it. Hosts may join with different io_timeouts (`--io-timeouts 1,2`), and the area
+may be formatted with yet another (`--format-io-timeout`). Faults, at random: SIGKILL and
+SIGSTOP of daemons and workers; SIGKILL of a daemon that is then started again at once on the
+same run dir while its workers still hold leases (the restarted daemon must end them before it
+pets the watchdog); and `blockdev --setro` of a host's device for a while.
 
 A hardware watchdog is emulated per host: the daemon's watchdog is a FIFO the tool reads; when
 the daemon has not petted it for watchdog_fire_timeout, the tool SIGKILLs every process of that
@@ -208,9 +211,11 @@ class Host:
     fence: Fence
     daemon: DaemonProc | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    io_timeout_s: int = 1
     booting: bool = False
     boots: int = 0
     down_until_s: float = 0.0
+    run_dir_name: str = ""
 
     @property
     def host_id(self) -> int:
@@ -222,10 +227,13 @@ class Chaos:
         self.args = args
         self.base = base
         self.rng = random.Random(args.seed)
-        self.timeouts = Timeouts(args.io_timeout, args.watchdog_fire_timeout)
+        io_timeouts = [int(x) for x in args.io_timeouts.split(",")]
+        self.timeouts = Timeouts(max(io_timeouts), args.watchdog_fire_timeout)
+        """The slowest host's: every wait here must outlast its host_dead."""
         self.ledgers = base / "ledger"
         self.ledgers.mkdir()
         self.faults: Counter[str] = Counter()
+        self.restart_violations: list[str] = []
         self.lock = threading.RLock()
         self.closing = False
         self.stopped: dict[int, float] = {}
@@ -237,25 +245,45 @@ class Chaos:
         for index in range(args.hosts):
             device = loops.attach(backing)
             self.hosts.append(Host(index, device, Fence(base / f"wd{index}", self.timeouts.
-                                                        watchdog_fire_timeout_s)))
-        format_lockspace(self.hosts[0].device, LOCKSPACE, 0, io_timeout_s=args.io_timeout)
+                                                        watchdog_fire_timeout_s),
+                                   io_timeout_s=io_timeouts[index % len(io_timeouts)]))
+        format_lockspace(self.hosts[0].device, LOCKSPACE, 0,
+                         io_timeout_s=args.format_io_timeout or io_timeouts[0])
         for index in range(args.resources):
             format_resource(self.hosts[0].device, LOCKSPACE, f"res{index}",
                             resource_offset(index))
 
     # -- host lifecycle ----------------------------------------------------------------------
 
-    def boot(self, host: Host) -> None:
+    def boot(self, host: Host, restart_after_s: float | None = None) -> None:
+        """Boot the host (a fresh run dir), or with `restart_after_s` start its daemon again on
+        the run dir of the one just killed, whose workers may still run."""
         host.booting, host.boots = True, host.boots + 1
-        threading.Thread(target=self._boot, args=(host, host.boots), daemon=True).start()
+        if restart_after_s is None:
+            host.run_dir_name = f"run{host.index}-{host.boots}"
+        threading.Thread(target=self._boot, args=(host, host.boots, restart_after_s or 0.0),
+                         daemon=True).start()
 
-    def _boot(self, host: Host, boot: int) -> None:
+    def _boot(self, host: Host, boot: int, delay_s: float) -> None:
+        time.sleep(delay_s)  # the restart comes this long after the daemon died
         try:
-            daemon = DaemonProc(self.base, f"host{host.index}", self.args.io_timeout,
+            daemon = DaemonProc(self.base, f"host{host.index}", host.io_timeout_s,
                                 self.args.watchdog_fire_timeout, watchdog=str(host.fence.path),
-                                run_dir_name=f"run{host.index}-{boot}")
+                                run_dir_name=host.run_dir_name)
             with self.lock:
+                if host.boots != boot:  # the host was reset while this daemon started
+                    daemon.kill()
+                    daemon.stop()
+                    return
                 host.daemon = daemon
+                if delay_s:  # a restart: the earlier daemon's holders must be gone by now
+                    left = [p.pid for p in host.workers if p.poll() is None]
+                    self.faults["restart_holders_ended" if not left
+                                else "restart_holders_left"] += 1
+                    if left:
+                        self.restart_violations.append(
+                            f"host {host.host_id}: the restarted daemon serves while the "
+                            f"earlier daemon's workers {left} still run")
             self._admin(daemon, wire.AddLockspace(LOCKSPACE, host.host_id, host.device, 0, 0, True))
             for number in range(self.args.workers_per_host):
                 self._start_worker(host, number)
@@ -266,7 +294,8 @@ class Chaos:
                 self._reset(host, time.monotonic(), count=False)
             return
         finally:
-            host.booting = False
+            if host.boots == boot:
+                host.booting = False
         self._administer(host, daemon)
 
     def _administer(self, host: Host, daemon: DaemonProc) -> None:
@@ -322,6 +351,7 @@ class Chaos:
             host.daemon.proc.wait()
             host.daemon.stop()
         host.workers, host.daemon = [], None
+        host.boots += 1  # a boot under way (a daemon restart) is void
         host.fence.reset()
         host.down_until_s = now_s + self.rng.uniform(0.5, 3.0)
         if count:
@@ -375,8 +405,8 @@ class Chaos:
         host = self.rng.choice(self.hosts)
         if host.booting or host.daemon is None or host.daemon.proc.poll() is not None:
             return
-        kind = self.rng.choice(["kill_daemon", "stop_daemon", "kill_worker", "kill_worker",
-                                "stop_worker", "stop_worker", "setro"])
+        kind = self.rng.choice(["kill_daemon", "restart_daemon", "stop_daemon", "kill_worker",
+                                "kill_worker", "stop_worker", "stop_worker", "setro"])
         try:
             if not self._apply(host, kind, now):
                 return
@@ -391,6 +421,14 @@ class Chaos:
         dead_s = self.timeouts.host_dead_s
         if kind == "kill_daemon":
             host.daemon.proc.kill()
+        elif kind == "restart_daemon":
+            if host.daemon.proc.pid in self.stopped:
+                return False
+            host.daemon.proc.kill()
+            host.daemon.proc.wait()
+            host.daemon.stop()
+            host.daemon = None  # its workers run on, holding what they held
+            self.boot(host, restart_after_s=self.rng.uniform(0.1, 1.0))
         elif kind == "stop_daemon":
             pid = host.daemon.proc.pid
             os.kill(pid, signal.SIGSTOP)
@@ -466,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers-per-host", type=int, default=2)
-    parser.add_argument("--io-timeout", type=int, default=1)
+    parser.add_argument("--io-timeouts", default="1,2",
+                        help="io_timeouts the hosts join with, in turn (comma-separated)")
+    parser.add_argument("--format-io-timeout", type=int, default=0,
+                        help="io_timeout the area is formatted with (default: the first)")
     parser.add_argument("--watchdog-fire-timeout", type=float, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-fence", action="store_true",
@@ -490,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         ledgers = chaos.ledgers
         chaos.stop()
         verdict = check_ledger(read_ledger(ledgers))
+        verdict.violations.extend(chaos.restart_violations)
     for violation in verdict.violations:
         print(f"VIOLATION: {violation}")
     print(f"{args.hosts} hosts × {args.resources} resources for {args.seconds:g} s "

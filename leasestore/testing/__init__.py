@@ -1,7 +1,9 @@
-"""Public test support: a deterministic simulator that runs the real L1 algorithms.
+"""Public test support: a deterministic simulator that runs the shipped code.
 
 `SimWorld` drives effect generators against `SimDisk`s in virtual time with a seeded scheduler
-and injected faults; `DeltaCluster` runs many hosts' host-lease loops in it with checkers.
+and injected faults; `DeltaCluster` runs many hosts' host-lease loops in it with checkers;
+`paxos_cluster.PaxosCluster` runs each host's daemon services (lockspace, resource service,
+supervisor) with processes, a watchdog and checkers.
 """
 
 from leasestore.testing.cluster import DeltaCluster, SimHost, Violation

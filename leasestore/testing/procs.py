@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,15 @@ class LoopDevices:
         self.attached.clear()
 
 
+def _accepts(socket_path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(socket_path)
+        except OSError:
+            return False
+        return True
+
+
 class DaemonProc:
     """A `leasestore daemon` in its own run dir."""
 
@@ -92,7 +102,7 @@ class DaemonProc:
         self.name = name
         self.run_dir = str(base / (run_dir_name or f"run-{name}"))
         self.log_path = base / f"{run_dir_name or name}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a daemon restarted on this run dir logs on
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", self.run_dir,
              "--host-name", name, "--io-timeout", str(io_timeout_s),
@@ -100,7 +110,8 @@ class DaemonProc:
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         socket_path = os.path.join(self.run_dir, SOCKET_NAME)
-        poll(lambda: os.path.exists(socket_path) or self.proc.poll() is not None, 20,
+        # Connectable, not merely present: a daemon killed on this run dir leaves its socket.
+        poll(lambda: _accepts(socket_path) or self.proc.poll() is not None, 30,
              what=f"daemon {name} socket")
         assert self.proc.poll() is None, self.log()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
@@ -58,11 +58,8 @@ class SimTask:
     """The machine the task runs on: its timed-out writes still order its later ones."""
 
 
-@dataclass(order=True)
-class _Event:
-    time: float
-    seq: int
-    action: Callable[[], None] = field(compare=False)
+_Event = tuple[float, int, Callable[[], None]]
+"""(time, sequence number, action): ordered by time, then by the order they were scheduled."""
 
 
 class SimWorld:
@@ -89,7 +86,7 @@ class SimWorld:
 
     def at(self, time: float, action: Callable[[], None]) -> None:
         self._seq += 1
-        heapq.heappush(self._events, _Event(max(time, self.now), self._seq, action))
+        heapq.heappush(self._events, (max(time, self.now), self._seq, action))
 
     def count(self, fault: str) -> None:
         self.fault_counts[fault] = self.fault_counts.get(fault, 0) + 1
@@ -123,10 +120,9 @@ class SimWorld:
             self.at(self.now, lambda: self._step(task, token, None, Cancelled("stopped")))
 
     def run_until(self, end: float, after_step: Callable[[], None] | None = None) -> None:
-        while self._events and self._events[0].time <= end:
-            event = heapq.heappop(self._events)
-            self.now = event.time
-            event.action()
+        while self._events and self._events[0][0] <= end:
+            self.now, _, action = heapq.heappop(self._events)
+            action()
             self.steps += 1
             if after_step is not None:
                 after_step()
