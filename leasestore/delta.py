@@ -54,6 +54,7 @@ from leasestore.ondisk.leader import (
     LeaderMagic,
     decode_leader,
     encode_delta_sector,
+    fire_timeout_word,
 )
 from leasestore.timeouts import Timeouts
 
@@ -161,7 +162,7 @@ def _wait_out_previous_holder(p: DeltaParams, seen: Leader) -> Algorithm[None]:
 
     Raises HostIdBusy as soon as the record changes (other than being released).
     """
-    other = p.timeouts.for_other(seen.io_timeout)
+    other = p.timeouts.for_peer(seen)
     delay_s = max(other.host_dead_s, other.delta_large_delay_s)
     watch_s = ACQUIRE_WATCH_INTERVAL_S_FACTOR * p.io_timeout_s
     start_s: float = yield Now()
@@ -202,9 +203,10 @@ def _acquire(p: DeltaParams) -> Algorithm[tuple[Leader, Leader]]:
         resource_name=p.host_name,
         timestamp=_now_stamp(now_s),
         io_timeout=p.timeouts.io_timeout_s,
+        unused1=fire_timeout_word(p.timeouts.watchdog_fire_timeout_s),
     )
     yield from _write_own(p, mine, b"", p.io_timeout_s)
-    other = p.timeouts.for_other(seen.io_timeout)
+    other = p.timeouts.for_peer(seen)
     try:
         yield Sleep(other.delta_short_delay_s)
         check = yield from read_own(p)
@@ -261,7 +263,8 @@ def renew(
     # fresh as that read, so a pause between read and write must not extend the lease. What we
     # write therefore depends on nothing the read returns, and is encoded before the read is
     # issued: between the two I/Os there is only the check of what was read.
-    mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s)
+    mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s,
+                        unused1=fire_timeout_word(p.timeouts.watchdog_fire_timeout_s))
     sector = encode_delta_sector(mine, p.geometry.sector_size, bitmap)
     read_issued_s: float = yield Now()
     area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s, view=True)

@@ -3,7 +3,9 @@
 A slot is *alive* when its (owner_id, owner_generation, timestamp) changes between two of our
 reads; `last_live_s` is our lease-clock time when we saw that change. Nothing here compares another
 host's timestamp with our clock. Thresholds use the *slot owner's* io_timeout from its leader:
-fail = 8 × io_timeout, dead = 8 × io_timeout + watchdog_fire_timeout.
+fail = 8 × io_timeout, dead = 8 × io_timeout + watchdog_fire_timeout, where the fire timeout is
+the longer of ours and the one the owner published (`Timeouts.for_other`, the one rule for how
+long a peer takes to be dead, used by the delta and paxos algorithms alike).
 
 States (sanlock's host flags): FREE (timestamp 0 and the sector verifies), UNKNOWN (not watched
 long enough to have seen a change, nor long enough to call it failed), LIVE, FAIL, DEAD. A sector
@@ -25,7 +27,7 @@ import numpy.typing as npt
 
 from leasestore.ondisk.bulk import LEADER_SPAN_B, leader_checksum_ok, leader_dtype
 from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import DELTA_VERSION, LeaderMagic
+from leasestore.ondisk.leader import DELTA_VERSION, LeaderMagic, published_fire_timeout_s
 from leasestore.ondisk.names import decode_name, encode_name
 from leasestore.timeouts import Timeouts
 
@@ -190,7 +192,8 @@ class HostTable:
             return HostFlag.LIVE
         if int(row["timestamp"]) == 0 and self.error_of(index) is None:
             return HostFlag.FREE
-        other = self.timeouts.for_other(int(row["io_timeout"]))
+        other = self.timeouts.for_other(int(row["io_timeout"]),
+                                        published_fire_timeout_s(int(row["unused1"])))
         since_s = now_s - float(self.last_live_s[index])
         if since_s <= other.id_renewal_fail_s:
             if self.first_check_s[index] == self.last_live_s[index]:

@@ -284,7 +284,7 @@ def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
             raise AcquireIdLive(f"lease {p.resource!r} is held by live host {owner} "
                                 f"(generation {cur.owner_generation})")
         now_s = yield Now()
-        if now_s - wait_start_s > p.timeouts.for_other(delta.io_timeout).host_dead_s:
+        if now_s - wait_start_s > p.timeouts.for_peer(delta).host_dead_s:
             return True
         yield Sleep(OWNER_POLL_S)
         again = yield from read_leader(p)
@@ -609,7 +609,7 @@ def _shared_holder_alive(p: PaxosParams, host_id: int, generation: int) -> Algor
     if delta.timestamp != view.timestamp:
         return True  # it renewed since our table last looked: alive, whatever the table says
     now_s: float = yield Now()
-    return now_s - view.last_live_s <= p.timeouts.for_other(delta.io_timeout).host_dead_s
+    return now_s - view.last_live_s <= p.timeouts.for_peer(delta).host_dead_s
 
 
 def _give_back(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[None]:

@@ -1,8 +1,10 @@
 """Every delay of the delta-lease protocol, derived from io_timeout as sanlock derives it.
 
-All hosts of a lockspace must use the same watchdog_fire_timeout. Delays that concern *another* host
-use that host's io_timeout as read from its leader (`for_other`), so peers with different
-io_timeouts still agree on when a host is dead.
+Delays that concern *another* host use that host's io_timeout as read from its delta leader, and
+the longer of our watchdog_fire_timeout and the one it published there (`for_peer`,
+`for_other`): peers with different io_timeouts or fire timeouts still never judge a host dead
+before its watchdog has fired. (sanlock hosts publish no fire timeout; a cluster that mixes them
+with leasestore hosts must keep every fire timeout at or below sanlock's 60 s.)
 
 Our own io_timeout is configured in 1..255 s (`checked_io_timeout`: sanlock writes only the low
 8 bits). A peer's comes from a 16-bit field and is taken as it is, however large: a longer
@@ -10,6 +12,11 @@ io_timeout only makes us wait longer before judging that peer dead, never less.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leasestore.ondisk.leader import Leader
 
 from dataclasses import dataclass
 
@@ -99,8 +106,19 @@ class Timeouts:
             return 15
         return 0
 
-    def for_other(self, other_io_timeout_s: int) -> Timeouts:
-        """The rules for a peer whose leader says `other_io_timeout_s` (0: same as ours)."""
-        if other_io_timeout_s <= 0 or other_io_timeout_s == self.io_timeout_s:
+    def for_peer(self, leader: Leader) -> Timeouts:
+        """The rules by which we judge the owner of delta leader `leader`."""
+        return self.for_other(leader.io_timeout, leader.fire_timeout_s)
+
+    def for_other(self, other_io_timeout_s: int, other_fire_timeout_s: float = 0.0
+                  ) -> Timeouts:
+        """The rules by which we judge a peer whose delta leader says `other_io_timeout_s`
+        (0: as ours) and publishes `other_fire_timeout_s` (0: nothing published, as sanlock
+        hosts). Its watchdog fires after its own fire timeout, which we know only if it
+        published one: we count the longer of that and ours, so a peer with a longer fire
+        timeout is never judged dead while its watchdog may still be counting."""
+        io_s = other_io_timeout_s if other_io_timeout_s > 0 else self.io_timeout_s
+        fire_s = max(self.watchdog_fire_timeout_s, other_fire_timeout_s)
+        if (io_s, fire_s) == (self.io_timeout_s, self.watchdog_fire_timeout_s):
             return self
-        return Timeouts(other_io_timeout_s, self.watchdog_fire_timeout_s)
+        return Timeouts(io_s, fire_s)

@@ -487,19 +487,21 @@ def test_a_ballot_never_overwrites_the_release_mark_that_frees_our_lease() -> No
 
 
 def _stranded_holder(**config: Any) -> tuple[PaxosCluster, Violation | None]:
-    """Two hosts, one resource, processes that hold it for longer than host_dead; the holder's
-    storage hangs for good while the other host keeps asking for the lease. Runs the shipped
-    lockspace, resource service and supervisor; returns the cluster and its first violation."""
+    """Two hosts, one resource, processes that hold it for longer than host_dead. Host 0 joins
+    first and takes the lease; then host 1 joins and keeps asking for it while host 0's storage
+    hangs for good. Runs the shipped lockspace, resource service and supervisor; returns the
+    cluster and its first violation."""
     shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0, **config)
     cluster = PaxosCluster(3, shape, faults=Faults.none())
-    for host in cluster.hosts:
-        cluster.boot(host)
+    holder, other = cluster.hosts
+    cluster.boot(holder)
     world = cluster.world
+    world.run_until(60, cluster.check)
+    assert [host for host, _, _ in cluster.holdings()] == [holder]
+    cluster.boot(other)
     world.run_until(100, cluster.check)
-    holder = next(host for host, _, _ in cluster.holdings())
     world.outages[holder.machine] = (float("inf"), True)
     world.run_until(100 + 3 * shape.longest.host_dead_s, cluster.check)
-    other = next(h for h in cluster.hosts if h is not holder)
     assert other.acquisitions, "the other host never took the lease over"
     return cluster, (cluster.violations[0] if cluster.violations else None)
 
@@ -522,6 +524,18 @@ def test_a_holder_that_ignores_every_signal_is_fenced_by_the_watchdog() -> None:
     cluster, violation = _stranded_holder(ignores_sigterm=1.0, ignores_sigkill=1.0)
     assert violation is None, violation
     assert cluster.counts.get("sigkill") and cluster.counts.get("watchdog_reset"), cluster.counts
+
+
+def test_a_peer_with_a_longer_fire_timeout_is_judged_dead_by_its_own() -> None:
+    """Hosts with different watchdog_fire_timeouts (60 s on the holder, 5 s on the other):
+    judged by its own fire timeout, the other host took the lease over 8 × io_timeout + 5 s
+    after the holder's last renewal, while the holder's watchdog (and so its processes, which
+    ignore every signal) ran 55 s longer. Each host now publishes its fire timeout in its delta
+    leader, and peers wait for the longer of theirs and the published one."""
+    cluster, violation = _stranded_holder(fire_timeouts_s=(60.0, 5.0), ignores_sigterm=1.0,
+                                          ignores_sigkill=1.0)
+    assert violation is None, violation
+    assert cluster.counts.get("watchdog_reset"), cluster.counts
 
 
 def test_checker_catches_a_supervisor_that_lets_holders_run(

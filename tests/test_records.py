@@ -39,11 +39,14 @@ from leasestore.ondisk.leader import (
     LeaderMagic,
     decode_leader,
     encode_delta_sector,
+    fire_timeout_word,
     new_delta_leader,
     new_paxos_leader,
+    published_fire_timeout_s,
 )
 from leasestore.ondisk.names import decode_name, encode_name
 from leasestore.ondisk.request import REQUEST_LAYOUT, Request, decode_request
+from leasestore.timeouts import Timeouts
 
 MiB = 1 << 20
 G512 = Geometry(512, MiB)
@@ -224,3 +227,14 @@ def test_struct_codecs_give_the_construct_layouts_bytes(data: st.DataObject) -> 
         assert rebuilt == layout.build(fields)
         # Padding is written as zeros by both; every named byte survives the round trip.
         assert packer.unpack(rebuilt) == fields
+
+
+def test_a_delta_leader_publishes_its_fire_timeout_and_peers_wait_for_the_longer() -> None:
+    assert published_fire_timeout_s(fire_timeout_word(60)) == 60.0
+    assert published_fire_timeout_s(fire_timeout_word(2.5)) == 2.5
+    assert published_fire_timeout_s(0) == 0.0  # what sanlock writes: nothing published
+    assert published_fire_timeout_s(12345) == 0.0  # no tag: not ours
+    ours = Timeouts(1, 5)
+    assert ours.for_other(10, 60.0).host_dead_s == 8 * 10 + 60
+    assert ours.for_other(10, 0.0).host_dead_s == 8 * 10 + 5
+    assert ours.for_other(0, 2.0) is ours  # a shorter published timeout changes nothing

@@ -75,6 +75,23 @@ _LEADER_PACKER = Packer(LEADER_LAYOUT)
 _FIELD_NAMES: tuple[str, ...] = ()
 
 
+FIRE_TIMEOUT_TAG = 0x4C534657
+"""High half of `unused1` in a leasestore host's delta leader ("LSFW"): the low half is that
+host's watchdog_fire_timeout in milliseconds. sanlock writes 0 there and ignores the field."""
+
+
+def fire_timeout_word(fire_timeout_s: float) -> int:
+    """The `unused1` value that publishes our watchdog_fire_timeout."""
+    return (FIRE_TIMEOUT_TAG << 32) | min(0xFFFFFFFF, round(fire_timeout_s * 1000))
+
+
+def published_fire_timeout_s(unused1: int) -> float:
+    """The fire timeout a delta leader's `unused1` publishes; 0.0 if none (a sanlock host)."""
+    if unused1 >> 32 != FIRE_TIMEOUT_TAG:
+        return 0.0
+    return (unused1 & 0xFFFFFFFF) / 1000
+
+
 @dataclass(frozen=True)
 class Leader:
     """A decoded leader. `resource_name` is the owner's host name in a delta lease.
@@ -100,6 +117,11 @@ class Leader:
     write_timestamp: int = 0
     unused1: int = 0
     unused2: int = 0
+
+    @property
+    def fire_timeout_s(self) -> float:
+        """The watchdog_fire_timeout this delta leader's owner published (0.0: none)."""
+        return published_fire_timeout_s(self.unused1)
 
     @property
     def kind(self) -> str:

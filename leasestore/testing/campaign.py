@@ -94,7 +94,7 @@ def config_dimensions(config: ClusterConfig) -> dict[str, str]:
         "hosts": str(config.hosts),
         "io_timeouts": "equal" if len(io) == 1 else "mixed",
         "format_io_timeout": "as joined" if config.format_io_timeout_s in io else "differs",
-        "fire_timeout": f"{config.watchdog_fire_timeout_s:g}",
+        "fire_timeouts": ("equal" if len(set(config.fire_timeouts_s)) == 1 else "mixed"),
         "host_ids": "1..n" if config.host_ids == tuple(range(1, config.hosts + 1))
         else "sparse",
         "processes": str(config.processes),

@@ -65,7 +65,8 @@ class ClusterConfig:
     """Each host's io_timeout (what it joins with); peers judge it by what it writes."""
     format_io_timeout_s: int
     """The io_timeout written by the format, which the first join's wait follows."""
-    watchdog_fire_timeout_s: float
+    fire_timeouts_s: tuple[float, ...]
+    """Each host's watchdog_fire_timeout."""
     sector_size: int = 512
     align_size: int = 1 << 20
     processes: int = 1
@@ -82,7 +83,7 @@ class ClusterConfig:
               watchdog_fire_timeout_s: float = 60) -> ClusterConfig:
         """One io_timeout everywhere, host_ids 1..hosts, 512/1M: the classic shape."""
         return cls(hosts, resources, tuple(range(1, hosts + 1)), (io_timeout_s,) * hosts,
-                   io_timeout_s, watchdog_fire_timeout_s)
+                   io_timeout_s, (watchdog_fire_timeout_s,) * hosts)
 
     @classmethod
     def draw(cls, rng: random.Random, hosts: int | None = None,
@@ -97,8 +98,10 @@ class ClusterConfig:
         io_timeouts = tuple(base if rng.random() < 0.6 else rng.randint(1, 10) for _ in range(n))
         format_io = rng.choice((base, 10, rng.randint(1, 10)))
         fire = float(rng.choice((60, 60, 30, 10, 5)))
+        fires = tuple(fire if rng.random() < 0.7 else float(rng.choice((60, 30, 10, 5)))
+                      for _ in range(n))
         return cls(n, resources if resources is not None else rng.randint(1, 6), host_ids,
-                   io_timeouts, format_io, fire, sector_size, align_size,
+                   io_timeouts, format_io, fires, sector_size, align_size,
                    processes=rng.randint(1, 3), shared_fraction=rng.choice((0.0, 0.2, 0.5)))
 
     @property
@@ -106,19 +109,19 @@ class ClusterConfig:
         return Geometry(self.sector_size, self.align_size)
 
     def timeouts(self, host: int) -> Timeouts:
-        return Timeouts(self.io_timeouts_s[host], self.watchdog_fire_timeout_s)
+        return Timeouts(self.io_timeouts_s[host], self.fire_timeouts_s[host])
 
     @property
     def longest(self) -> Timeouts:
-        """The timeouts of the host with the longest io_timeout (the slowest to judge dead)."""
-        return Timeouts(max(self.io_timeouts_s), self.watchdog_fire_timeout_s)
+        """The longest io_timeout and fire timeout of any host (the slowest to judge dead)."""
+        return Timeouts(max(self.io_timeouts_s), max(self.fire_timeouts_s))
 
     def describe(self) -> str:
         return (f"{self.hosts} hosts (ids {list(self.host_ids)}, io_timeouts "
                 f"{list(self.io_timeouts_s)}, formatted with {self.format_io_timeout_s}), "
                 f"{self.resources} resources, {self.processes} processes/host, "
                 f"{self.sector_size}/{self.align_size >> 20}M, "
-                f"fire timeout {self.watchdog_fire_timeout_s:g} s")
+                f"fire timeouts {list(self.fire_timeouts_s)} s")
 
 
 @dataclass
@@ -335,7 +338,7 @@ class PaxosCluster:
     def _monitor(self, host: DaemonHost) -> Algorithm[None]:
         """The daemon's monitor thread: the shipped Supervisor decides; pets arm the watchdog.
         Then the operator's part: a failed lockspace with no holder left is added again."""
-        interval_s = monitor_interval_s(self.config.watchdog_fire_timeout_s)
+        interval_s = monitor_interval_s(host.timeouts.watchdog_fire_timeout_s)
         failed_since: float | None = None
         while True:
             now_s = yield Now()
@@ -358,7 +361,7 @@ class PaxosCluster:
         return [p.pid for p in host.processes.values() if p.alive and p.keys]
 
     def _pet(self, host: DaemonHost) -> None:
-        host.watchdog_deadline_s = self.world.now + self.config.watchdog_fire_timeout_s
+        host.watchdog_deadline_s = self.world.now + host.timeouts.watchdog_fire_timeout_s
         if host.watchdog_check_at is None:
             self._watch(host, host.boot, host.watchdog_deadline_s)
 
