@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,28 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
 def _states(out: str) -> dict[int, str]:
     return {int(h): s for h, s in re.findall(r"^h (\d+) gen \d+ timestamp \d+ (\w+)", out, re.M)}
 
+
+
+def _run_together(calls: list[Callable[[], object]], timeout_s: float) -> None:
+    """Run `calls` in threads at once; re-raise the first error any of them raised, and fail if
+    any is still running after timeout_s."""
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if errors:
+        raise errors[0]
+    assert not any(t.is_alive() for t in threads), f"still running after {timeout_s} s"
 
 def test_sanlock_and_leasestore_see_each_other_live(
     mixed: tuple[SanlockProc, DaemonProc, list[str]]
@@ -176,16 +199,13 @@ def test_each_implementation_takes_a_dead_hosts_lease_only_after_host_dead(
         slk1, slk3 = (SanlockProc(tmp_path, f"slk{i}", sanlock_bin) for i in (1, 3))
         ours2, ours4 = (DaemonProc(tmp_path, f"ours{i}", 1, W_S) for i in (2, 4))
         procs += [slk1, slk3, ours2, ours4]
-        joins = [threading.Thread(target=s.client, args=("add_lockspace", "-o", "1", "-s",
-                                                         f"{DEAD_LS}:{h}:{dev[h - 1]}:0"))
-                 for s, h in ((slk1, 1), (slk3, 3))]
-        joins += [threading.Thread(target=o.call, args=(client.add_lockspace, DEAD_LS, h,
-                                                        dev[h - 1], 0))
+        joins: list[Callable[[], object]] = [
+            functools.partial(s.client, "add_lockspace", "-o", "1", "-s",
+                              f"{DEAD_LS}:{h}:{dev[h - 1]}:0")
+            for s, h in ((slk1, 1), (slk3, 3))]
+        joins += [functools.partial(o.call, client.add_lockspace, DEAD_LS, h, dev[h - 1], 0)
                   for o, h in ((ours2, 2), (ours4, 4))]
-        for join in joins:
-            join.start()
-        for join in joins:
-            join.join(120)
+        _run_together(joins, 120)
         holders.append(subprocess.Popen(
             [slk1.bin, "client", "command", "-r", f"{DEAD_LS}:r-slk:{dev[0]}:{R_SLK}", "-c",
              "/bin/sleep", "600"], env=slk1.env, text=True))
@@ -227,12 +247,7 @@ def test_each_implementation_takes_a_dead_hosts_lease_only_after_host_dead(
             poll(attempt, HOST_DEAD_S + 40, interval_s=0.5, what="sanlock takes r-ours")
             taken["sanlock"] = time.monotonic()
 
-        takers = [threading.Thread(target=ours_takes_theirs),
-                  threading.Thread(target=theirs_takes_ours)]
-        for taker in takers:
-            taker.start()
-        for taker in takers:
-            taker.join(HOST_DEAD_S + 60)
+        _run_together([ours_takes_theirs, theirs_takes_ours], HOST_DEAD_S + 60)
         assert set(taken) == {"leasestore", "sanlock"}, taken
         for who, when in taken.items():
             # The last renewal was at most one renewal interval (2 s) before the kill.
