@@ -2,7 +2,8 @@
 
 Each class carries a stable integer `code`. Where sanlock has a code for the same condition we use
 sanlock's (negative SANLK_* values), so a code seen in our logs means the same thing in theirs. The
-daemon sends codes over the wire and the client maps them back to these classes (`error_for_code`).
+daemon sends each error's class name and code over the wire; the client raises the same class
+again (`ERROR_CLASSES`, by name, so classes that share a code stay apart).
 """
 
 from __future__ import annotations

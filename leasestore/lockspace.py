@@ -11,6 +11,10 @@ States, and what a holder of the lockspace may assume in each:
   to judge dead look alive again). Leave with rem_lockspace; re-join with add_lockspace.
 - RELEASED: we gave the host_id up cleanly (rem_lockspace); the thread has ended.
 
+Every change of state goes through one transition table (`next_state`): the renewal loop's
+callbacks and the monitor's expiry check report events, and an event the table does not allow
+in the current state is a bug, refused with an error rather than applied.
+
 In the daemon each lockspace has its own thread and its own device handle (its own AIO
 context), so a stuck device delays only its own lockspace. `check_expiry` is called by the
 daemon's monitor every second: it does not depend on the renewal thread being responsive (a
@@ -59,6 +63,49 @@ class LockspaceState(StrEnum):
     RENEWAL_FAILING = "renewal_failing"
     FAILED = "failed"
     RELEASED = "released"
+
+
+class LockspaceEvent(StrEnum):
+    """What the renewal loop (or the monitor) reports; the table below turns it into a state."""
+
+    JOINED = "joined"
+    RENEWED = "renewed"
+    RENEWAL_FAILED = "renewal_failed"
+    LOST = "lost"
+    """The host lease is lost or expired, or the join failed."""
+    RELEASED = "released"
+    """We gave the host_id up, or the join was cancelled."""
+
+
+_S, _E = LockspaceState, LockspaceEvent
+_NEXT: dict[tuple[LockspaceState, LockspaceEvent], LockspaceState] = {
+    (_S.JOINING, _E.RENEWED): _S.JOINING,  # the join's own renewal (delta.join)
+    (_S.JOINING, _E.RENEWAL_FAILED): _S.JOINING,  # ... which fails the join right after
+    (_S.JOINING, _E.JOINED): _S.HELD,
+    (_S.JOINING, _E.LOST): _S.FAILED,
+    (_S.JOINING, _E.RELEASED): _S.RELEASED,
+    (_S.HELD, _E.RENEWED): _S.HELD,
+    (_S.HELD, _E.RENEWAL_FAILED): _S.RENEWAL_FAILING,
+    (_S.HELD, _E.LOST): _S.FAILED,
+    (_S.HELD, _E.RELEASED): _S.RELEASED,
+    (_S.RENEWAL_FAILING, _E.RENEWED): _S.HELD,
+    (_S.RENEWAL_FAILING, _E.RENEWAL_FAILED): _S.RENEWAL_FAILING,
+    (_S.RENEWAL_FAILING, _E.LOST): _S.FAILED,
+    (_S.RENEWAL_FAILING, _E.RELEASED): _S.RELEASED,
+}
+"""Every legal transition. FAILED and RELEASED are terminal: they absorb every later event
+(a release after a failure stays FAILED: the host lease was not given up cleanly)."""
+TERMINAL = frozenset({LockspaceState.FAILED, LockspaceState.RELEASED})
+
+
+def next_state(state: LockspaceState, event: LockspaceEvent) -> LockspaceState:
+    """The state after `event`; raises LeasestoreError for a transition the table lacks."""
+    if state in TERMINAL:
+        return state
+    following = _NEXT.get((state, event))
+    if following is None:
+        raise LeasestoreError(f"internal error: lockspace event {event} in state {state}")
+    return following
 
 
 @dataclass(frozen=True)
@@ -162,7 +209,7 @@ class Lockspace(HostLeaseObserver):
             expired = (state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
                        and now_s >= self.valid_until_s)
         if expired:
-            self._set(LockspaceState.FAILED, HostLeaseExpired(
+            self._on(LockspaceEvent.LOST, HostLeaseExpired(
                 f"lockspace {self.name!r}: no successful renewal for "
                 f"{now_s - self.last_success_s:.1f} s (limit {self.timeouts.id_renewal_fail_s} s)"))
             self._stop.set()
@@ -210,7 +257,7 @@ class Lockspace(HostLeaseObserver):
             self.last_success_s = float(leader.timestamp)
         log.info("lockspace %s: joined as host_id %d generation %d", self.name,
                  self.spec.host_id, leader.owner_generation)
-        self._set(LockspaceState.HELD)
+        self._on(LockspaceEvent.JOINED)
 
     def renewed(self, outcome: RenewOutcome) -> None:
         record = RenewalRecord(
@@ -227,36 +274,37 @@ class Lockspace(HostLeaseObserver):
                 requested = self._requests_for_us(outcome.area)
         if requested and self.on_request is not None:
             self.on_request(self)
-        if self._state == LockspaceState.RENEWAL_FAILING:
-            self._set(LockspaceState.HELD)
+        self._on(LockspaceEvent.RENEWED)
 
     def renewal_failed(self, error: LeasestoreError, started_s: float, elapsed_s: float) -> None:
         log.warning("lockspace %s: renewal failed: %s", self.name, error)
         with self._lock:
             self._history.append(RenewalRecord(started_s, 0, 0, 0, round(elapsed_s * 1e6),
                                                str(error)))
-        if self._state == LockspaceState.HELD:
-            self._set(LockspaceState.RENEWAL_FAILING)
+        self._on(LockspaceEvent.RENEWAL_FAILED)
 
     def mismatch(self, message: str) -> None:
         log.warning("%s", message)
 
     def lost(self, error: LeasestoreError) -> None:
         log.error("lockspace %s: host lease lost: %s", self.name, error)
-        self._set(LockspaceState.FAILED, error)
+        self._on(LockspaceEvent.LOST, error)
 
     def released(self) -> None:
-        self._set(LockspaceState.RELEASED)
+        self._on(LockspaceEvent.RELEASED)
 
     def may_release(self) -> bool:
         return self._state != LockspaceState.FAILED
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _set(self, state: LockspaceState, error: LeasestoreError | None = None) -> None:
+    def _on(self, event: LockspaceEvent, error: LeasestoreError | None = None) -> None:
+        """Apply `event` through the transition table; waiters and `on_change` hear of every
+        change of state (and only of changes). `error` says why, for LOST and RELEASED."""
         with self._changed:
-            if self._state in (LockspaceState.FAILED, LockspaceState.RELEASED):
-                return  # terminal
+            state = next_state(self._state, event)
+            if state == self._state:
+                return
             self._state = state
             if error is not None:
                 self.error = error
@@ -269,13 +317,13 @@ class Lockspace(HostLeaseObserver):
             with self._open_device(self.spec.path) as device:
                 Driver({self.spec.path: device}, self._stop).run(self.membership())
         except LeasestoreError as exc:  # the device would not open
-            self._set(LockspaceState.FAILED, exc)
+            self._on(LockspaceEvent.LOST, exc)
         except Exception as exc:
             log.exception("lockspace %s: unexpected error", self.name)
-            self._set(LockspaceState.FAILED, LeasestoreError(f"internal error: {exc}"))
+            self._on(LockspaceEvent.LOST, LeasestoreError(f"internal error: {exc}"))
         finally:
             if self._state == LockspaceState.JOINING:
-                self._set(LockspaceState.FAILED, LeasestoreError("renewal thread ended"))
+                self._on(LockspaceEvent.LOST, LeasestoreError("renewal thread ended"))
 
     def membership(self) -> Algorithm[None]:
         """Join, renew until stopped (Cancelled thrown into a Sleep) or lost, then release.
@@ -291,11 +339,11 @@ class Lockspace(HostLeaseObserver):
                                        self.timeouts)
             yield from host_lease_loop(params, self, self._bitmap)
         except Cancelled:
-            self._set(LockspaceState.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
+            self._on(LockspaceEvent.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
         except LeasestoreError as exc:
-            self._set(LockspaceState.FAILED, exc)
+            self._on(LockspaceEvent.LOST, exc)
         except Exception as exc:  # a bug must not leave waiters blocked forever
             log.exception("lockspace %s: unexpected error", self.name)
-            self._set(LockspaceState.FAILED, LeasestoreError(f"internal error: {exc}"))
+            self._on(LockspaceEvent.LOST, LeasestoreError(f"internal error: {exc}"))
         if self._state == LockspaceState.JOINING:
-            self._set(LockspaceState.FAILED, LeasestoreError("renewal ended before the join"))
+            self._on(LockspaceEvent.LOST, LeasestoreError("renewal ended before the join"))

@@ -8,8 +8,8 @@ thread, so that each path's record of abandoned writes sees all of them (their w
 overlap). A lease can be acquired only in a
 lockspace whose host lease is HELD, with the lockspace's current host generation; the takeover
 rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
-Holders are recorded by key (lockspace, resource, path, offset); the daemon maps them to
-processes.
+Holders are recorded by key (lockspace, resource, path, offset) with the pids holding each:
+this is the daemon's one table of which process holds what (`held_by`, `in_lockspace`).
 
 A key is busy from the start of its acquire until that acquire has ended, and from the moment
 its last holder lets go until the release I/O has ended (or, for a failed one, its retries
@@ -79,6 +79,11 @@ class HeldResource:
     pid: int
     sharers: set[int] = field(default_factory=set)
     """Local pids holding this shared lease; the disk lease is released with the last one."""
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """The local processes holding it."""
+        return frozenset(self.sharers) if self.lease.shared else frozenset({self.pid})
 
     @property
     def state(self) -> str:
@@ -272,8 +277,8 @@ class ResourceService:
         `releasing` the key turns busy at once, for the release I/O the caller starts."""
         with self._lock:
             held = self.held.get(key)
-            if held is None:
-                raise LeaseNotHeld(f"lease {key[1]!r} is not held on this host")
+            if held is None or pid not in held.pids:
+                raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
             held.sharers.discard(pid)
             if held.sharers:
                 return None
@@ -307,6 +312,10 @@ class ResourceService:
         """Release after the holder is gone; failures are logged, not raised. In a lockspace
         that is not held any more the disk is not ours to write: the lease is only forgotten
         (others take it after host_dead)."""
+        with self._lock:
+            held = self.held.get(key)
+            if held is None or pid not in held.pids:
+                return  # released already (its session's end and its acquire both try)
         if lockspace is None or lockspace.state not in (LockspaceState.HELD,
                                                         LockspaceState.RENEWAL_FAILING):
             self.drop(key, pid)
@@ -359,6 +368,11 @@ class ResourceService:
         """Forget pid's hold without I/O (its lockspace failed: the disk is not ours to touch)."""
         with contextlib.suppress(LeaseNotHeld):
             self._unhold(key, pid, releasing=False)
+
+    def held_by(self, pid: int) -> list[HeldResource]:
+        """The leases process `pid` holds here (the one table of who holds what)."""
+        with self._lock:
+            return [h for h in self.held.values() if pid in h.pids]
 
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:

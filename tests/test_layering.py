@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "leasestore"
 
-L0 = {"errors", "units", "timeouts", "ondisk", "specs"}
+L0 = {"errors", "units", "timeouts", "ondisk", "specs", "tomlfile"}
 L1 = {"effects", "delta", "paxos", "liveness"}
 L2 = {"storage", "clock"}
 L3 = {"direct", "lockspace", "resource", "hoststate"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from leasestore.timeouts import (
     checked_fire_timeout,
     checked_io_timeout,
 )
+from leasestore.tomlfile import read_table
 from leasestore.units import checked_whole
 
 
@@ -41,14 +41,7 @@ class DaemonConfig:
     def load(cls, path: str | None, **overrides: Any) -> DaemonConfig:
         values: dict[str, Any] = {}
         if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    values = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise UsageError(f"config {path}: {exc}") from None
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UsageError(f"config {path}: unknown key(s) {sorted(unknown)}")
+            values = read_table(path, (f.name for f in dataclasses.fields(cls)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
         config.check()

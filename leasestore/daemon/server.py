@@ -42,7 +42,7 @@ from leasestore.errors import (
     UsageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
-from leasestore.resource import HeldResource, ResourceKey, ResourceService
+from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.direct import DirectDevice
 from leasestore.timeouts import Timeouts
@@ -72,12 +72,12 @@ class Peer:
 @dataclass
 class Session:
     """One client connection. Once registered it is the process's lease context: its leases
-    are released when the connection closes (the process exited or gave up)."""
+    (held in the ResourceService under its pid) are released when the connection closes (the
+    process exited or gave up)."""
 
     peer: Peer
     registered: bool = False
     closed: bool = False
-    leases: dict[ResourceKey, HeldResource] = field(default_factory=dict)
     killpath: list[str] = field(default_factory=list)
     acquiring: int = 0
     """Acquires under way for this process: it counts as a holder from their first I/O on."""
@@ -206,7 +206,8 @@ class Daemon:
         with self._record_lock:
             with self._lock:
                 holding = [s.process for s in self._registered.values()
-                           if s.process is not None and (s.leases or s.acquiring)]
+                           if s.process is not None
+                           and (s.acquiring or self.resources.held_by(s.peer.pid))]
             self._holder_record.write(holding)
 
     def serve_forever(self) -> None:
@@ -537,8 +538,6 @@ class Daemon:
                                               lver=None if cmd.lver < 0 else cmd.lver)
                 with self._lock:
                     gone = target.closed
-                    if not gone:
-                        target.leases[key] = held
         finally:
             with self._lock:
                 target.acquiring -= 1
@@ -552,8 +551,7 @@ class Daemon:
     def _release(self, cmd: wire.Release, session: Session) -> None:
         target = self._target(session, cmd.pid)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
-        with self._lock:
-            held = target.leases.pop(key, None)
+        held = next((h for h in self.resources.held_by(target.peer.pid) if h.key == key), None)
         if held is None:
             raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
         try:
@@ -564,8 +562,7 @@ class Daemon:
 
     def _inquire(self, cmd: wire.Inquire, session: Session) -> list[dict[str, object]]:
         target = self._target(session, cmd.pid)
-        with self._lock:
-            return [h.to_json() for h in target.leases.values()]
+        return [h.to_json() for h in self.resources.held_by(target.peer.pid)]
 
     def _request(self, cmd: wire.RequestRelease, session: Session) -> dict[str, int]:
         lockspace = self._named(cmd.lockspace)
@@ -591,7 +588,8 @@ class Daemon:
     def _examine(self, lockspace: Lockspace) -> None:
         """Act on requests recorded against leases we hold in this lockspace."""
         with self._lock:
-            holders = [(s, h) for s in self._registered.values() for h in s.leases.values()
+            holders = [(s, h) for s in self._registered.values()
+                       for h in self.resources.held_by(s.peer.pid)
                        if h.key[0] == lockspace.name]
         for session, held in holders:
             try:
@@ -624,8 +622,7 @@ class Daemon:
             session.closed = True
             if self._registered.get(session.peer.pid) is session:
                 del self._registered[session.peer.pid]
-            leases = list(session.leases)
-            session.leases.clear()
+            leases = [h.key for h in self.resources.held_by(session.peer.pid)]
         for key in leases:
             self._release_quietly(key, session.peer.pid)
         self._record_holders()
@@ -637,7 +634,7 @@ class Daemon:
     def _holders_in(self, name: str) -> list[Session]:
         with self._lock:
             return [s for s in self._registered.values()
-                    if any(key[0] == name for key in s.leases)]
+                    if any(h.key[0] == name for h in self.resources.held_by(s.peer.pid))]
 
     def _holder_pids_in(self, name: str) -> list[int]:
         return [session.peer.pid for session in self._holders_in(name)]

@@ -2,7 +2,7 @@
 
 `scan_leaders` views an area buffer as an array of leaders, one per sector, without copying.
 Checksums are not verified in bulk; callers verify the rows whose contents drive a decision
-(`verify_leader_rows`), as sanlock does for the sectors it acts on.
+(`leader_checksum_ok`), as sanlock does for the sectors it acts on.
 """
 
 from __future__ import annotations

@@ -6,22 +6,29 @@ collects resources (disks by path, or named leases) and then acquires, releases 
 Durable state lives in the backend (the lock itself, held by the VM process), never in the
 manager, so a manager process may restart while the VM runs.
 
-Rules common to every backend, enforced here:
-- resources are added only before acquire; READONLY resources take no lock;
-- operations a backend did not declare are refused with OperationDenied (hotplug on a started
-  object, acquiring with a migration state);
-- after acquire(RESTRICT) the object's own manager refuses further lock changes.
+Rules common to every backend, enforced here (`LockManager`):
+- resources are added only before acquire; READONLY resources take no lock; a LEASE resource
+  names its path and offset;
+- operations a backend did not declare are refused with OperationDenied: passing a state to a
+  backend without USES_STATE, locking or unlocking resources of a running object without
+  HOTPLUG;
+- with `require_lease_for_disks`, writable exclusive disks and no lease are ConfigUnsupported;
+- a freed manager refuses every call.
+Each backend enforces RESTRICT itself: after acquire(RESTRICT), lock changes made from the VM
+process are refused.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib.metadata
-import tomllib
 import uuid as uuidlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
+
+from leasestore.errors import UsageError
+from leasestore.tomlfile import read_table
 
 ENTRY_POINT_GROUP = "leasestore.lock_drivers"
 
@@ -228,10 +235,9 @@ def load_driver(name: str, config_path: str | None = None) -> LockDriver:
     config: dict[str, Any] = {}
     if config_path is not None:
         try:
-            with open(config_path, "rb") as f:
-                config = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise PluginLoadError(f"{config_path}: {exc}") from None
+            config = read_table(config_path)
+        except UsageError as exc:
+            raise PluginLoadError(str(exc)) from None
     cls = found[name].load()
     driver: LockDriver = cls(config)
     return driver

@@ -141,8 +141,6 @@ class SimProcess:
     ignores_sigkill: bool
     alive: bool = True
     holding: Holding | None = None
-    keys: set[ResourceKey] = field(default_factory=set)
-    """The leases the daemon holds for it (its session's leases)."""
 
 
 @dataclass
@@ -358,7 +356,9 @@ class PaxosCluster:
 
     def _holders_in(self, host: DaemonHost) -> list[int]:
         """As the daemon's: registered (live) processes with leases in the lockspace."""
-        return [p.pid for p in host.processes.values() if p.alive and p.keys]
+        service = host.resources
+        assert service is not None
+        return [p.pid for p in host.processes.values() if p.alive and service.held_by(p.pid)]
 
     def _pet(self, host: DaemonHost) -> None:
         host.watchdog_deadline_s = self.world.now + host.timeouts.watchdog_fire_timeout_s
@@ -412,9 +412,9 @@ class PaxosCluster:
         if host.boot != boot or not process.alive:
             return
         process.alive, process.holding = False, None
-        keys, process.keys = sorted(process.keys), set()
         service = host.resources
         assert service is not None
+        keys = sorted(h.key for h in service.held_by(process.pid))
         for key in keys:
             self._spawn(host, f"exit{process.pid}",
                         service.releasing_after_exit(host.lockspace, key, process.pid))
@@ -445,7 +445,6 @@ class PaxosCluster:
             if not process.alive:  # it died while the daemon acquired for it
                 yield from service.releasing_after_exit(lockspace, key, process.pid)
                 return
-            process.keys.add(key)
             self._granted(host, process, resource, held.lease)
             long_hold = rng.random() < self.config.long_hold_fraction
             hold_s = (rng.uniform(2, 6) * host.timeouts.host_dead_s if long_hold
@@ -454,7 +453,6 @@ class PaxosCluster:
             if not process.alive:
                 return  # its exit released the lease
             process.holding = None
-            process.keys.discard(key)
             with contextlib.suppress(LeasestoreError):
                 yield from service.releasing(lockspace, key, process.pid)
             yield Sleep(rng.uniform(0, 2 * io_s))
