@@ -2,6 +2,7 @@
 
 The daemons are shared by the tests of this module, which run in order: join, see each other,
 refuse a duplicate, survive hostile clients, leave, and finally a SIGKILLed host is judged dead.
+Each test also passes alone: the `joined` fixture joins whatever the tests before did not.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         loops.detach_all()
 
 
+@pytest.fixture
+def joined(cluster: Cluster) -> Cluster:
+    """Daemon a joined as host 1 and b as host 2, whether the tests before ran or not."""
+    for index, host_id in ((0, 1), (1, 2)):
+        daemon = cluster.daemons[index]
+        if daemon.call(client.inq_lockspace, LS, host_id, cluster.devices[index], 0) is not True:
+            cluster.add(index, host_id)
+    return cluster
+
+
 def test_two_daemons_join_and_see_each_other_live(cluster: Cluster) -> None:
     started = time.monotonic()
     cluster.add(0, 1)
@@ -82,7 +93,8 @@ def test_two_daemons_join_and_see_each_other_live(cluster: Cluster) -> None:
     assert history and all(r["error"] is None and r["read_us"] > 0 for r in history)
 
 
-def test_duplicate_host_id_is_refused(cluster: Cluster) -> None:
+def test_duplicate_host_id_is_refused(joined: Cluster) -> None:
+    cluster = joined
     c = cluster.daemons[2]
     with pytest.raises(HostIdBusy, match="held by live host 'host-a'"):
         cluster.add(2, 1)
@@ -106,7 +118,8 @@ def _raw_exchange(run_dir: str, payload: bytes) -> list[dict[str, object]]:
     return [json.loads(line) for line in data.splitlines()]
 
 
-def test_malformed_requests_get_errors_and_never_crash(cluster: Cluster) -> None:
+def test_malformed_requests_get_errors_and_never_crash(joined: Cluster) -> None:
+    cluster = joined
     a = cluster.daemons[0]
     bad_lines = [
         b"not json\n",
@@ -136,7 +149,8 @@ def test_malformed_requests_get_errors_and_never_crash(cluster: Cluster) -> None
         conn.call(wire.GetHosts("x" * 49))
 
 
-def test_rem_lockspace_releases_the_sector(cluster: Cluster) -> None:
+def test_rem_lockspace_releases_the_sector(joined: Cluster) -> None:
+    cluster = joined
     b = cluster.daemons[1]
     b.call(client.rem_lockspace, LS, 2, cluster.devices[1], 0)
     record = next(r for r in dump(cluster.devices[1], 0, 1 << 20) if r.host_id == 2)
@@ -149,7 +163,8 @@ def test_rem_lockspace_releases_the_sector(cluster: Cluster) -> None:
     assert b.call(client.inq_lockspace, LS, 2, cluster.devices[1], 0) is True
 
 
-def test_killed_host_is_dead_no_sooner_than_host_dead(cluster: Cluster) -> None:
+def test_killed_host_is_dead_no_sooner_than_host_dead(joined: Cluster) -> None:
+    cluster = joined
     a, b = cluster.daemons[0], cluster.daemons[1]
     poll(lambda: b.hosts(LS).get(1, {}).get("state") == "live", 15, what="b sees a live")
     a.kill()
