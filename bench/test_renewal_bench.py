@@ -2,7 +2,7 @@
 
 Pattern per renewal: one read of the whole lockspace area and one write of our own sector
 (1 MiB + 512 B at 512/1M; 8 MiB + 4 KiB at 4096/8M). The leasestore figure is one call of the
-real L1 `renew` through the real driver (AIO, timeouts, decoding and verification included).
+real L1 `renew` through the real DeviceRunner (AIO, timeouts, decoding and verification included).
 Run: python3 -m pytest bench/ --benchmark-json=bench/results.json
 """
 
@@ -23,8 +23,8 @@ from leasestore.liveness import HostTable
 from leasestore.ondisk.areas import lockspace_area_image
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, decode_leader, encode_delta_sector
-from leasestore.storage.direct import DirectDevice
-from leasestore.storage.driver import Driver
+from leasestore.storage.odirect import DirectDevice
+from leasestore.storage.runner import DeviceRunner
 from leasestore.testing.sidebyside import RawRenewal, ratio, summary
 from leasestore.timeouts import Timeouts
 
@@ -83,12 +83,12 @@ def test_leasestore_renewal(benchmark: Any, bench_devices: dict[int, str],
     geo = Geometry(sector_size, align)
     format_lockspace(path, "bench", 0, sector_size=sector_size, align=align, force=True)
     with DirectDevice(path) as device:
-        driver = Driver({"dev": device})
+        runner = DeviceRunner({"dev": device})
         params, held = _hold_host_5(device, geo)
         state = {"last": held}
 
         def one_renewal() -> None:
-            state["last"] = driver.run(renew(params, state["last"], True)).leader
+            state["last"] = runner.run(renew(params, state["last"], True)).leader
 
         benchmark.pedantic(one_renewal, rounds=300, warmup_rounds=20)
 
@@ -107,11 +107,11 @@ def test_renewal_interleaved_with_raw(bench_devices: dict[int, str],
     samples: dict[str, list[float]] = {"raw O_DIRECT": [], "leasestore": []}
     try:
         with DirectDevice(path) as device:
-            driver = Driver({"dev": device})
+            runner = DeviceRunner({"dev": device})
             params, last = _hold_host_5(device, geo)
             for index in range(INTERLEAVED_ROUNDS + INTERLEAVED_WARMUP):
                 started = time.perf_counter()
-                last = driver.run(renew(params, last, True)).leader
+                last = runner.run(renew(params, last, True)).leader
                 ours_s = time.perf_counter() - started
                 raw_s = raw.time_once()
                 if index >= INTERLEAVED_WARMUP:

@@ -39,7 +39,7 @@ from leasestore.ondisk.leader import (
     new_delta_leader,
 )
 from leasestore.ondisk.request import decode_request
-from leasestore.storage.direct import DirectDevice
+from leasestore.storage.odirect import DirectDevice
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, checked_io_timeout
 from leasestore.units import MiB
 

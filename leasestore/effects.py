@@ -1,5 +1,5 @@
 """Effects: what an algorithm asks of the world. Algorithms are generators that yield effects
-and receive results, so the same code runs on a real device (storage.driver) and in the
+and receive results, so the same code runs on a real device (storage.runner) and in the
 simulator (testing).
 
 Result of each effect sent back into the generator:

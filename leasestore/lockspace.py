@@ -49,8 +49,8 @@ from leasestore.liveness import HostStatus, HostTable, OwnerView
 from leasestore.ondisk.bitmap import host_bit_is_set, set_host_bits
 from leasestore.ondisk.leader import Leader
 from leasestore.specs import LockspaceSpec
-from leasestore.storage.direct import DirectDevice
-from leasestore.storage.driver import Driver
+from leasestore.storage.odirect import DirectDevice
+from leasestore.storage.runner import DeviceRunner
 from leasestore.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class Lockspace(HostLeaseObserver):
     def _run(self) -> None:
         try:
             with self._open_device(self.spec.path) as device:
-                Driver({self.spec.path: device}, self._stop).run(self.membership())
+                DeviceRunner({self.spec.path: device}, self._stop).run(self.membership())
         except LeasestoreError as exc:  # the device would not open
             self._on(LockspaceEvent.LOST, exc)
         except Exception as exc:

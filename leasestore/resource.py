@@ -1,7 +1,7 @@
 """Resource leases this host holds, on top of its lockspaces.
 
 Each acquire or release is an effect generator (`acquiring`, `releasing`, `releasing_after_exit`)
-whose effects name devices by path; the daemon's threads run them through a real driver
+whose effects name devices by path; the daemon's threads run them through a DeviceRunner
 (`acquire`, `release`), the simulator runs the same generators. Background retries are started
 through the `spawn` seam. In the daemon, devices are opened once per path and shared by every
 thread, so that each path's record of abandoned writes sees all of them (their waits still
@@ -63,8 +63,8 @@ from leasestore.paxos import (
     withdraw_claim,
 )
 from leasestore.specs import escape_path
-from leasestore.storage.direct import DirectDevice
-from leasestore.storage.driver import Driver
+from leasestore.storage.odirect import DirectDevice
+from leasestore.storage.runner import DeviceRunner
 
 log = logging.getLogger(__name__)
 ResourceKey = tuple[str, str, str, int]
@@ -164,7 +164,7 @@ class ResourceService:
             return device
 
     def _run(self, algorithm: Algorithm[T]) -> T:
-        return Driver(_OpenOnUse(self._device), self._closed).run(algorithm)
+        return DeviceRunner(_OpenOnUse(self._device), self._closed).run(algorithm)
 
     def _spawn_thread(self, name: str, algorithm: Algorithm[None]) -> None:
         threading.Thread(target=self._run, args=(algorithm,), name=name, daemon=True).start()
@@ -380,7 +380,7 @@ class ResourceService:
 
 
 class _OpenOnUse(Mapping[str, DirectDevice]):
-    """The devices a driver may use, named by path, each opened on first use."""
+    """The devices a runner may use, named by path, each opened on first use."""
 
     def __init__(self, device: Callable[[str], DirectDevice]) -> None:
         self._device = device

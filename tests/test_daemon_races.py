@@ -26,7 +26,7 @@ from leasestore.errors import LeaseAlreadyHeld
 from leasestore.lockspace import LockspaceState
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
 from leasestore.storage.device import IOOp, IOOutcome, WriteOp
-from leasestore.storage.direct import DirectDevice
+from leasestore.storage.odirect import DirectDevice
 from leasestore.testing.procs import make_file, poll, run_dir
 
 LS = "race-ls"

@@ -19,7 +19,7 @@ from leasestore.errors import (
     StorageError,
 )
 from leasestore.storage.device import ReadOp, WriteOp
-from leasestore.storage.direct import DirectDevice, probe_path
+from leasestore.storage.odirect import DirectDevice, probe_path
 from leasestore.testing.procs import LoopDevices, make_file
 
 MiB = 1 << 20

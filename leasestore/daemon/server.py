@@ -44,7 +44,7 @@ from leasestore.errors import (
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
-from leasestore.storage.direct import DirectDevice
+from leasestore.storage.odirect import DirectDevice
 from leasestore.timeouts import Timeouts
 
 log = logging.getLogger(__name__)

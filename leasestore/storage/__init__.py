@@ -1,1 +1,2 @@
-"""Real storage: O_DIRECT devices with bounded I/O, and the driver that runs effects on them."""
+"""Real storage: O_DIRECT devices with bounded I/O (odirect), and the DeviceRunner that runs effects
+on them (runner)."""

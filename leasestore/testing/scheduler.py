@@ -9,7 +9,7 @@ Faults, drawn per I/O: an error; a slow I/O that outlives its timeout (a slow wr
 after the task was told it timed out); a torn multi-sector write (sectors land separately).
 Per host: a storage outage (every I/O fails, or hangs until its timeout and never lands).
 Per task: crash (the generator is dropped, its in-flight writes still land) and pause (the task
-stops running; its clock keeps going). Sleep is cancellable like the real driver's.
+stops running; its clock keeps going). Sleep is cancellable like the DeviceRunner's.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class SimWorld:
         self.count("pause")
 
     def cancel(self, task: SimTask) -> None:
-        """Like the driver's stop event: the current or next Sleep raises Cancelled."""
+        """Like the DeviceRunner's stop event: the current or next Sleep raises Cancelled."""
         task.cancel_requested = True
         if task.sleeping_token is not None:
             token = task.sleeping_token

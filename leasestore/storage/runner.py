@@ -1,4 +1,4 @@
-"""The real driver: runs an effect generator against `Device`s and the lease clock (clock.py).
+"""The DeviceRunner: runs an effect generator against `Device`s and the lease clock (clock.py).
 
 Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `stop` so that a
 removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
@@ -19,8 +19,8 @@ from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
 T = TypeVar("T")
 
 
-class Driver:
-    """Runs algorithms on real devices. One driver per thread of control."""
+class DeviceRunner:
+    """Runs algorithms on real devices. One runner per thread of control."""
 
     def __init__(self, devices: Mapping[str, Device], stop: threading.Event | None = None) -> None:
         self.devices = devices
