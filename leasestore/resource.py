@@ -183,14 +183,10 @@ class ResourceService:
     def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                 force_mode: int) -> int:
         """Write the request record; returns the owner's host_id (0: nothing requested)."""
-        return self._run(self._requesting(lockspace, key, lver, force_mode))
+        return self._run(self.requesting(lockspace, key, lver, force_mode))
 
-    def pending_request(self, lockspace: Lockspace, held: HeldResource) -> Request | None:
-        """The request record of a lease we hold, if it asks us to give it up."""
-        record: Request = self._run(read_request(held.params))
-        if record.force_mode and record.lver > held.lease.lver:
-            return record
-        return None
+    def pending_requests(self, name: str) -> list[tuple[HeldResource, Request]]:
+        return self._run(self.examining(name))
 
     def close(self) -> None:
         self._closed.set()
@@ -358,7 +354,22 @@ class ResourceService:
 
         self._spawn(f"retry-{key[1]}", retry())
 
-    def _requesting(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
+    def examining(self, name: str) -> Algorithm[list[tuple[HeldResource, Request]]]:
+        """The leases held here in lockspace `name` whose request record asks us to give them
+        up (a forcing mode, for a version past ours), with those records. A record that cannot
+        be read is logged and passed over: the requester asks again."""
+        asked: list[tuple[HeldResource, Request]] = []
+        for held in self.in_lockspace(name):
+            try:
+                record = yield from read_request(held.params)
+            except LeasestoreError as exc:
+                log.warning("examining %s failed: %s", held.key[1], exc)
+                continue
+            if record.force_mode and record.lver > held.lease.lver:
+                asked.append((held, record))
+        return asked
+
+    def requesting(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                     force_mode: int) -> Algorithm[int]:
         params = yield from self._params(lockspace, key)
         owner: int = yield from request(params, lver, force_mode)

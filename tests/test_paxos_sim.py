@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import leasestore.paxos as paxos_module
+import leasestore.resource as resource_module
 from leasestore.daemon.supervisor import Supervisor
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
 from leasestore.effects import Algorithm, Read, Write
@@ -21,8 +22,10 @@ from leasestore.errors import (
     AcquireIdLive,
     AcquireLver,
     AcquireOther,
+    BadChecksum,
     BadDblockChecksum,
     IOFailed,
+    LeaderStale,
     ReleaseOwner,
     RequestLver,
     RequestOld,
@@ -31,6 +34,7 @@ from leasestore.errors import (
 )
 from leasestore.lockspace import Lockspace
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
+from leasestore.ondisk.checksum import sanlock_crc
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
     Dblock,
@@ -39,7 +43,7 @@ from leasestore.ondisk.dblock import (
     encode_dblock_sector,
 )
 from leasestore.ondisk.geometry import Geometry, pad_sector
-from leasestore.ondisk.leader import Leader, decode_leader
+from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET, Leader, decode_leader
 from leasestore.ondisk.request import decode_request
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
 from leasestore.resource import ResourceKey, ResourceService
@@ -580,3 +584,71 @@ def test_orphan_checker_catches_leases_left_owned_by_live_hosts(
     monkeypatch.setattr(ResourceService, "releasing", _releasing_without_io)
     found = orphans()
     assert found and "cannot acquire it" in str(found[0]), found
+
+
+def test_liveness_checker_catches_a_resource_nobody_can_acquire(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host may be granted some lease while one resource stays dead for good: the
+    per-resource liveness check reports it (here res0 is made to fail every acquire)."""
+    real_acquire = ResourceService.acquiring
+
+    def res0_fails(self: ResourceService, lockspace: Lockspace, key: ResourceKey, pid: int, *,
+                   shared: bool = False, lver: int | None = None) -> Algorithm[Any]:
+        if key[1] == "res0":
+            raise LeaderStale("res0 is broken for this test")
+        return (yield from real_acquire(self, lockspace, key, pid, shared=shared, lver=lver))
+
+    monkeypatch.setattr(ResourceService, "acquiring", res0_fails)
+    cluster = PaxosCluster(2, FIXED.config(2), faults=CAMPAIGN_FAULTS)
+    cluster.run(FIXED.chaos_s)
+    assert [str(v) for v in cluster.liveness_failures if "res0 was granted to nobody" in str(v)]
+    assert not [v for v in cluster.liveness_failures if "acquired nothing" in str(v)]
+
+
+def test_fencing_holds_when_the_holders_clock_runs_slow_and_the_takers_fast() -> None:
+    """Clocks 0.1 % apart (far worse than NTP-less hosts drift): the slow holder believes its
+    lease valid a little longer, the fast taker judges it dead a little sooner; the margins of
+    the timing rules still cover it."""
+    cluster, violation = _stranded_holder(clock_drifts=(-1e-3, 1e-3), ignores_sigterm=1.0,
+                                          ignores_sigkill=1.0)
+    assert violation is None, violation
+    assert cluster.counts.get("watchdog_reset"), cluster.counts
+
+
+def _corrupt_leader_while_held() -> PaxosCluster:
+    """Host 0 holds res0 for longer than the run; a byte of res0's leader is flipped; host 1
+    then asks for res0 for 200 s."""
+    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0)
+    cluster = PaxosCluster(4, shape, faults=Faults.none())
+    holder, other = cluster.hosts
+    cluster.boot(holder)
+    cluster.world.run_until(60, cluster.check)
+    assert [host for host, _, _ in cluster.holdings()] == [holder]
+    cluster.disk.corrupt(cluster._offset(0), 152)  # the leader's timestamp
+    cluster.boot(other)
+    cluster.world.run_until(260, cluster.check)
+    return cluster
+
+
+def test_a_leader_with_a_bad_checksum_is_never_taken_as_free() -> None:
+    cluster = _corrupt_leader_while_held()
+    assert not cluster.violations and cluster.hosts[1].acquisitions == 0
+
+
+def _taken_as_free_if_corrupt(raw: bytes, magics: tuple[int, ...] | None = None) -> Leader:
+    """A broken reader: a leader whose checksum fails is read as free."""
+    try:
+        return decode_leader(raw, magics)
+    except BadChecksum:
+        fixed = bytearray(raw[:G.sector_size])
+        fixed[LEADER_CHECKSUM_OFFSET:LEADER_CHECKSUM_OFFSET + 4] = sanlock_crc(
+            bytes(fixed[:LEADER_CHECKSUM_OFFSET])).to_bytes(4, "little")
+        return decode_leader(bytes(fixed), magics).replace(timestamp=0)
+
+
+def test_checker_catches_a_reader_that_takes_a_corrupt_leader_as_free(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paxos_module, "decode_leader", _taken_as_free_if_corrupt)
+    monkeypatch.setattr(resource_module, "decode_leader", _taken_as_free_if_corrupt)
+    cluster = _corrupt_leader_while_held()
+    assert cluster.violations and "held by live processes" in str(cluster.violations[0])

@@ -586,22 +586,17 @@ class Daemon:
         threading.Thread(target=self._examine, args=(lockspace,), daemon=True).start()
 
     def _examine(self, lockspace: Lockspace) -> None:
-        """Act on requests recorded against leases we hold in this lockspace."""
-        with self._lock:
-            holders = [(s, h) for s in self._registered.values()
-                       for h in self.resources.held_by(s.peer.pid)
-                       if h.key[0] == lockspace.name]
-        for session, held in holders:
-            try:
-                record = self.resources.pending_request(lockspace, held)
-            except LeasestoreError as exc:
-                log.warning("examining %s failed: %s", held.key[1], exc)
-                continue
-            if record is None:
-                continue
-            log.warning("request for %s (lver %d, mode %d): stopping pid %d", held.key[1],
-                        record.lver, record.force_mode, session.peer.pid)
-            self._stop_holder(session, graceful=record.force_mode == 2)
+        """Act on requests recorded against leases we hold in this lockspace: stop every local
+        holder of each lease asked for (SIGKILL, or gracefully for force_mode 2)."""
+        for held, record in self.resources.pending_requests(lockspace.name):
+            for pid in sorted(held.pids):
+                with self._lock:
+                    session = self._registered.get(pid)
+                if session is None:
+                    continue
+                log.warning("request for %s (lver %d, mode %d): stopping pid %d", held.key[1],
+                            record.lver, record.force_mode, pid)
+                self._stop_holder(session, graceful=record.force_mode == 2)
 
     def _stop_holder(self, session: Session, graceful: bool) -> None:
         if graceful and session.killpath:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
 from leasestore.testing.scheduler import Faults
 
-CAMPAIGN_FAULTS = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2)
+CAMPAIGN_FAULTS = Faults(io_error=0.03, slow_io=0.03, torn_write=0.2, torn_read=0.1)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,11 @@ def config_dimensions(config: ClusterConfig) -> dict[str, str]:
         "host_ids": "1..n" if config.host_ids == tuple(range(1, config.hosts + 1))
         else "sparse",
         "processes": str(config.processes),
+        "num_hosts": ("below some host_ids" if any(
+            0 < limit < max(config.host_ids) for limit in config.num_hosts) else "all slots"),
         "shared": "yes" if config.shared_fraction else "no",
+        "clock_drift": (f"{max(abs(d) for d in config.clock_drifts):.0e}"
+                        if config.clock_drifts else "none"),
     }
 
 

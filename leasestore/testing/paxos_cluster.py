@@ -8,8 +8,8 @@ simulated is only the world around that code: the disk and its faults, the proce
 leases (which die, or ignore SIGTERM, or ignore even SIGKILL as a process stuck in the kernel
 does), the hardware watchdog (it resets the host `watchdog_fire_timeout` after the last pet),
 machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), storage
-outages of one host (its I/O fails or hangs), and an operator who adds a failed lockspace
-again once its holders are gone.
+outages of one host (its I/O fails or hangs), a corrupted sector of one resource, and an
+operator who adds a failed lockspace again once its holders are gone.
 
 Each seed draws a configuration (`ClusterConfig.draw`): hosts and their host_ids, resources,
 processes per host, per-host io_timeouts and the io_timeout the area was formatted with, the
@@ -22,7 +22,7 @@ Checkers:
 - lver: every exclusive grant's lver is above all earlier ones of that resource, or equal to
   the last one when granted again to the same host generation;
 - liveness: once faults stop and the devices' queues have drained, every host is granted a
-  lease within `settle_s`;
+  lease, and every resource is granted to someone, within `settle_s`;
 - orphans: at the end, with every process gone, each resource can be acquired from a live host
   (none is left owned by a live host that does not hold it, or blocked by a stale claim).
 """
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.effects import Algorithm, Now, Sleep
-from leasestore.errors import LeasestoreError
+from leasestore.errors import AcquireIdLive, AcquireOwned, LeasestoreError
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
@@ -72,7 +72,13 @@ class ClusterConfig:
     processes: int = 1
     """Lease-holding processes per host."""
     shared_fraction: float = 0.2
+    clock_drifts: tuple[float, ...] = ()
+    num_hosts: tuple[int, ...] = ()
+    """Each resource's num_hosts at format (0: every slot); a host above it may not acquire."""
+    """Each host's clock drift (0.001: its clock gains 1 ms a second); none if empty."""
     long_hold_fraction: float = 0.2
+    request_fraction: float = 0.1
+    """How often a process refused a lease asks its holder for it (request, force mode 1/2)."""
     """Holds that outlast host_dead several times over (a VM runs for days)."""
     ignores_sigterm: float = 0.3
     ignores_sigkill: float = 0.03
@@ -100,9 +106,15 @@ class ClusterConfig:
         fire = float(rng.choice((60, 60, 30, 10, 5)))
         fires = tuple(fire if rng.random() < 0.7 else float(rng.choice((60, 30, 10, 5)))
                       for _ in range(n))
-        return cls(n, resources if resources is not None else rng.randint(1, 6), host_ids,
+        resources_n = resources if resources is not None else rng.randint(1, 6)
+        return cls(n, resources_n, host_ids,
                    io_timeouts, format_io, fires, sector_size, align_size,
-                   processes=rng.randint(1, 3), shared_fraction=rng.choice((0.0, 0.2, 0.5)))
+                   processes=rng.randint(1, 3), shared_fraction=rng.choice((0.0, 0.2, 0.5)),
+                   clock_drifts=tuple(rng.uniform(-drift, drift) for _ in range(n))
+                   if (drift := rng.choice((0.0, 1e-4, 1e-3))) else (),
+                   num_hosts=tuple(rng.choice((0, rng.choice(host_ids)))
+                                   for _ in range(resources_n))
+                   if rng.random() < 0.3 else ())
 
     @property
     def geometry(self) -> Geometry:
@@ -149,6 +161,7 @@ class DaemonHost:
     host_id: int
     timeouts: Timeouts
     clock_offset_s: float
+    clock_rate: float = 1.0
     boot: int = 0
     lockspace: Lockspace | None = None
     resources: ResourceService | None = None
@@ -197,19 +210,36 @@ class PaxosCluster:
         self.disk = SimDisk(size, self.geometry.sector_size, DEVICE)
         self.disk.land(0, lockspace_area_image(SPACE, self.geometry, config.format_io_timeout_s))
         for r in range(config.resources):
-            self.disk.land(self._offset(r), resource_area_image(SPACE, f"res{r}", self.geometry))
+            self.disk.land(self._offset(r), resource_area_image(
+                SPACE, f"res{r}", self.geometry, config.num_hosts[r] if config.num_hosts else 0))
         self.world = SimWorld(seed, {DEVICE: self.disk}, faults)
         rng = self.world.rng
         self.hosts = [DaemonHost(i, config.host_ids[i], config.timeouts(i),
-                              rng.uniform(100.0, 100000.0)) for i in range(config.hosts)]
+                                 rng.uniform(100.0, 100000.0),
+                                 1.0 + (config.clock_drifts[i] if config.clock_drifts else 0.0))
+                      for i in range(config.hosts)]
         self.logs = [ResourceLog() for _ in range(config.resources)]
         self.violations: list[Violation] = []
         self.liveness_failures: list[Violation] = []
         self.orphans: list[Violation] = []
         self.counts: dict[str, int] = {}
         self._reported: set[str] = set()
+        self.corrupted: set[int] = set()
+        """Resources with a sector corrupted by the fault phase (left out of liveness checks)."""
         self._acquired_at_settle: list[int] | None = None
+        self._granted_at_settle: list[int] = []
+        """Each resource's grants when the fault-free phase began."""
         self._winding_down = False
+
+    def serves(self, resource: int, host: DaemonHost) -> bool:
+        """Whether `host` may acquire `resource` at all (its host_id within num_hosts)."""
+        limit = self.config.num_hosts[resource] if self.config.num_hosts else 0
+        return limit == 0 or host.host_id <= limit
+
+    def _usable(self, resource: int) -> bool:
+        """Some host may acquire it, and no fault has damaged it."""
+        return (resource not in self.corrupted
+                and any(self.serves(resource, h) for h in self.hosts))
 
     def _offset(self, resource: int) -> int:
         return self.geometry.align_size * (1 + resource)
@@ -273,12 +303,15 @@ class PaxosCluster:
         if not live:
             return
         for r in range(self.resources):
+            served = [h for h in live if self.serves(r, h)]
+            if r in self.corrupted or not served:
+                continue
             owner = self._leader(r).owner_id  # the owner itself might take its own lease back
-            host = next((h for h in live if h.host_id != owner), live[r % len(live)])
+            host = next((h for h in served if h.host_id != owner), served[r % len(served)])
             assert host.lockspace is not None and host.resources is not None
             task = self.world.spawn(f"{host.name}:probe-res{r}",
                                     self._probe(host.lockspace, host.resources, r),
-                                    host.clock_offset_s, host.machine)
+                                    host.clock_offset_s, host.machine, host.clock_rate)
             probes.append((r, host, task))
         longest = self.config.longest
         self.world.run_until(self.world.now + 4 * longest.host_dead_s)
@@ -306,13 +339,13 @@ class PaxosCluster:
 
     def _spawn(self, host: DaemonHost, name: str, algorithm: Algorithm[object]) -> None:
         task = self.world.spawn(f"{host.name}:{name}", algorithm, host.clock_offset_s,
-                                host.machine)
+                                host.machine, host.clock_rate)
         host.tasks.append(task)
         if host.stalled_until_s > self.world.now:  # started by a stalled daemon: stalled too
             self.world.pause(task, host.stalled_until_s - self.world.now)
 
     def _host_clock(self, host: DaemonHost) -> float:
-        return self.world.now + host.clock_offset_s
+        return self.world.now * host.clock_rate + host.clock_offset_s
 
     def boot(self, host: DaemonHost) -> None:
         """Start the host's daemon (and its processes) afresh, as after a reboot."""
@@ -330,8 +363,35 @@ class PaxosCluster:
     def _add_lockspace(self, host: DaemonHost) -> None:
         spec = LockspaceSpec(SPACE, host.host_id, DEVICE, 0)
         host.lockspace = Lockspace(spec, f"host{host.host_id}-{host.incarnation}", host.timeouts,
-                                   now=lambda: self._host_clock(host))
+                                   now=lambda: self._host_clock(host),
+                                   on_request=lambda _: self._spawn(host, "examine",
+                                                                    self._examine(host)))
         self._spawn(host, "lockspace", host.lockspace.membership())
+
+    def _examine(self, host: DaemonHost) -> Algorithm[None]:
+        """The daemon's answer to a request flag: the shipped `examining` finds the leases
+        asked for; their holders are stopped as the daemon stops them."""
+        service = host.resources
+        assert service is not None
+        for held, record in (yield from service.examining(SPACE)):
+            self._count("request_honoured")
+            for pid in sorted(held.pids):
+                self._signal(host, pid, graceful=record.force_mode == 2)
+
+    def _ask_for(self, host: DaemonHost, lockspace: Lockspace, key: ResourceKey
+                 ) -> Algorithm[None]:
+        """A process denied a lease asks its holder to give it up, as `request` does through
+        the daemon: write the request record, then flag the owner (or examine, if it is us)."""
+        service = host.resources
+        assert service is not None
+        force_mode = self.world.rng.choice((1, 2))
+        with contextlib.suppress(LeasestoreError):
+            owner = yield from service.requesting(lockspace, key, None, force_mode)
+            self._count("request")
+            if owner == host.host_id:
+                self._spawn(host, "examine", self._examine(host))
+            elif owner:
+                lockspace.flag_host(owner)
 
     def _monitor(self, host: DaemonHost) -> Algorithm[None]:
         """The daemon's monitor thread: the shipped Supervisor decides; pets arm the watchdog.
@@ -439,6 +499,11 @@ class PaxosCluster:
             shared = rng.random() < self.config.shared_fraction
             try:
                 held = yield from service.acquiring(lockspace, key, process.pid, shared=shared)
+            except (AcquireIdLive, AcquireOwned):
+                if rng.random() < self.config.request_fraction:
+                    yield from self._ask_for(host, lockspace, key)
+                yield Sleep(rng.uniform(0.5, 3 * io_s))
+                continue
             except LeasestoreError:
                 yield Sleep(rng.uniform(0.5, 3 * io_s))
                 continue
@@ -471,10 +536,17 @@ class PaxosCluster:
             held_s += step
 
     def _satisfied(self, host: DaemonHost) -> bool:
-        """In the fault-free phase a host that has been granted a lease stops contending, so
-        that every other waiting host must be granted one too."""
-        return self._winding_down or (self._acquired_at_settle is not None
-                                      and host.acquisitions > self._acquired_at_settle[host.index])
+        """In the fault-free phase a host that has been granted a lease stops contending once
+        every resource has been granted too, so that every other waiting host must be granted
+        one, and no resource can stay dead unnoticed."""
+        if self._winding_down:
+            return True
+        if self._acquired_at_settle is None:
+            return False
+        every_resource = all(log.acquisitions > before for r, (log, before)
+                             in enumerate(zip(self.logs, self._granted_at_settle, strict=True))
+                             if self._usable(r))
+        return host.acquisitions > self._acquired_at_settle[host.index] and every_resource
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -512,8 +584,11 @@ class PaxosCluster:
         if world.now >= end_s:
             return
         host = rng.choice(self.hosts)
-        action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process"])
-        if action == "outage":
+        action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process",
+                             "corrupt"])
+        if action == "corrupt":
+            self._corrupt_a_resource_sector()
+        elif action == "outage":
             self._count("storage_outage")
             seconds = rng.uniform(0, 2 * host.timeouts.host_dead_s)
             world.outages[host.machine] = (world.now + seconds, rng.random() < 0.5)
@@ -531,6 +606,23 @@ class PaxosCluster:
                     process = rng.choice(live)
                     self._exit(host, process, host.boot)
         world.at(world.now + rng.expovariate(1 / gap_s), lambda: self._chaos(end_s, gap_s))
+
+    def _corrupt_a_resource_sector(self) -> None:
+        """Flip a checksummed byte of one resource's leader or of one host's dblock in it (a
+        media error): the resource must never look free for it; it may stay unusable, and is
+        then left out of the liveness and orphan checks. At most one resource per run."""
+        rng = self.world.rng
+        if self.corrupted or (self.resources == 1 and rng.random() < 0.5):
+            return
+        resource = rng.randrange(self.resources)
+        if rng.random() < 0.5:
+            at, span = self._offset(resource), 168  # the leader's checksummed bytes
+        else:
+            host_id = rng.choice(self.config.host_ids)
+            at, span = self._offset(resource) + self.geometry.dblock_offset(host_id), 48
+        self.disk.corrupt(at, rng.randrange(span))
+        self.corrupted.add(resource)
+        self._count("corrupt_sector")
 
     # -- a run ---------------------------------------------------------------------------------
 
@@ -552,14 +644,23 @@ class PaxosCluster:
         drained_s = max(chaos_s, world.backlog_clears_at())
         end_s = drained_s + settle
         world.run_until(drained_s)
+        self._granted_at_settle = [log.acquisitions for log in self.logs]
         self._acquired_at_settle = [host.acquisitions for host in self.hosts]
         while world.now < end_s and not all(self._satisfied(h) for h in self.hosts):
             world.run_until(min(end_s, world.now + longest.io_timeout_s))
         if settle > 0:
             for host, before in zip(self.hosts, self._acquired_at_settle, strict=True):
-                if host.acquisitions == before:
+                usable = any(self._usable(r) and self.serves(r, host)
+                             for r in range(self.resources))
+                if host.acquisitions == before and usable:
                     self.liveness_failures.append(Violation(
                         world.seed, world.now, f"liveness: {host.name} acquired nothing in "
+                        f"the {settle:.0f} s fault-free phase ({self.config.describe()})"))
+            for r, (log, before) in enumerate(zip(self.logs, self._granted_at_settle,
+                                                  strict=True)):
+                if log.acquisitions == before and self._usable(r):
+                    self.liveness_failures.append(Violation(
+                        world.seed, world.now, f"liveness: res{r} was granted to nobody in "
                         f"the {settle:.0f} s fault-free phase ({self.config.describe()})"))
             self._quiesce()
             self._find_orphans()

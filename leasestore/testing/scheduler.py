@@ -1,12 +1,14 @@
 """The simulator's scheduler: virtual time, seeded choices, injected faults.
 
-Each `SimTask` is an effect generator (a host's algorithm) with its own monotonic clock (a fixed
-offset from virtual time, as unsynchronised hosts have). The world repeatedly takes the earliest
-event: resuming a task with an effect's result, or landing a write on a disk. Everything random
-comes from one `random.Random(seed)`, so a seed replays a run exactly.
+Each `SimTask` is an effect generator (a host's algorithm) with its own monotonic clock: an
+offset from virtual time, as unsynchronised hosts have, running at its own rate (drift). The
+world repeatedly takes the earliest event: resuming a task with an effect's result, or landing
+a write on a disk. Everything random comes from one `random.Random(seed)`, so a seed replays a
+run exactly.
 
 Faults, drawn per I/O: an error; a slow I/O that outlives its timeout (a slow write still lands,
-after the task was told it timed out); a torn multi-sector write (sectors land separately).
+after the task was told it timed out); a torn multi-sector write (sectors land separately); a
+torn multi-sector read (no snapshot: some sectors as at its start, the rest as at its end).
 Per host: a storage outage (every I/O fails, or hangs until its timeout and never lands).
 Per task: crash (the generator is dropped, its in-flight writes still land) and pause (the task
 stops running; its clock keeps going). Sleep is cancellable like the DeviceRunner's.
@@ -32,6 +34,9 @@ class Faults:
     io_error: float = 0.0
     slow_io: float = 0.0
     torn_write: float = 0.0
+    torn_read: float = 0.0
+    """A multi-sector read that is no snapshot: each sector as it was when the read began or
+    as it is when it ends (writes landing meanwhile show in some sectors, not others)."""
     min_latency_s: float = 0.0002
     max_latency_s: float = 0.005
     slow_factor: tuple[float, float] = (1.05, 4.0)
@@ -56,6 +61,8 @@ class SimTask:
     token: int = 0
     host: str = ""
     """The machine the task runs on: its timed-out writes still order its later ones."""
+    clock_rate: float = 1.0
+    """How fast its clock runs against virtual time (1 + drift): 1.001 gains 1 ms a second."""
 
 
 _Event = tuple[float, int, Callable[[], None]]
@@ -92,11 +99,12 @@ class SimWorld:
         self.fault_counts[fault] = self.fault_counts.get(fault, 0) + 1
 
     def clock(self, task: SimTask) -> float:
-        return self.now + task.clock_offset_s
+        return self.now * task.clock_rate + task.clock_offset_s
 
     def spawn(self, name: str, algorithm: Algorithm[Any], clock_offset_s: float,
-              host: str = "") -> SimTask:
-        task = SimTask(name, algorithm, clock_offset_s, host=host or name)
+              host: str = "", clock_rate: float = 1.0) -> SimTask:
+        task = SimTask(name, algorithm, clock_offset_s, host=host or name,
+                       clock_rate=clock_rate)
         self.tasks.append(task)
         self.at(self.now, lambda: self._step(task, task.token, None, None))
         return task
@@ -168,7 +176,7 @@ class SimWorld:
     def _perform(self, task: SimTask, token: int, effect: Effect) -> None:
         if isinstance(effect, Sleep):
             task.sleeping_token = token
-            self._resume(task, token, self.now + max(0.0, effect.seconds))
+            self._resume(task, token, self.now + max(0.0, effect.seconds) / task.clock_rate)
         elif isinstance(effect, Batch):
             self._batch(task, token, effect)
         elif isinstance(effect, Read | Write):
@@ -258,8 +266,24 @@ class SimWorld:
             return self.now + effect.timeout_s, lambda: timeout
         if isinstance(effect, Read):
             offset, length = effect.offset_b, effect.length_b
+            if length > disk.sector_size and self.rng.random() < self.faults.torn_read:
+                return start + latency, self._torn_read(disk, offset, length)
             return start + latency, lambda: disk.read(offset, length)
         return start + latency, lambda: None
+
+    def _torn_read(self, disk: SimDisk, offset: int, length: int) -> Callable[[], bytes]:
+        """A read whose sectors are taken some at its start, the rest at its end."""
+        self.count("torn_read")
+        ss = disk.sector_size
+        early = disk.read(offset, length)
+        from_early = [self.rng.random() < 0.5 for _ in range(length // ss)]
+
+        def mixed() -> bytes:
+            late = disk.read(offset, length)
+            return b"".join((early if pick else late)[i * ss:(i + 1) * ss]
+                            for i, pick in enumerate(from_early))
+
+        return mixed
 
     def _schedule_landing(self, disk: SimDisk, write: Write, start: float,
                           latency: float) -> float:
