@@ -72,3 +72,13 @@ def test_sixty_seconds_of_real_chaos_keep_exclusion() -> None:
     assert summary["acquisitions"] >= 20, summary
     assert sum(summary["faults"].values()) >= 8, summary
     assert {"kill_worker", "stop_worker"} & set(summary["faults"]), summary
+
+
+def test_a_lease_used_after_the_restarted_daemon_serves_is_a_violation(tmp_path: Path) -> None:
+    _write(tmp_path / "a.ledger", ["A 0 1 5 100 11", "H 0 1 5 1000000000 11"])  # on until 1 s
+    _write(tmp_path / "b.ledger", ["A 1 1 2 100 12", "H 1 1 2 150000000 12"])  # ends in time
+    holdings = chaos.read_ledger(tmp_path)
+    restart = chaos.Restart(host_id=1, serving_ns=200_000_000, earlier_workers=frozenset({11, 12}))
+    violations = chaos.check_restarts(holdings, [restart])
+    assert len(violations) == 1 and "worker 11 still used res0" in violations[0]
+    assert chaos.check_restarts(holdings, [chaos.Restart(2, 200_000_000, frozenset({11}))]) == []
