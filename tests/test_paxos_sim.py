@@ -495,6 +495,8 @@ def _stranded_holder(**config: Any) -> tuple[PaxosCluster, Violation | None]:
     first and takes the lease; then host 1 joins and keeps asking for it while host 0's storage
     hangs for good. Runs the shipped lockspace, resource service and supervisor; returns the
     cluster and its first violation."""
+    config.setdefault("request_fraction", 0.0)  # nobody asks the holder to give it up
+    config.setdefault("shared_fraction", 0.0)  # exclusive holdings only
     shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0, **config)
     cluster = PaxosCluster(3, shape, faults=Faults.none())
     holder, other = cluster.hosts
@@ -618,7 +620,8 @@ def test_fencing_holds_when_the_holders_clock_runs_slow_and_the_takers_fast() ->
 def _corrupt_leader_while_held() -> PaxosCluster:
     """Host 0 holds res0 for longer than the run; a byte of res0's leader is flipped; host 1
     then asks for res0 for 200 s."""
-    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0)
+    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0,
+                                request_fraction=0.0, shared_fraction=0.0)
     cluster = PaxosCluster(4, shape, faults=Faults.none())
     holder, other = cluster.hosts
     cluster.boot(holder)
