@@ -9,7 +9,8 @@ overlap). A lease can be acquired only in a
 lockspace whose host lease is HELD, with the lockspace's current host generation; the takeover
 rule reads other hosts' delta sectors and asks the lockspace's host table what it last saw.
 Holders are recorded by key (lockspace, resource, path, offset) with the pids holding each:
-this is the daemon's one table of which process holds what (`held_by`, `in_lockspace`).
+this is the daemon's one table of which process holds what (`held_by`, `holding`,
+`holder_pids`, `in_lockspace`).
 
 A key is busy from the start of its acquire until that acquire has ended, and from the moment
 its last holder lets go until the release I/O has ended (or, for a failed one, its retries
@@ -272,8 +273,8 @@ class ResourceService:
         """Drop pid's hold; returns the lease if that was its last holder (else None). With
         `releasing` the key turns busy at once, for the release I/O the caller starts."""
         with self._lock:
-            held = self.held.get(key)
-            if held is None or pid not in held.pids:
+            held = self._held_for(key, pid)
+            if held is None:
                 raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
             held.sharers.discard(pid)
             if held.sharers:
@@ -308,10 +309,8 @@ class ResourceService:
         """Release after the holder is gone; failures are logged, not raised. In a lockspace
         that is not held any more the disk is not ours to write: the lease is only forgotten
         (others take it after host_dead)."""
-        with self._lock:
-            held = self.held.get(key)
-            if held is None or pid not in held.pids:
-                return  # released already (its session's end and its acquire both try)
+        if self.holding(key, pid) is None:
+            return  # released already (its session's end and its acquire both try)
         if lockspace is None or lockspace.state not in (LockspaceState.HELD,
                                                         LockspaceState.RENEWAL_FAILING):
             self.drop(key, pid)
@@ -384,6 +383,22 @@ class ResourceService:
         """The leases process `pid` holds here (the one table of who holds what)."""
         with self._lock:
             return [h for h in self.held.values() if pid in h.pids]
+
+    def holding(self, key: ResourceKey, pid: int) -> HeldResource | None:
+        """The lease `key` if process `pid` holds it here."""
+        with self._lock:
+            return self._held_for(key, pid)
+
+    def _held_for(self, key: ResourceKey, pid: int) -> HeldResource | None:
+        held = self.held.get(key)
+        return held if held is not None and pid in held.pids else None
+
+    def holder_pids(self, name: str | None = None) -> set[int]:
+        """The processes holding leases here (in lockspace `name` only, if given), in one pass
+        over the table rather than one per process."""
+        with self._lock:
+            return {pid for h in self.held.values() if name is None or h.key[0] == name
+                    for pid in h.pids}
 
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:

@@ -204,10 +204,11 @@ class Daemon:
     def _record_holders(self) -> None:
         """Write the record of processes holding or acquiring leases (see holders.py)."""
         with self._record_lock:
+            holder_pids = self.resources.holder_pids()
             with self._lock:
                 holding = [s.process for s in self._registered.values()
                            if s.process is not None
-                           and (s.acquiring or self.resources.held_by(s.peer.pid))]
+                           and (s.acquiring or s.peer.pid in holder_pids)]
             self._holder_record.write(holding)
 
     def serve_forever(self) -> None:
@@ -551,7 +552,7 @@ class Daemon:
     def _release(self, cmd: wire.Release, session: Session) -> None:
         target = self._target(session, cmd.pid)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
-        held = next((h for h in self.resources.held_by(target.peer.pid) if h.key == key), None)
+        held = self.resources.holding(key, target.peer.pid)
         if held is None:
             raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
         try:
@@ -627,9 +628,9 @@ class Daemon:
     # -- supervision -------------------------------------------------------------------------
 
     def _holders_in(self, name: str) -> list[Session]:
+        holder_pids = self.resources.holder_pids(name)
         with self._lock:
-            return [s for s in self._registered.values()
-                    if any(h.key[0] == name for h in self.resources.held_by(s.peer.pid))]
+            return [s for s in self._registered.values() if s.peer.pid in holder_pids]
 
     def _holder_pids_in(self, name: str) -> list[int]:
         return [session.peer.pid for session in self._holders_in(name)]

@@ -67,9 +67,6 @@ class Supervisor:
             del self._stopping[pid]
         return healthy
 
-    def stopping(self, pid: int) -> bool:
-        return pid in self._stopping
-
     def _stop(self, pid: int, name: str, now_s: float, grace_s: float) -> None:
         entry = self._stopping.get(pid)
         if entry is None:

@@ -418,7 +418,8 @@ class PaxosCluster:
         """As the daemon's: registered (live) processes with leases in the lockspace."""
         service = host.resources
         assert service is not None
-        return [p.pid for p in host.processes.values() if p.alive and service.held_by(p.pid)]
+        holder_pids = service.holder_pids(SPACE)
+        return [p.pid for p in host.processes.values() if p.alive and p.pid in holder_pids]
 
     def _pet(self, host: DaemonHost) -> None:
         host.watchdog_deadline_s = self.world.now + host.timeouts.watchdog_fire_timeout_s
@@ -437,7 +438,7 @@ class PaxosCluster:
                 return
             if self.world.now >= deadline:
                 self._count("watchdog_reset")
-                self._reset(host, "watchdog")
+                self._reset(host)
             else:
                 self._watch(host, boot, deadline)
 
@@ -555,7 +556,7 @@ class PaxosCluster:
             self.world.crash(task)
         host.tasks = []
 
-    def _reset(self, host: DaemonHost, why: str) -> None:
+    def _reset(self, host: DaemonHost) -> None:
         """The machine goes down (crash or watchdog): every process with it, no release I/O."""
         self._stop_daemon(host)
         for process in host.processes.values():
@@ -595,7 +596,7 @@ class PaxosCluster:
         elif host.lockspace is not None:
             if action == "crash":
                 self._count("machine_crash")
-                self._reset(host, "crash")
+                self._reset(host)
             elif action == "stall":
                 self._count("daemon_stall")
                 self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
