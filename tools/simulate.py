@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chaos-seconds", type=float, default=200.0,
                         help="virtual seconds of the fault phase")
     parser.add_argument("--settle-seconds", type=float, default=None,
-                        help="virtual seconds of the liveness phase (default 6 × host_dead)")
+                        help="virtual seconds of the liveness phase (default 6 × host_dead × "
+                             "(1 + resources); it ends once every host and resource has been "
+                             "granted)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = parser.parse_args(argv)

@@ -629,8 +629,12 @@ class PaxosCluster:
 
     def run(self, chaos_s: float, settle_s: float | None = None) -> list[Violation]:
         """Chaos for chaos_s, then faults off: once the devices' queues of timed-out writes have
-        drained, every host must be granted a lease within settle_s (by default room for the
-        longest stall, a reset, a join and a turn at the lease)."""
+        drained, every host must be granted a lease, and every usable resource granted to
+        someone, within settle_s. The default leaves room for the longest stall, a reset and a
+        join (6 × host_dead) and then for a turn at each resource (6 × host_dead per resource:
+        workers pick resources at random, and with one process per host covering every
+        resource takes many turns). The phase ends as soon as both hold, so the bound costs
+        time only in a failing run."""
         world = self.world
         for host in self.hosts:
             world.at(world.rng.uniform(0, 5), lambda h=host: self.boot(h))  # type: ignore[misc]
@@ -638,7 +642,8 @@ class PaxosCluster:
         gap = longest.host_dead_s / 2
         if chaos_s > 0:
             world.at(world.rng.uniform(0, gap), lambda: self._chaos(chaos_s, gap))
-        settle = settle_s if settle_s is not None else 6 * longest.host_dead_s
+        settle = (settle_s if settle_s is not None
+                  else 6 * longest.host_dead_s * (1 + self.resources))
         world.run_until(chaos_s)
         world.faults = Faults.none()
         world.outages.clear()
