@@ -26,8 +26,9 @@ from typing import Any
 from leasestore import __version__
 from leasestore.clock import lease_now_s
 from leasestore.daemon import holders as holder_record
-from leasestore.daemon import wire
+from leasestore.daemon import sanlock_proto, wire
 from leasestore.daemon.config import DaemonConfig
+from leasestore.daemon.sanlock_server import SanlockFrontEnd, sanlock_socket_path
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
 from leasestore.errors import (
@@ -79,6 +80,12 @@ class Session:
     registered: bool = False
     closed: bool = False
     killpath: list[str] = field(default_factory=list)
+    killpath_pid: bool = True
+    """Whether the holder's pid is appended to the killpath's arguments."""
+    restrict: int = 0
+    """sanlock RESTRICT_* flags set on this connection."""
+    owner_name: str = ""
+    """The display name a sanlock ACQUIRE's options gave the process."""
     acquiring: int = 0
     """Acquires under way for this process: it counts as a holder from their first I/O on."""
     process: holder_record.HolderProcess | None = None
@@ -108,6 +115,20 @@ def _check_run_dir(run_dir: str) -> None:
         raise UsageError(f"run dir {run_dir} is owned by uid {info.st_uid}; refusing to use it")
     if info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         raise UsageError(f"run dir {run_dir} is group- or world-writable; refusing to use it")
+
+
+def _listen(path: str) -> socket.socket:
+    """A fresh listening socket at path, mode SOCKET_MODE, accepting with a 0.5 s timeout."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, SOCKET_MODE)
+    if stat.S_IMODE(os.lstat(path).st_mode) != SOCKET_MODE:
+        raise UsageError(f"socket {path} did not take mode {SOCKET_MODE:o}")
+    listener.listen(64)
+    listener.settimeout(0.5)
+    return listener
 
 
 class Daemon:
@@ -146,7 +167,12 @@ class Daemon:
                                              "protocol": wire.PROTOCOL_VERSION},
         }
         self._listener: socket.socket | None = None
+        self._sanlock_listener: socket.socket | None = None
+        self._sanlock = SanlockFrontEnd(self)
         self._pid_file: int | None = None
+        self.version = __version__
+        self.stopped = threading.Event()
+        """Set once shutdown has stopped every holder and lockspace."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -169,16 +195,8 @@ class Daemon:
         os.write(self._pid_file, f"{os.getpid()}\n".encode())
         self._end_previous_holders()
         self.watchdog = open_watchdog(self.config.watchdog, self.config.watchdog_fire_timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        os.chmod(self.socket_path, SOCKET_MODE)
-        if stat.S_IMODE(os.lstat(self.socket_path).st_mode) != SOCKET_MODE:
-            raise UsageError(f"socket {self.socket_path} did not take mode {SOCKET_MODE:o}")
-        listener.listen(64)
-        listener.settimeout(0.5)
-        self._listener = listener
+        self._listener = _listen(self.socket_path)
+        self._sanlock_listener = _listen(sanlock_socket_path(run_dir))
 
     def _end_previous_holders(self) -> None:
         """Kill the lease holders an earlier daemon on this run dir left running (it died
@@ -217,6 +235,11 @@ class Daemon:
         assert self._listener is not None
         monitor = threading.Thread(target=self._monitor, name="monitor", daemon=True)
         monitor.start()
+        assert self._sanlock_listener is not None
+        sanlock_accepter = threading.Thread(
+            target=self._accept_loop, args=(self._sanlock_listener, self._sanlock.serve),
+            name="sanlock-accept", daemon=True)
+        sanlock_accepter.start()
         log.info("leasestore daemon %s: host name %s, socket %s, watchdog %s", __version__,
                  self.config.host_name, self.socket_path, self.watchdog.describe())
         if isinstance(self.watchdog, NoWatchdog):
@@ -225,15 +248,11 @@ class Daemon:
                         "run on after other hosts have taken their leases (host_dead)")
         notify_systemd("READY=1")
         try:
-            while not self._shutdown.is_set():
-                try:
-                    conn, _ = self._listener.accept()
-                except TimeoutError:
-                    continue
-                self._accept(conn)
+            self._accept_loop(self._listener, self._serve_json)
         finally:
             self._close()
             monitor.join(2)
+            sanlock_accepter.join(2)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -258,14 +277,17 @@ class Daemon:
                 lockspace.stop(wait=True, timeout_s=lockspace.timeouts.io_timeout_s * 4)
         healthy = not stuck and all(not ls.is_running() for ls in lockspaces)
         self.watchdog.close(clean=healthy)
-        if self._listener is not None:
-            self._listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
+        for listener in (self._listener, self._sanlock_listener):
+            if listener is not None:
+                path = listener.getsockname()
+                listener.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         self.resources.close()
         if self._pid_file is not None:
             os.close(self._pid_file)
         log.info("leasestore daemon stopped")
+        self.stopped.set()
 
     # -- monitor -------------------------------------------------------------------------------
 
@@ -279,32 +301,37 @@ class Daemon:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _accept(self, conn: socket.socket) -> None:
+    def _accept_loop(self, listener: socket.socket,
+                     serve: Callable[[socket.socket, Session], None]) -> None:
+        while not self._shutdown.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._shutdown.is_set():
+                    return
+                raise
+            self._accept(conn, serve)
+
+    def _accept(self, conn: socket.socket,
+                serve: Callable[[socket.socket, Session], None]) -> None:
         with self._lock:
             if self._connections >= MAX_CONNECTIONS:
                 conn.close()
                 log.warning("refused a connection: %d connections open", self._connections)
                 return
             self._connections += 1
-        threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+        threading.Thread(target=self._serve_connection, args=(conn, serve),
+                         daemon=True).start()
 
-    def _serve_connection(self, conn: socket.socket) -> None:
+    def _serve_connection(self, conn: socket.socket,
+                          serve: Callable[[socket.socket, Session], None]) -> None:
+        """Run one connection's protocol loop; whatever ends it, end its session after."""
         session: Session | None = None
         try:
-            conn.settimeout(None)
             session = Session(Peer.of(conn))
-            reader = conn.makefile("rb")
-            # A registered process's connection is its lease context: we never end it ourselves
-            # (that would release leases its process still believes it holds); it ends when the
-            # process exits, which shutdown brings about by killing holders.
-            while session.registered or not self._shutdown.is_set():
-                line = reader.readline(wire.MAX_MESSAGE_B + 1)
-                if not line:
-                    return
-                if len(line) > wire.MAX_MESSAGE_B or not line.endswith(b"\n"):
-                    conn.sendall(wire.encode_error(0, ProtocolError("message too long")))
-                    return
-                conn.sendall(self._respond(line, session))
+            serve(conn, session)
         except OSError:
             return
         finally:
@@ -313,6 +340,22 @@ class Daemon:
                 self._end_session(session)
             with self._lock:
                 self._connections -= 1
+
+    def _serve_json(self, conn: socket.socket, session: Session) -> None:
+        """leasestore's own protocol: one JSON request line, one reply line."""
+        conn.settimeout(None)
+        reader = conn.makefile("rb")
+        # A registered process's connection is its lease context: we never end it ourselves
+        # (that would release leases its process still believes it holds); it ends when the
+        # process exits, which shutdown brings about by killing holders.
+        while session.registered or not self._shutdown.is_set():
+            line = reader.readline(wire.MAX_MESSAGE_B + 1)
+            if not line:
+                return
+            if len(line) > wire.MAX_MESSAGE_B or not line.endswith(b"\n"):
+                conn.sendall(wire.encode_error(0, ProtocolError("message too long")))
+                return
+            conn.sendall(self._respond(line, session))
 
     def _respond(self, line: bytes, session: Session) -> bytes:
         seq = 0
@@ -600,13 +643,21 @@ class Daemon:
                 self._stop_holder(session, graceful=record.force_mode == 2)
 
     def _stop_holder(self, session: Session, graceful: bool) -> None:
+        """Run the holder's killpath (graceful, if it set one) or signal it: SIGTERM when
+        graceful, else SIGKILL, each swapped for the other if the holder restricted it."""
         if graceful and session.killpath:
+            pid_arg = [str(session.peer.pid)] if session.killpath_pid else []
             with contextlib.suppress(OSError):
-                subprocess.Popen([*session.killpath, str(session.peer.pid)],
+                subprocess.Popen([*session.killpath, *pid_arg],
                                  stdin=subprocess.DEVNULL, start_new_session=True)
             return
+        sig = signal.SIGTERM if graceful else signal.SIGKILL
+        if sig == signal.SIGKILL and session.restrict & sanlock_proto.RESTRICT_SIGKILL:
+            sig = signal.SIGTERM
+        elif sig == signal.SIGTERM and session.restrict & sanlock_proto.RESTRICT_SIGTERM:
+            sig = signal.SIGKILL
         with contextlib.suppress(ProcessLookupError):
-            os.kill(session.peer.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+            os.kill(session.peer.pid, sig)
 
     def _release_quietly(self, key: ResourceKey, pid: int) -> None:
         with self._lock:
