@@ -1,48 +1,89 @@
-"""Python client of the leasestore daemon.
+"""Python client of the leasestore daemon, over sanlock's client protocol.
 
 The functions mirror the `sanlock` Python binding's names and signatures for the same operations,
-so code written for that binding runs by changing the import. Names may be str or bytes. Errors
-are raised as the daemon's own exception classes (all `LeasestoreError`, aliased
-`SanlockException`), each with an `errno` property holding its stable code.
-The daemon is found through `$LEASESTORE_RUN_DIR` (default /run/leasestore).
+so code written for that binding runs by changing the import. Every request is the one libsanlock
+sends, plus leasestore's LS_DETAIL flag, so replies carry JSON detail: results with what sanlock's
+binary replies leave out, and errors raised as the daemon's own exception classes (all
+`LeasestoreError`, aliased `SanlockException`), each with an `errno` property holding its stable
+code. The daemon is found through `$LEASESTORE_RUN_DIR` (default /run/leasestore), the directory
+of its `sanlock.sock`.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import contextvars
+import json
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
-from leasestore.daemon import wire
+import leasestore.daemon.sanlock_proto as sp
+from leasestore.daemon import commands
+from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.direct import read_paxos_leader
-from leasestore.errors import LeasestoreError, ProtocolError
+from leasestore.errors import ERROR_CLASSES, LeasestoreError, ProtocolError, UsageError
+from leasestore.ondisk.names import encode_name
 
+RUN_DIR_ENV = commands.RUN_DIR_ENV
+DEFAULT_RUN_DIR = commands.DEFAULT_RUN_DIR
 HOST_UNKNOWN = 1
 HOST_FREE = 2
 HOST_LIVE = 3
 HOST_FAIL = 4
 HOST_DEAD = 5
-LSFLAG_ADD = 1
-LSFLAG_REM = 2
-RES_LVER = 0x1
-RES_SHARED = 0x4
+LSFLAG_ADD = sp.LSF_ADD
+LSFLAG_REM = sp.LSF_REM
+RES_LVER = sp.RES_LVER
+RES_SHARED = sp.RES_SHARED
 REQ_FORCE = 1
 REQ_GRACEFUL = 2
+MAX_REPLY_B = 64 << 20
 
 SanlockException = LeasestoreError
-_seq = itertools.count(1)
+
+
+_directory: contextvars.ContextVar[str | None] = contextvars.ContextVar("leasestore_run_dir",
+                                                                       default=None)
 
 
 def run_dir() -> str:
-    return os.environ.get(wire.RUN_DIR_ENV, wire.DEFAULT_RUN_DIR)
+    """The daemon's run dir: as `using` set it in this thread's context, else from the
+    environment."""
+    return _directory.get() or os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR)
+
+
+@contextlib.contextmanager
+def using(directory: str) -> Iterator[None]:
+    """Talk to the daemon of this run dir within the block (this thread's context only)."""
+    token = _directory.set(directory)
+    try:
+        yield
+    finally:
+        _directory.reset(token)
+
+
+def socket_path(directory: str | None = None) -> str:
+    return os.path.join(directory or run_dir(), sp.SOCKET_NAME)
+
+
+def _error_from(document: Any, code: int) -> LeasestoreError:
+    """The exception a reply's error object describes, as its own class (unknown: the base)."""
+    details = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(details, dict):
+        return LeasestoreError(f"daemon error {code}")
+    cls = ERROR_CLASSES.get(str(details.get("name")), LeasestoreError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, str(details.get("message", f"daemon error {code}")))
+    return error
 
 
 class Connection:
     """One connection to the daemon. Requests on it are answered in order."""
 
     def __init__(self, directory: str | None = None) -> None:
-        path = os.path.join(directory or run_dir(), wire.SOCKET_NAME)
+        path = socket_path(directory)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(path)
@@ -50,18 +91,41 @@ class Connection:
             self.sock.close()
             raise LeasestoreError(f"cannot reach the leasestore daemon at {path}: "
                                   f"{exc.strerror}") from None
-        self._reader = self.sock.makefile("rb")
 
-    def call(self, command: wire.Command) -> Any:
-        seq = next(_seq)
-        self.sock.sendall(wire.encode_request(seq, command))
-        line = self._reader.readline(wire.MAX_MESSAGE_B * 64)
-        if not line:
-            raise ProtocolError("the daemon closed the connection")
-        return wire.decode_reply(line, seq)
+    def call(self, cmd: Cmd, payload: bytes = b"", *, flags: int = 0, data: int = 0,
+             data2: int = sp.SELF) -> Any:
+        """Send one request; return its result, or raise the error it carries."""
+        code, document = self.exchange(cmd, payload, flags=flags, data=data, data2=data2)
+        if code < 0:
+            raise _error_from(document, code)
+        return document.get("result") if isinstance(document, dict) else None
+
+    def exchange(self, cmd: Cmd, payload: bytes = b"", *, flags: int = 0, data: int = 0,
+                 data2: int = sp.SELF) -> tuple[int, Any]:
+        """(sanlock's result code, the reply's JSON document) of one request."""
+        header = Header(sp.SM_MAGIC, sp.SM_PROTO, cmd, flags | sp.LS_DETAIL,
+                        sp.HEADER_B + len(payload), 0, data, data2)
+        self.sock.sendall(header.encode() + payload)
+        reply = Header.decode(self._recv(sp.HEADER_B))
+        if reply.magic != sp.SM_MAGIC or not sp.HEADER_B <= reply.length <= MAX_REPLY_B:
+            raise ProtocolError("the daemon sent a malformed reply header")
+        body = self._recv(reply.length - sp.HEADER_B)
+        try:
+            document = json.loads(body) if body else None
+        except ValueError as exc:
+            raise ProtocolError(f"the daemon sent a malformed reply: {exc}") from None
+        return reply.data, document
+
+    def _recv(self, size: int) -> bytes:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self.sock.recv(size - len(chunks))
+            if not chunk:
+                raise ProtocolError("the daemon closed the connection")
+            chunks += chunk
+        return bytes(chunks)
 
     def close(self) -> None:
-        self._reader.close()
         self.sock.close()
 
     def __enter__(self) -> Connection:
@@ -71,49 +135,90 @@ class Connection:
         self.close()
 
 
-def call(command: wire.Command) -> Any:
+def call(cmd: Cmd, payload: bytes = b"", **fields: int) -> Any:
     with Connection() as conn:
-        return conn.call(command)
+        return conn.call(cmd, payload, **fields)
 
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _name(value: str | bytes) -> str:
+    text = _text(value)
+    encode_name(text)  # raises UsageError: too long, or a NUL
+    return text
+
+
+def _path(value: str | bytes) -> str:
+    text = _text(value)
+    if len(text.encode()) >= sp.PATH_LEN or "\0" in text:
+        raise UsageError(f"path must be under {sp.PATH_LEN} bytes, without NUL: {text!r}")
+    return text
+
+
+def _lockspace(lockspace: str | bytes, host_id: int = 0, path: str | bytes = "",
+               offset: int = 0) -> bytes:
+    for what, value in (("host_id", host_id), ("offset", offset)):
+        if not 0 <= value < 1 << 63:
+            raise UsageError(f"{what} out of range: {value}")
+    return sp.LockspaceStruct(_name(lockspace), host_id, 0,
+                              sp.Disk(_path(path), offset)).encode()
+
+
 def add_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offset: int = 0,
                   iotimeout: int = 0, wait: bool = True) -> None:
-    call(wire.AddLockspace(_text(lockspace), host_id, _text(path), offset, iotimeout, wait))
+    if not 0 <= iotimeout <= 255:
+        raise UsageError("io_timeout must be 0..255 seconds")
+    call(Cmd.ADD_LOCKSPACE, _lockspace(lockspace, host_id, path, offset),
+         flags=0 if wait else sp.ADD_ASYNC, data=iotimeout)
 
 
 def rem_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offset: int = 0,
                   wait: bool = True, unused: bool = False) -> None:
-    call(wire.RemLockspace(_text(lockspace), host_id, _text(path), offset, wait, unused))
+    flags = (0 if wait else sp.REM_ASYNC) | (sp.REM_UNUSED if unused else 0)
+    call(Cmd.REM_LOCKSPACE, _lockspace(lockspace, host_id, path, offset), flags=flags)
 
 
 def inq_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offset: int = 0,
                   wait: bool = False) -> bool | None:
-    result: bool | None = call(wire.InqLockspace(_text(lockspace), host_id, _text(path),
-                                                 offset, wait))
-    return result
+    """True: joined; False: not; None: being added or removed (as the sanlock binding)."""
+    with Connection() as conn:
+        code, document = conn.exchange(Cmd.INQ_LOCKSPACE,
+                                       _lockspace(lockspace, host_id, path, offset),
+                                       flags=sp.INQ_WAIT if wait else 0)
+    if code == 0:
+        return True
+    if code == -sp.ENOENT:
+        return False
+    if code == -sp.EINPROGRESS:
+        return None
+    raise _error_from(document, code)
 
 
 def get_lockspaces() -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = call(wire.GetLockspaces())
+    result: list[dict[str, Any]] = call(Cmd.GET_LOCKSPACES)
     return result
 
 
 def get_hosts(lockspace: str | bytes, host_id: int = 0) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = call(wire.GetHosts(_text(lockspace), host_id))
+    result: list[dict[str, Any]] = call(Cmd.GET_HOSTS, _lockspace(lockspace, host_id))
     return result
 
 
 def renewal_history(lockspace: str | bytes) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = call(wire.Renewal(_text(lockspace)))
+    """Every stored renewal, oldest first, with read/write/total times in µs."""
+    result: list[dict[str, Any]] = call(Cmd.RENEWAL, _lockspace(lockspace))
     return result
 
 
 def status() -> dict[str, Any]:
-    result: dict[str, Any] = call(wire.Status())
+    result: dict[str, Any] = call(Cmd.STATUS)
+    return result
+
+
+def version() -> dict[str, Any]:
+    result: dict[str, Any] = call(Cmd.VERSION)
     return result
 
 
@@ -128,7 +233,11 @@ def register() -> int:
     """Register this process; returns the connection's fd. Leases acquired on it are released
     when it closes, which happens at the latest when the process exits."""
     conn = Connection()
-    conn.call(wire.Register())
+    try:
+        conn.call(Cmd.REGISTER, data2=0)
+    except BaseException:
+        conn.close()
+        raise
     conn.sock.set_inheritable(False)
     fd = conn.sock.fileno()
     _registrations[fd] = conn
@@ -142,21 +251,34 @@ def _own_fd() -> int:
     return _own[directory]
 
 
-def _call_for(command: wire.Command, slkfd: int | None, pid: int | None) -> Any:
+def _call_for(cmd: Cmd, payload: bytes, slkfd: int | None, pid: int | None,
+              **fields: int) -> Any:
+    """On the registration `slkfd` (default: this process's own), or, given only a pid, on a
+    one-shot connection acting for that registered process."""
     if pid is not None and pid > 0 and (slkfd is None or slkfd < 0):
-        return call(command)
+        return call(cmd, payload, data2=pid, **fields)
     fd = slkfd if slkfd is not None and slkfd >= 0 else _own_fd()
     conn = _registrations.get(fd)
     if conn is None:
         raise LeasestoreError(f"fd {fd} is not a registration made by register()")
-    return conn.call(command)
+    return conn.call(cmd, payload, **fields)
 
 
-def _one_disk(disks: list[tuple[str | bytes, int]]) -> tuple[str, int]:
-    if len(disks) != 1:
-        raise LeasestoreError("leasestore leases live on exactly one disk")
-    path, offset = disks[0]
-    return _text(path), offset
+def _resource(lockspace: str | bytes, resource: str | bytes,
+              disks: list[tuple[str | bytes, int]], flags: int = 0, lver: int = 0,
+              with_disks: bool = True) -> bytes:
+    if not 1 <= len(disks) <= sp.MAX_DISKS:
+        raise UsageError(f"a lease lives on 1..{sp.MAX_DISKS} disks, not {len(disks)}")
+    for _where, offset in disks:
+        if not 0 <= offset < 1 << 63:
+            raise UsageError(f"offset out of range: {offset}")
+    if not 0 <= lver < 1 << 64:
+        raise UsageError(f"version out of range: {lver}")
+    struct = sp.Resource(_name(lockspace), _name(resource), lver, flags=flags,
+                         num_disks=len(disks)).encode()
+    if not with_disks:
+        return struct
+    return struct + b"".join(sp.Disk(_path(path), offset).encode() for path, offset in disks)
 
 
 def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
@@ -164,24 +286,23 @@ def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str
             version: int | None = None) -> dict[str, Any]:
     """Acquire a resource lease for this process (or `slkfd`'s, or, as root, `pid`'s).
     `version`: the lease must be at exactly that lver now (a migration's fencing check)."""
-    path, offset = _one_disk(disks)
-    command = wire.Acquire(_text(lockspace), _text(resource), path, offset, pid or 0, shared,
-                           -1 if version is None else version)
-    result: dict[str, Any] = _call_for(command, slkfd, pid)
-    return result
+    flags = (sp.RES_SHARED if shared else 0) | (0 if version is None else sp.RES_LVER)
+    payload = (_resource(lockspace, resource, disks, flags, version or 0)
+               + bytes(sp.OPTIONS_B))
+    held: list[dict[str, Any]] = _call_for(Cmd.ACQUIRE, payload, slkfd, pid, data=1)
+    return held[0]
 
 
 def release(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
             slkfd: int | None = None, pid: int | None = None) -> None:
-    path, offset = _one_disk(disks)
-    _call_for(wire.Release(_text(lockspace), _text(resource), path, offset, pid or 0),
-              slkfd, pid)
+    payload = _resource(lockspace, resource, disks, with_disks=False)
+    _call_for(Cmd.RELEASE, payload, slkfd, pid, data=1)
 
 
 def inquire(slkfd: int | None = None, pid: int | None = None) -> list[dict[str, Any]]:
     """The leases held, in the sanlock binding's form (lockspace, resource, flags, version,
     disks) plus the state string."""
-    held: list[dict[str, Any]] = _call_for(wire.Inquire(pid or 0), slkfd, pid)
+    held: list[dict[str, Any]] = _call_for(Cmd.INQUIRE, b"", slkfd, pid)
     return [
         {"lockspace": h["lockspace"].encode(), "resource": h["resource"].encode(),
          "flags": RES_SHARED if h["shared"] else RES_LVER, "version": h["lver"],
@@ -194,17 +315,26 @@ def request(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str
             action: int = REQ_GRACEFUL, version: int | None = None) -> int:
     """Ask the lease's holder to give it up (REQ_FORCE: killed; REQ_GRACEFUL: its killpath or
     SIGTERM). Returns the owner's host_id (0 if the lease was free)."""
-    path, offset = _one_disk(disks)
-    result: dict[str, int] = call(wire.RequestRelease(
-        _text(lockspace), _text(resource), path, offset, 0,
-        -1 if version is None else version, action))
+    payload = _resource(lockspace, resource, disks, 0 if version is None else sp.RES_LVER,
+                        version or 0)
+    result: dict[str, int] = call(Cmd.REQUEST, payload, data=action,
+                                  flags=sp.REQUEST_NEXT_LVER if version is None else 0)
     return result["owner"]
+
+
+def _escaped(arg: str) -> str:
+    return arg.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def killpath(path: str | bytes, args: list[str | bytes], slkfd: int | None = None) -> None:
     """Run `path args... PID` instead of SIGTERM when this process must give its leases up."""
-    command = wire.Killpath(_text(path), " ".join(_text(a) for a in args))
-    _call_for(command, slkfd, None)
+    text = " ".join(_escaped(_text(a)) for a in args)
+    if len(_text(path).encode()) >= sp.HELPER_PATH_LEN or len(text.encode()) >= \
+            sp.HELPER_ARGS_LEN:
+        raise UsageError(f"killpath program and arguments must each be under "
+                         f"{sp.HELPER_PATH_LEN} bytes")
+    payload = sp.fixed(_text(path), sp.HELPER_PATH_LEN) + sp.fixed(text, sp.HELPER_ARGS_LEN)
+    _call_for(Cmd.KILLPATH, payload, slkfd, None, flags=sp.KILLPATH_PID)
 
 
 def read_resource(path: str | bytes, offset: int = 0, align: int = 1 << 20,

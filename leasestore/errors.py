@@ -1,9 +1,9 @@
 """Every error leasestore raises, as one tree rooted at `LeasestoreError`.
 
 Each class carries a stable integer `code`. Where sanlock has a code for the same condition we use
-sanlock's (negative SANLK_* values), so a code seen in our logs means the same thing in theirs. The
-daemon sends each error's class name and code over the wire; the client raises the same class
-again (`ERROR_CLASSES`, by name, so classes that share a code stay apart).
+sanlock's (negative SANLK_* values), so a code seen in our logs means the same thing in theirs.
+The daemon sends each error's class name and message in its reply detail; the client raises the
+same class again (`ERROR_CLASSES`, by name, so classes that share a code stay apart).
 """
 
 from __future__ import annotations
@@ -312,4 +312,4 @@ def _collect(cls: type[LeasestoreError]) -> None:
 _collect(LeasestoreError)
 
 ERROR_CLASSES: dict[str, type[LeasestoreError]] = {cls.__name__: cls for cls in _ALL}
-"""Every error class by name: the wire carries the name, so equal codes never collide."""
+"""Every error class by name: replies carry the name, so equal codes never collide."""

@@ -7,7 +7,6 @@ Each test also passes alone: the `joined` fixture joins whatever the tests befor
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -19,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from leasestore import client
-from leasestore.daemon import wire
+from leasestore.daemon import sanlock_proto as sp
+from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.direct import dump, format_lockspace
-from leasestore.errors import HostIdBusy, LockspaceExists, LockspaceNotJoined, ProtocolError
+from leasestore.errors import HostIdBusy, LockspaceExists, LockspaceNotJoined, UsageError
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
 
@@ -106,47 +106,40 @@ def test_duplicate_host_id_is_refused(joined: Cluster) -> None:
     assert record.host_name == "host-a" and record.timestamp != 0
 
 
-def _raw_exchange(run_dir: str, payload: bytes) -> list[dict[str, object]]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(Path(run_dir) / wire.SOCKET_NAME))
-        sock.settimeout(10)
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return [json.loads(line) for line in data.splitlines()]
-
-
 def test_malformed_requests_get_errors_and_never_crash(joined: Cluster) -> None:
+    """On a daemon that has joined a lockspace: requests with bad names, counts and ids are
+    refused with sanlock's codes, and the lockspace is untouched."""
     cluster = joined
     a = cluster.daemons[0]
-    bad_lines = [
-        b"not json\n",
-        b"[1,2,3]\n",
-        b'{"v":1,"seq":1}\n',
-        b'{"v":99,"seq":2,"cmd":"status"}\n',
-        b'{"v":1,"seq":3,"cmd":"no_such"}\n',
-        b'{"v":1,"seq":4,"cmd":"get_hosts","args":{"lockspace":5}}\n',
-        b'{"v":1,"seq":5,"cmd":"get_hosts","args":{"lockspace":"' + b"x" * 60 + b'"}}\n',
-        b'{"v":1,"seq":6,"cmd":"add_lockspace","args":{"lockspace":"l","host_id":true,'
-        b'"path":"/p"}}\n',
-        b'{"v":1,"seq":7,"cmd":"add_lockspace","args":{"lockspace":"l","host_id":1,'
-        b'"path":"/p","evil":1}}\n',
-        b'{"v":1,"seq":8,"cmd":"get_hosts","args":{"lockspace":"real-ls","host_id":99999}}\n',
-        b"\xff\xfe\n",
+    bad = [
+        (Cmd.GET_HOSTS, sp.LockspaceStruct("x" * 48, 0, 0, sp.Disk("", 0)).encode(), 0,
+         -sp.ENOENT),
+        (Cmd.GET_HOSTS, sp.LockspaceStruct(LS, 99999, 0, sp.Disk("", 0)).encode(), 0,
+         -sp.EINVAL),
+        (Cmd.ADD_LOCKSPACE, sp.LockspaceStruct("l", 0, 0, sp.Disk("/p", 0)).encode(), 0,
+         -sp.EINVAL),
+        (Cmd.ADD_LOCKSPACE, sp.LockspaceStruct(LS, 1, 0, sp.Disk("/p", 0)).encode(), 0,
+         -sp.EINVAL),
+        (Cmd.ACQUIRE, bytes(sp.OPTIONS_B), 9, -sp.E2BIG),
+        (Cmd.INQUIRE, b"", 0, -sp.EBUSY),
+        (Cmd.READ_RESOURCE, sp.Resource(LS, "r", num_disks=0).encode(), 0, -sp.ERANGE),
     ]
-    replies = _raw_exchange(a.run_dir, b"".join(bad_lines))
-    assert len(replies) == len(bad_lines)
-    assert all(r["ok"] is False for r in replies), replies
-    names = [r["error"]["name"] for r in replies]  # type: ignore[index]
-    assert names.count("ProtocolError") >= 9
-    oversized = _raw_exchange(a.run_dir, b"{" + b" " * (wire.MAX_MESSAGE_B + 10) + b"}\n")
-    assert oversized[0]["ok"] is False
+    for cmd, payload, data, expected in bad:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(Path(a.run_dir) / sp.SOCKET_NAME))
+            data2 = sp.SELF if cmd in (Cmd.ACQUIRE, Cmd.INQUIRE) else 0
+            request = Header(sp.SM_MAGIC, sp.SM_PROTO, cmd, 0, 32 + len(payload), 0, data,
+                             data2)
+            sock.sendall(request.encode() + payload)
+            reply = Header.decode(sock.recv(32, socket.MSG_WAITALL))
+            assert (cmd, reply.data) == (cmd, expected)
+            if reply.length > 32:
+                sock.recv(reply.length - 32, socket.MSG_WAITALL)
     assert a.proc.poll() is None
     assert a.call(client.inq_lockspace, LS, 1, cluster.devices[0], 0) is True
-    with client.Connection(a.run_dir) as conn, pytest.raises(ProtocolError, match="48 bytes"):
-        conn.call(wire.GetHosts("x" * 49))
+    with pytest.raises(UsageError, match="48 bytes"):
+        a.call(client.get_hosts, "x" * 49)
 
 
 def test_rem_lockspace_releases_the_sector(joined: Cluster) -> None:

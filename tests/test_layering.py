@@ -38,7 +38,8 @@ ALLOWED = {
 FORBIDDEN_STDLIB_IN_PURE = {"os", "time", "socket", "threading", "random", "subprocess", "mmap"}
 TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device", "leasestore.plugin.api",
                            # the real-process harness drives daemons as any client does:
-                           "leasestore.client", "leasestore.daemon.wire",
+                           "leasestore.client", "leasestore.daemon.sanlock_proto",
+                           "leasestore.daemon.commands",
                            "leasestore.direct",
                            # the simulator runs the shipped policy, not a copy of it:
                            "leasestore.lockspace", "leasestore.resource",
@@ -90,5 +91,7 @@ def test_imports_respect_layers(path: Path) -> None:
         if layer == "T" and any(name.startswith(m) for m in TESTING_MAY_ALSO_IMPORT):
             continue
         if top in CLIENT_FRONT_ENDS and parts[1] == "daemon" and name != "leasestore.daemon":
-            assert name.startswith("leasestore.daemon.wire"), f"{path}: {name} (wire only)"
+            assert name.startswith(("leasestore.daemon.sanlock_proto",
+                                    "leasestore.daemon.commands")), \
+                f"{path}: {name} (the protocol and command modules only)"
         assert target in ALLOWED[layer], f"{path} ({layer}) may not import {name} ({target})"

@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 from leasestore import client
-from leasestore.daemon import wire
+from leasestore.daemon import sanlock_proto as sp
+from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, AcquireLver, SharedHolders
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
-from leasestore.testing.wirefuzz import hostile_lines
+from leasestore.testing.wirefuzz import hostile_messages
 from leasestore.timeouts import Timeouts
 
 pytestmark = pytest.mark.slow
@@ -208,10 +209,33 @@ def test_failed_storage_kills_the_holder_before_host_dead_then_host_2_takes_over
 # --- hostile clients ------------------------------------------------------------------------
 
 
-def _exchange(sock: socket.socket, reader: Any, line: bytes) -> dict[str, Any]:
-    sock.sendall(line)
-    reply: dict[str, Any] = json.loads(reader.readline())
-    return reply
+def _exchange(sock: socket.socket, raw: bytes) -> tuple[Header, bytes]:
+    """Send one message, read its one reply (header and the payload its length counts)."""
+    sock.sendall(raw)
+    header = Header.decode(_recv(sock, sp.HEADER_B))
+    return header, _recv(sock, header.length - sp.HEADER_B)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            raise ConnectionError("the daemon closed the connection")
+        received += chunk
+    return bytes(received)
+
+
+def _request(cmd: Cmd, payload: bytes = b"", *, data: int = 0, data2: int = sp.SELF) -> bytes:
+    return Header(sp.SM_MAGIC, sp.SM_PROTO, cmd, 0, sp.HEADER_B + len(payload), 0, data,
+                  data2).encode() + payload
+
+
+NOT_ON_A_REGISTERED_CONNECTION = frozenset({
+    Cmd.RELEASE, Cmd.RESTRICT,  # they may rightly end or silence the holder's leases
+    Cmd.REGISTER,  # no reply
+    Cmd.STATUS, Cmd.HOST_STATUS, Cmd.RENEWAL, Cmd.LOG_DUMP,  # end-of-stream replies
+})
 
 
 def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -241,51 +265,64 @@ def _identities(lockspaces: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 def test_the_fuzz_corpus_never_crashes_the_daemon_nor_leaks_a_lease(hosts: Hosts) -> None:
     """(On host 2: host 1's lockspace was failed by an earlier test.) A registered connection
-    holds vm4, then sends every hostile line: each gets an error (or a harmless answer), the
-    lease stays with its holder, and closing the connection releases it on disk."""
+    holds vm4 and sends every framed hostile message, each answered with one reply; every other
+    hostile message arrives on a connection of its own meanwhile. The lease stays with its
+    holder, nothing fails inside the daemon, and closing the connection releases the lease."""
     daemon, device = hosts.daemons[1], hosts.devices[1]
     lockspaces_before = _identities(daemon.call(client.get_lockspaces))
-    lines = list(hostile_lines())
-    short = [line for line in lines if len(line) <= wire.MAX_MESSAGE_B]
+    messages = list(hostile_messages(seed=2))
+    on_registered = [m for m in messages
+                     if m.framed and m.cmd not in NOT_ON_A_REGISTERED_CONNECTION]
+    alone = [m for m in messages if m not in on_registered]
 
     def session() -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(os.path.join(daemon.run_dir, wire.SOCKET_NAME))
-            reader = sock.makefile("rb")
-            registered = _exchange(sock, reader, wire.encode_request(1, wire.Register()))
-            held = _exchange(sock, reader, wire.encode_request(
-                2, wire.Acquire(LS, "vm4", device, VM4)))
-            replies = [_exchange(sock, reader, line) for line in short]
-            mine = _exchange(sock, reader, wire.encode_request(3, wire.Inquire()))
+            sock.settimeout(30)
+            sock.connect(os.path.join(daemon.run_dir, sp.SOCKET_NAME))
+            sock.sendall(_request(Cmd.REGISTER, data2=0))  # no reply, as in sanlock
+            vm4 = (sp.Resource(LS, "vm4", num_disks=1).encode()
+                   + sp.Disk(device, VM4).encode() + bytes(sp.OPTIONS_B))
+            held, _ = _exchange(sock, _request(Cmd.ACQUIRE, vm4, data=1))
+            replies = []
+            for message in on_registered:
+                reply, _ = _exchange(sock, message.raw)
+                replies.append((message.what, reply.cmd == message.cmd, reply.data))
+            _inquired, state = _exchange(sock, _request(Cmd.INQUIRE))
             owner = read_paxos_leader(device, VM4).owner_id
-        return {"registered": registered["ok"], "held": held, "replies": replies,
-                "inquire": mine, "owner": owner}
+        return {"held": held.data, "replies": replies, "inquire": state.decode(),
+                "owner": owner}
 
+    for message in alone[: len(alone) // 2]:
+        _one_shot(daemon.run_dir, message.raw)
     out = _in_child(session)
+    for message in alone[len(alone) // 2:]:
+        _one_shot(daemon.run_dir, message.raw)
     assert "crashed" not in out, out.get("crashed")
-    assert out["registered"] and out["held"]["ok"], out["held"]
-    replies = out["replies"]
-    assert len(replies) == len(short)
-    errors = [r for r in replies if not r.get("ok")]
-    assert len(errors) > 0.9 * len(short)
-    internal = [r["error"] for r in errors if r["error"]["name"] == "LeasestoreError"]
-    assert not internal, internal[:3]
-    assert [h["resource"] for h in out["inquire"]["result"]] == ["vm4"]
+    assert out["held"] == 0
+    assert len(out["replies"]) == len(on_registered) > 500
+    assert all(echoed for _what, echoed, _code in out["replies"])
+    refused = [code for _what, _echoed, code in out["replies"] if code < 0]
+    assert len(refused) > 0.8 * len(on_registered)
+    assert out["inquire"].startswith(f"{LS}:vm4:{device}:{VM4}:"), out["inquire"]
     assert out["owner"] == 2
-    for line in lines:
-        if len(line) > wire.MAX_MESSAGE_B:  # each closes its connection after an error
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.connect(os.path.join(daemon.run_dir, wire.SOCKET_NAME))
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    sock.sendall(line)  # the daemon may hang up before reading it all
-                with contextlib.suppress(ConnectionResetError):
-                    reply = sock.makefile("rb").readline()
-                    assert not reply or json.loads(reply)["ok"] is False
     assert daemon.proc.poll() is None
+    assert "internal error" not in daemon.log()
     poll(lambda: read_paxos_leader(device, VM4).timestamp == 0, 10,
          what="vm4 released when its connection closed")
     assert _identities(daemon.call(client.get_lockspaces)) == lockspaces_before
     assert not any(h["resource"] == "vm4" for h in daemon.call(client.status)["leases"])
+
+
+def _one_shot(run_dir: str, raw: bytes) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(15)
+        sock.connect(os.path.join(run_dir, sp.SOCKET_NAME))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(raw)  # the daemon may answer and hang up before reading it all
+            sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):
+                pass
 
 
 def _as_nobody(run_dir: str, holder_pid: int, device: str) -> dict[str, Any]:
@@ -296,7 +333,7 @@ def _as_nobody(run_dir: str, holder_pid: int, device: str) -> dict[str, Any]:
         os.chdir(run_dir)  # the pytest tmp tree is root-only: reach the socket from inside
         os.setgid(65534)
         os.setuid(65534)
-        os.environ[wire.RUN_DIR_ENV] = "."
+        os.environ[client.RUN_DIR_ENV] = "."
         tries: dict[str, Callable[[], object]] = {
             "release_for_pid": lambda: client.release(LS, "vm4", [(device, VM4)],
                                                       pid=holder_pid),
@@ -319,7 +356,7 @@ def _as_nobody(run_dir: str, holder_pid: int, device: str) -> dict[str, Any]:
 def test_another_user_can_release_nothing_but_its_own(hosts: Hosts) -> None:
     daemon, device = hosts.daemons[1], hosts.devices[1]
     holder = hosts.hold(1, "vm4", VM4)
-    socket_path = os.path.join(daemon.run_dir, wire.SOCKET_NAME)
+    socket_path = os.path.join(daemon.run_dir, sp.SOCKET_NAME)
     os.chmod(socket_path, 0o666)  # let uid 65534 reach the daemon at all
     try:
         outcome = _as_nobody(daemon.run_dir, holder, device)

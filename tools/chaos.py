@@ -35,13 +35,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from leasestore import client
-from leasestore.daemon import wire
 from leasestore.direct import format_lockspace, format_resource
 from leasestore.errors import LeasestoreError
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file
@@ -308,7 +307,7 @@ class Chaos:
                 if delay_s:  # a restart: the earlier daemon's holders must be gone by now
                     self.restarts.append(Restart(host.host_id, time.monotonic_ns(),
                                                  frozenset(p.pid for p in host.workers)))
-            self._admin(daemon, wire.AddLockspace(LOCKSPACE, host.host_id, host.device, 0, 0, True))
+            self._admin(daemon, client.add_lockspace, LOCKSPACE, host.host_id, host.device, 0)
             for number in range(self.args.workers_per_host):
                 self._start_worker(host, number)
         except (LeasestoreError, OSError, AssertionError) as exc:
@@ -331,23 +330,23 @@ class Chaos:
                 continue
             try:
                 states = {ls["lockspace"]: ls["state"]
-                          for ls in self._admin(daemon, wire.GetLockspaces())}
+                          for ls in self._admin(daemon, client.get_lockspaces)}
                 if states.get(LOCKSPACE) == "failed":
-                    self._admin(daemon, wire.RemLockspace(LOCKSPACE, host.host_id, host.device,
-                                                          0, True, False))
+                    self._admin(daemon, client.rem_lockspace, LOCKSPACE, host.host_id,
+                                host.device, 0)
                     with self.lock:
                         self.faults["lockspace_failed"] += 1
                 elif LOCKSPACE not in states:
-                    self._admin(daemon, wire.AddLockspace(LOCKSPACE, host.host_id, host.device,
-                                                          0, 0, True))
+                    self._admin(daemon, client.add_lockspace, LOCKSPACE, host.host_id,
+                                host.device, 0)
             except (LeasestoreError, OSError):
                 continue
 
     @staticmethod
-    def _admin(daemon: DaemonProc, command: wire.Command) -> Any:
+    def _admin(daemon: DaemonProc, operation: Callable[..., Any], *args: Any) -> Any:
         """One request to this daemon (threads here must not share the run-dir variable)."""
-        with client.Connection(daemon.run_dir) as conn:
-            return conn.call(command)
+        with client.using(daemon.run_dir):
+            return operation(*args)
 
     def _start_worker(self, host: Host, number: int) -> None:
         daemon = host.daemon

@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 from leasestore import client
-from leasestore.daemon import wire
 from leasestore.errors import UsageError
 from leasestore.specs import LockspaceSpec, ResourceSpec
 
@@ -94,7 +93,7 @@ def _renewal_lines(history: list[dict[str, Any]]) -> str:
 
 def run_client(args: argparse.Namespace) -> int:
     if args.run_dir:
-        os.environ[wire.RUN_DIR_ENV] = args.run_dir
+        os.environ[client.RUN_DIR_ENV] = args.run_dir
     name = args.action
     if name == "status":
         data = client.status()
@@ -147,7 +146,7 @@ def _acquire_each(specs: list[ResourceSpec], slkfd: int | None, pid: int | None,
 
 def run_resource(args: argparse.Namespace) -> int:
     if args.run_dir:
-        os.environ[wire.RUN_DIR_ENV] = args.run_dir
+        os.environ[client.RUN_DIR_ENV] = args.run_dir
     if args.action == "inquire":
         held = client.inquire(pid=args.pid)
         _print(args, [{**h, "lockspace": h["lockspace"].decode(),

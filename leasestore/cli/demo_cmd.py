@@ -21,7 +21,8 @@ from typing import Any
 
 from leasestore import client, direct
 from leasestore.cli.area_cmds import print_table
-from leasestore.daemon import wire
+from leasestore.daemon.commands import RUN_DIR_ENV
+from leasestore.daemon.sanlock_proto import SOCKET_NAME
 from leasestore.errors import AcquireIdLive
 from leasestore.ondisk.leader import Leader
 from leasestore.timeouts import Timeouts
@@ -59,7 +60,7 @@ def _start_daemon(base: Path, index: int) -> tuple[subprocess.Popen[bytes], str]
     )
     log.close()
     deadline = time.monotonic() + 20
-    while not os.path.exists(os.path.join(run_dir, wire.SOCKET_NAME)):
+    while not os.path.exists(os.path.join(run_dir, SOCKET_NAME)):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"daemon {index} did not start; see {base}/host{index}.log")
         time.sleep(0.05)
@@ -83,7 +84,7 @@ def _wait_for_owner(disk: str, owner: int) -> Leader:
 
 
 def _try_acquire(clock: Clock, run_dir: str, disk: str, expect_refused: bool) -> bool:
-    os.environ[wire.RUN_DIR_ENV] = run_dir
+    os.environ[RUN_DIR_ENV] = run_dir
     try:
         held = client.acquire(LOCKSPACE, "vm-disk-1", [(disk, MiB)])
     except AcquireIdLive as exc:
@@ -105,7 +106,7 @@ def _take_over(clock: Clock, run_dir: str, disk: str, timeouts: Timeouts) -> Non
 
 
 def _hosts(run_dir: str) -> dict[int, dict[str, Any]]:
-    os.environ[wire.RUN_DIR_ENV] = run_dir
+    os.environ[RUN_DIR_ENV] = run_dir
     return {h["host_id"]: h for h in client.get_hosts(LOCKSPACE)}
 
 
@@ -146,7 +147,7 @@ def _start_hosts(clock: Clock, base: Path, disk: Path,
         dirs.append(run_dir)
     clock.step(f"started {HOSTS} daemons (pids {', '.join(str(p.pid) for p in procs)})")
     for index, run_dir in enumerate(dirs, start=1):
-        os.environ[wire.RUN_DIR_ENV] = run_dir
+        os.environ[RUN_DIR_ENV] = run_dir
         began = time.monotonic()
         client.add_lockspace(LOCKSPACE, index, str(disk), 0)
         clock.step(f"host {index} joined as host_id {index} in "

@@ -1,1 +1,1 @@
-"""The leasestore daemon: wire protocol, socket server, supervision and watchdog."""
+"""The leasestore daemon: commands, sanlock-protocol front end, server, supervision, watchdog."""

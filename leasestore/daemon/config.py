@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from leasestore.daemon.wire import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from leasestore.daemon.commands import DEFAULT_RUN_DIR, RUN_DIR_ENV
 from leasestore.errors import UsageError
 from leasestore.timeouts import (
     DEFAULT_IO_TIMEOUT_S,

@@ -3,7 +3,8 @@
 Messages are C structs in host byte order with natural alignment (x86-64: little-endian), as
 libsanlock sends them; every struct here has the byte size sanlock's has, and `decode_*` of
 `encode_*` is the identity on every field it carries. Names are fixed-size NUL-padded arrays: a
-48-byte name need not end in NUL, and decoding stops at the first NUL. Nothing here does I/O;
+48-byte name need not end in NUL, and decoding stops at the first NUL; names and paths must be
+UTF-8 (ProtocolError otherwise: answered -EINVAL). Nothing here does I/O;
 the server (sanlock_server.py) frames messages by these sizes and never by the header's length.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+
+from leasestore.errors import ProtocolError
 
 SM_MAGIC = 0x04282010
 SM_PROTO = 0x00000001
@@ -102,6 +105,12 @@ REM_ASYNC = 0x1
 REM_UNUSED = 0x2
 INQ_WAIT = 0x1
 WRITE_CLEAR = 0x1
+LS_DETAIL = 0x40000000
+"""leasestore's extension, set only by leasestore's own client: the reply's payload is one
+UTF-8 JSON document instead of sanlock's binary payload, {"result": ...} on success or
+{"error": {"name": CLASS, "message": TEXT}} on failure; the header's data is sanlock's result
+code either way. REGISTER is answered (with {"result": {"pid": PID}}) when it carries the flag.
+No sanlock client sets this bit; every sanlock cmd_flags value is below it."""
 
 
 class StateType(enum.IntEnum):
@@ -151,8 +160,13 @@ def fixed(text: str | bytes, size: int) -> bytes:
 
 
 def text_of(field: bytes) -> str:
-    """The string in a fixed-size field: up to its first NUL (none needed when full)."""
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    """The string in a fixed-size field: up to its first NUL (none needed when full).
+    Raises ProtocolError for bytes that are not UTF-8 (leasestore names and paths are text)."""
+    raw = field.split(b"\0", 1)[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"not UTF-8: {raw[:64]!r}") from None
 
 
 @dataclass(frozen=True)

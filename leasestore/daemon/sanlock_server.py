@@ -10,33 +10,44 @@ codes sanlock replies with, and encodes. Invariants:
   request still had in flight is drained by its length, so the next header is read in step;
 - a registered connection is never closed by us: its leases end when its process closes it
   (or on shutdown, whose holders are killed first);
-- a command leasestore does not implement yet is answered with -EOPNOTSUPP, never silence.
+- a command leasestore does not implement yet is answered with -EOPNOTSUPP, never silence;
+- with LS_DETAIL in cmd_flags (leasestore's own client) the same command gets the same result
+  code, and a JSON payload that says what sanlock's binary reply cannot (error class and text,
+  µs timings, host names): one protocol, one set of handlers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import leasestore.daemon.sanlock_proto as sp
 from leasestore import direct
-from leasestore.daemon import sanlock_proto as sp
-from leasestore.daemon import wire
+from leasestore.clock import lease_now_s
+from leasestore.daemon import commands
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.errors import (
+    AreaInUse,
     CorruptRecord,
+    DeviceMissing,
     LeaseAlreadyHeld,
+    LeaseNotHeld,
     LeasestoreError,
     LockspaceBusy,
+    LockspaceExists,
     LockspaceNotJoined,
     NotRegistered,
     ProtocolError,
     StorageError,
     UsageError,
+    WrongLockspace,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
@@ -44,6 +55,7 @@ from leasestore.ondisk.leader import LeaderMagic, decode_leader
 from leasestore.resource import HeldResource
 from leasestore.specs import MAX_PATH_B
 from leasestore.storage.odirect import DirectDevice
+from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S
 
 if TYPE_CHECKING:
     from leasestore.daemon.server import Daemon, Session
@@ -61,10 +73,37 @@ class _Short(Exception):
 
 @dataclass
 class _Reply:
-    data: bytes | None
-    """Bytes to send; None: no reply."""
-    close: bool = False
-    """Whether we end this (unregistered) connection after replying."""
+    code: int = 0
+    """sanlock's result: 0, a positive value (ALIGN), a negative errno or SANLK_* code."""
+    payload: bytes = b""
+    data2: int = 0
+    detail: Any = None
+    """What an LS_DETAIL reply carries as its result."""
+    counted: bool = True
+    """Whether the payload is counted in the header's length (STATUS-like streams: not)."""
+    raw: bytes | None = None
+    """A whole reply sanlock builds other than by echoing the request (VERSION, SHUTDOWN_WAIT)."""
+    silent: bool = False
+    """No reply at all (REGISTER, SHUTDOWN)."""
+
+
+class _Refused(Exception):
+    """A request refused with sanlock's code for it, and the error it stands for."""
+
+    def __init__(self, code: int, error: LeasestoreError) -> None:
+        super().__init__(str(error))
+        self.code = code
+        self.error = error
+
+
+def _refuse(code: int, error: type[LeasestoreError], message: str) -> _Refused:
+    return _Refused(code, error(message))
+
+
+CLOSES_AFTER_REPLY = frozenset({Cmd.SHUTDOWN, Cmd.STATUS, Cmd.LOG_DUMP, Cmd.HOST_STATUS,
+                                Cmd.GET_LOCKSPACES, Cmd.GET_HOSTS, Cmd.SHUTDOWN_WAIT,
+                                Cmd.END_EVENT, Cmd.SET_CONFIG, Cmd.RENEWAL})
+"""Commands after whose reply sanlock's daemon closes a (one-shot) connection itself."""
 
 
 def result_code(exc: LeasestoreError) -> int:
@@ -73,11 +112,11 @@ def result_code(exc: LeasestoreError) -> int:
 
 
 class SanlockFrontEnd:
-    """Serves one sanlock-protocol connection at a time per thread, for `daemon`."""
+    """Serves sanlock-protocol connections (one thread each) for `daemon`."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        handlers: dict[int, Callable[[Header, socket.socket, Session], _Reply]] = {
+        self._handlers: dict[int, Callable[[Header, _Payload, Session], _Reply]] = {
             Cmd.REGISTER: self._register,
             Cmd.ADD_LOCKSPACE: self._add_lockspace,
             Cmd.REM_LOCKSPACE: self._rem_lockspace,
@@ -105,110 +144,147 @@ class SanlockFrontEnd:
             Cmd.SHUTDOWN_WAIT: self._shutdown_wait,
             Cmd.RENEWAL: self._renewal,
         }
-        self._handlers = handlers
 
     # -- framing -------------------------------------------------------------------------------
 
     def serve(self, conn: socket.socket, session: Session) -> None:
         """Answer headers on `conn` until the client closes it (or we end a one-shot)."""
+        known = {int(c) for c in Cmd}
         while True:
             conn.settimeout(None)
-            raw = _recv_exact(conn, sp.HEADER_B)
+            try:
+                raw = _recv_exact(conn, sp.HEADER_B)
+            except _Short:
+                return
             if raw is None:
                 return
             if session.restrict & sp.RESTRICT_ALL:
                 continue
             header = Header.decode(raw)
-            if not header.acceptable():
+            if not header.acceptable() or header.cmd not in known:
                 continue
-            handler = self._handlers.get(header.cmd)
-            if handler is None and header.cmd not in Cmd.__members__.values():
-                continue
-            reply = (self._unsupported(header, conn, session) if handler is None
-                     else self._handle(handler, header, conn, session))
-            if reply.data is not None:
-                conn.sendall(reply.data, socket.MSG_NOSIGNAL)
-            if reply.close and not session.registered:
+            reply = self._answer(header, _Payload(conn), session)
+            if reply is not None:
+                conn.sendall(reply, socket.MSG_NOSIGNAL)
+            if header.cmd in CLOSES_AFTER_REPLY and not session.registered:
                 return
 
-    def _handle(self, handler: Callable[[Header, socket.socket, Session], _Reply],
-                header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _answer(self, header: Header, payload: _Payload, session: Session) -> bytes | None:
+        handler = self._handlers.get(header.cmd, self._unsupported)
+        error: LeasestoreError | None = None
         try:
-            return handler(header, conn, session)
+            reply = handler(header, payload, session)
         except _Short:
-            return _Reply(header.reply(-sp.ENOTCONN))
-        except _Code as refused:
-            return _Reply(header.reply(refused.code))
+            error = ProtocolError("the request's payload was shorter than its structs")
+            reply = _Reply(-sp.ENOTCONN)
+        except _Refused as refused:
+            error = refused.error
+            reply = _Reply(refused.code)
+        except ProtocolError as exc:
+            error = exc
+            reply = _Reply(-sp.EINVAL)
         except LeasestoreError as exc:
-            return _Reply(header.reply(result_code(exc)))
-        except Exception:
+            error = exc
+            reply = _Reply(_acquire_code(exc) if header.cmd == Cmd.ACQUIRE else result_code(exc))
+        except Exception as exc:
             log.exception("internal error handling sanlock command %d", header.cmd)
-            return _Reply(header.reply(-201))
+            error = LeasestoreError(f"internal error: {exc}")
+            reply = _Reply(-201)
+        if error is not None:  # the next header must be read where the client put it
+            payload.drain(header)
+        if header.cmd_flags & sp.LS_DETAIL:
+            if error is not None:
+                document: dict[str, Any] = {"error": {"name": type(error).__name__,
+                                                      "message": str(error)}}
+            elif reply.code < 0:
+                document = {"error": {"name": "LeasestoreError",
+                                      "message": f"sanlock result {reply.code}"}}
+            else:
+                document = {"result": reply.detail}
+            body = json.dumps(document, separators=(",", ":")).encode()
+            return header.reply(reply.code, len(body), reply.data2) + body
+        if reply.silent:
+            return None
+        if reply.raw is not None:
+            return reply.raw
+        counted = len(reply.payload) if reply.counted else 0
+        return header.reply(reply.code, counted, reply.data2) + reply.payload
 
-    def _unsupported(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        _drain(conn, header, 0)
-        log.info("sanlock command %s is not implemented: -EOPNOTSUPP", Cmd(header.cmd).name)
-        return _Reply(header.reply(-sp.EOPNOTSUPP), close=True)
+    def _unsupported(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        name = Cmd(header.cmd).name
+        log.info("sanlock command %s is not implemented: -EOPNOTSUPP", name)
+        raise _refuse(-sp.EOPNOTSUPP, UsageError, f"{name} is not implemented by leasestore")
 
     # -- registration --------------------------------------------------------------------------
 
-    def _register(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _register(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         try:
-            self.daemon._register(wire.Register(), session)
-            session.owner_name = str(session.peer.pid)
-        except LeasestoreError as exc:  # REGISTER has no reply: the failure shows on use
-            log.warning("sanlock register of pid %d refused: %s", session.peer.pid, exc)
-        return _Reply(None)
+            self.daemon._register(commands.Register(), session)
+        except LeasestoreError as exc:  # sanlock has no reply to fail: it shows on first use
+            log.warning("register of pid %d refused: %s", session.peer.pid, exc)
+            if header.cmd_flags & sp.LS_DETAIL:
+                raise
+        session.owner_name = str(session.peer.pid)
+        return _Reply(detail={"pid": session.peer.pid}, silent=True)
 
-    def _restrict(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        session.restrict = header.cmd_flags
-        return _Reply(header.reply(0))
+    def _restrict(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        session.restrict = header.cmd_flags & ~sp.LS_DETAIL
+        return _Reply()
 
-    def _killpath(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        path, args = sp.decode_killpath(_recv_payload(conn, sp.KILLPATH_B))
+    def _killpath(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        path, args = sp.decode_killpath(payload.take(sp.KILLPATH_B))
         target = self._target(header, session)
+        if not path:
+            raise _refuse(-sp.EINVAL, UsageError, "killpath: empty program path")
         target.killpath = [path, *args]
         target.killpath_pid = bool(header.cmd_flags & sp.KILLPATH_PID)
-        return _Reply(header.reply(0))
+        return _Reply()
 
     def _target(self, header: Header, session: Session) -> Session:
         """The registration a lease command acts for: this connection's (data2 SELF), or the
         registered process whose pid data2 names (-EBUSY / -ESRCH when there is none)."""
         if header.data2 == sp.SELF:
             if not session.registered:
-                raise _Code(-sp.EBUSY)
+                raise _refuse(-sp.EBUSY, NotRegistered,
+                              f"pid {session.peer.pid} is not registered on this connection")
             return session
-        try:
-            return self.daemon._target(session, header.data2)
-        except NotRegistered:
-            raise _Code(-sp.ESRCH) from None
+        pid = header.data2
+        if pid == session.peer.pid and session.registered:
+            return session
+        self.daemon._require_admin(session.peer, f"act for pid {pid}")
+        with self.daemon._lock:
+            target = self.daemon._registered.get(pid)
+        if target is None or target.closed:
+            raise _refuse(-sp.ESRCH, NotRegistered, f"pid {pid} is not registered")
+        return target
 
     # -- lockspaces ----------------------------------------------------------------------------
 
-    def _lockspace_payload(self, conn: socket.socket) -> sp.LockspaceStruct:
-        return sp.LockspaceStruct.decode(_recv_payload(conn, sp.LOCKSPACE_B))
+    def _lockspace_payload(self, payload: _Payload) -> sp.LockspaceStruct:
+        return sp.LockspaceStruct.decode(payload.take(sp.LOCKSPACE_B))
 
-    def _existing(self, ls: sp.LockspaceStruct) -> Lockspace | None:
-        """The joined lockspace `ls` names by its full key (host_id 0 matches any)."""
+    def _existing(self, ls: sp.LockspaceStruct) -> Lockspace:
+        """The added lockspace `ls` names by its full key (host_id 0 matches any), or -ENOENT."""
         with self.daemon._lock:
             found = self.daemon.lockspaces.get(ls.name)
-        if found is None:
-            return None
-        spec = found.spec
-        if (spec.path, spec.offset_b) != (ls.disk.path, ls.disk.offset):
-            return None
-        if ls.host_id and ls.host_id != spec.host_id:
-            return None
-        return found
+        if found is not None:
+            spec = found.spec
+            if ((spec.path, spec.offset_b) == (ls.disk.path, ls.disk.offset)
+                    and ls.host_id in (0, spec.host_id)):
+                return found
+        raise _refuse(-sp.ENOENT, LockspaceNotJoined,
+                      f"lockspace {ls.name}:{ls.host_id}:{ls.disk.path}:{ls.disk.offset} "
+                      "is not added")
 
-    def _add_lockspace(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
+    def _add_lockspace(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        ls = self._lockspace_payload(payload)
         if not ls.name or not ls.host_id or not ls.disk.path:
-            return _Reply(header.reply(-sp.EINVAL))
+            raise _refuse(-sp.EINVAL, UsageError, "add_lockspace needs a name, a host_id "
+                          "and a path")
         daemon = self.daemon
         with daemon._lock:
             same_name = daemon.lockspaces.get(ls.name)
-            same_area = [other for other in daemon.lockspaces.values()
+            same_area = [other.name for other in daemon.lockspaces.values()
                          if (other.spec.path, other.spec.offset_b)
                          == (ls.disk.path, ls.disk.offset)]
             removing = ls.name in daemon._removing
@@ -216,245 +292,255 @@ class SanlockFrontEnd:
             spec = same_name.spec
             if (spec.host_id, spec.path, spec.offset_b) != (ls.host_id, ls.disk.path,
                                                             ls.disk.offset):
-                return _Reply(header.reply(-sp.EINVAL))
+                raise _refuse(-sp.EINVAL, LockspaceExists,
+                              f"lockspace {ls.name!r} is already added as {spec}")
             if removing:
-                return _Reply(header.reply(-sp.EAGAIN))
+                raise _refuse(-sp.EAGAIN, LockspaceBusy, f"lockspace {ls.name!r} is being "
+                              "removed")
             if same_name.state == LockspaceState.JOINING:
-                return _Reply(header.reply(-sp.EINPROGRESS))
-            return _Reply(header.reply(-sp.EEXIST))
+                raise _refuse(-sp.EINPROGRESS, LockspaceBusy,
+                              f"lockspace {ls.name!r} is being added")
+            raise _refuse(-sp.EEXIST, LockspaceExists, f"lockspace {ls.name!r} is already "
+                          "added")
         if same_area:
-            return _Reply(header.reply(-sp.EINVAL))
-        command = wire.AddLockspace(ls.name, ls.host_id, ls.disk.path, ls.disk.offset,
+            raise _refuse(-sp.EINVAL, LockspaceExists, f"lockspace {same_area[0]!r} is "
+                          f"already added on {ls.disk.path}:{ls.disk.offset}")
+        command = commands.AddLockspace(ls.name, ls.host_id, ls.disk.path, ls.disk.offset,
                                     io_timeout=header.data,
                                     wait=not header.cmd_flags & sp.ADD_ASYNC)
         _validated(command)
         daemon._add_lockspace(command, session)
-        return _Reply(header.reply(0))
+        return _Reply()
 
-    def _rem_lockspace(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
-        lockspace = self._existing(ls)
-        if lockspace is None:
-            return _Reply(header.reply(-sp.ENOENT))
+    def _rem_lockspace(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        lockspace = self._existing(self._lockspace_payload(payload))
         if lockspace.name in self.daemon._removing:
-            return _Reply(header.reply(-sp.EINPROGRESS))
+            raise _refuse(-sp.EINPROGRESS, LockspaceBusy,
+                          f"lockspace {lockspace.name!r} is already being removed")
         spec = lockspace.spec
-        command = wire.RemLockspace(spec.name, spec.host_id, spec.path, spec.offset_b,
-                                    wait=not header.cmd_flags & sp.REM_ASYNC,
-                                    unused=bool(header.cmd_flags & sp.REM_UNUSED))
-        try:
-            self.daemon._rem_lockspace(command, session)
-        except LockspaceBusy:
-            return _Reply(header.reply(-sp.EBUSY))
-        return _Reply(header.reply(0))
+        self.daemon._rem_lockspace(
+            commands.RemLockspace(spec.name, spec.host_id, spec.path, spec.offset_b,
+                              wait=not header.cmd_flags & sp.REM_ASYNC,
+                              unused=bool(header.cmd_flags & sp.REM_UNUSED)), session)
+        return _Reply()
 
-    def _inq_lockspace(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
-        lockspace = self._existing(ls)
-        if lockspace is None:
-            return _Reply(header.reply(-sp.ENOENT))
+    def _inq_lockspace(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        lockspace = self._existing(self._lockspace_payload(payload))
         spec = lockspace.spec
         joined = self.daemon._inq_lockspace(
-            wire.InqLockspace(spec.name, spec.host_id, spec.path, spec.offset_b,
+            commands.InqLockspace(spec.name, spec.host_id, spec.path, spec.offset_b,
                               wait=bool(header.cmd_flags & sp.INQ_WAIT)), session)
-        code = 0 if joined else -sp.ENOENT if joined is False else -sp.EINPROGRESS
-        return _Reply(header.reply(code))
+        if joined is None:
+            raise _refuse(-sp.EINPROGRESS, LockspaceBusy,
+                          f"lockspace {spec.name!r} is being added or removed")
+        if not joined:
+            raise _refuse(-sp.ENOENT, LockspaceNotJoined,
+                          f"lockspace {spec.name!r} is {lockspace.state}")
+        return _Reply()
 
     def _lockspaces(self) -> list[Lockspace]:
         with self.daemon._lock:
             return list(self.daemon.lockspaces.values())
 
-    def _lockspace_struct(self, lockspace: Lockspace, with_pads: bool) -> bytes:
+    def _lockspace_struct(self, lockspace: Lockspace, in_status: bool) -> bytes:
+        """GET_LOCKSPACES' struct (flags ADD/REM, pads 0), or STATUS's (flags 0, the sector
+        size in the disk's first pad)."""
         spec = lockspace.spec
         flags = 0
         if lockspace.state == LockspaceState.JOINING:
             flags |= sp.LSF_ADD
         if lockspace.name in self.daemon._removing:
             flags |= sp.LSF_REM
-        sector = lockspace.table.geometry.sector_size if lockspace.table else 512
-        disk = sp.Disk(spec.path, spec.offset_b, sector if with_pads else 0)
-        return sp.LockspaceStruct(spec.name, spec.host_id, 0 if with_pads else flags,
+        table = lockspace.table
+        sector = table.geometry.sector_size if table is not None else 512
+        disk = sp.Disk(spec.path, spec.offset_b, sector if in_status else 0)
+        return sp.LockspaceStruct(spec.name, spec.host_id, 0 if in_status else flags,
                                   disk).encode()
 
-    def _get_lockspaces(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        structs = [self._lockspace_struct(ls, with_pads=False) for ls in self._lockspaces()]
-        body = b"".join(structs)
-        return _Reply(header.reply(0, len(body), data2=len(structs)) + body, close=True)
+    def _get_lockspaces(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        lockspaces = self._lockspaces()
+        body = b"".join(self._lockspace_struct(ls, in_status=False) for ls in lockspaces)
+        return _Reply(payload=body, data2=len(lockspaces),
+                      detail=[self.daemon._lockspace_info(ls) for ls in lockspaces])
 
-    def _get_hosts(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
+    def _get_hosts(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        ls = self._lockspace_payload(payload)
         with self.daemon._lock:
             lockspace = self.daemon.lockspaces.get(ls.name)
         if lockspace is None or lockspace.state == LockspaceState.JOINING:
-            return _Reply(header.reply(-sp.ENOENT), close=True)
+            raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {ls.name!r} is not "
+                          "joined")
         if lockspace.table is None:
-            return _Reply(header.reply(-sp.EAGAIN), close=True)
-        hosts = [h for h in lockspace.hosts(ls.host_id) if ls.host_id or h.timestamp]
+            raise _refuse(-sp.EAGAIN, LockspaceNotJoined,
+                          f"lockspace {ls.name!r} has not read the other hosts yet")
+        if ls.host_id > lockspace.table.geometry.max_hosts:
+            raise _refuse(-sp.EINVAL, UsageError, f"host_id {ls.host_id} out of range")
+        seen = lockspace.hosts(ls.host_id)
+        hosts = [h for h in seen if ls.host_id or h.timestamp]  # sanlock: free ones by id only
         body = b"".join(sp.Host(h.host_id, h.generation, h.timestamp, h.io_timeout,
                                 int(h.state)).encode() for h in hosts)
-        return _Reply(header.reply(0, len(body), data2=len(hosts)) + body, close=True)
+        # The detail lists every host in the table, free ones too (who left, and when).
+        return _Reply(payload=body, data2=len(hosts), detail=[h.to_json() for h in seen])
 
-    def _named_for_stream(self, conn: socket.socket) -> Lockspace | None:
+    def _named_for_stream(self, payload: _Payload) -> Lockspace:
         """HOST_STATUS and RENEWAL: a lockspace struct follows a header whose length is 32."""
-        ls = self._lockspace_payload(conn)
+        ls = self._lockspace_payload(payload)
         with self.daemon._lock:
-            return self.daemon.lockspaces.get(ls.name)
-
-    def _host_status(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        lockspace = self._named_for_stream(conn)
+            lockspace = self.daemon.lockspaces.get(ls.name)
         if lockspace is None:
-            return _Reply(header.reply(-sp.ENOSPC), close=True)
-        records = []
-        now_s = int(lockspace.valid_until_s - lockspace.timeouts.id_renewal_fail_s) \
-            if lockspace.last_success_s else 0
-        for host in lockspace.hosts():
-            if not (host.last_live_s or host.owner_id):
-                continue
-            text = (f"last_check={now_s} last_live={int(host.last_live_s)} last_req=0 "
-                    f"owner_id={host.owner_id} owner_generation={host.generation} "
-                    f"timestamp={host.timestamp} io_timeout={host.io_timeout} "
-                    f"owner_name={host.host_name}")
-            records.append(sp.state_record(sp.StateType.HOST, "", text, data32=host.host_id,
-                                           data64=host.timestamp))
-        return _Reply(header.reply(0) + b"".join(records), close=True)
+            raise _refuse(-sp.ENOSPC, LockspaceNotJoined, f"lockspace {ls.name!r} is not "
+                          "added")
+        return lockspace
 
-    def _renewal(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        lockspace = self._named_for_stream(conn)
-        if lockspace is None:
-            return _Reply(header.reply(-sp.ENOSPC), close=True)
-        records = []
-        for renewal in lockspace.history():
-            text = (f"timestamp={renewal.timestamp} read_ms={renewal.read_us // 1000} "
-                    f"write_ms={renewal.write_us // 1000} "
-                    f"next_timeouts={int(renewal.error is not None)} next_errors=0")
-            records.append(sp.state_record(sp.StateType.RENEWAL, "", text,
-                                           data64=renewal.timestamp))
-        return _Reply(header.reply(0, data2=lockspace.timeouts.io_timeout_s)
-                      + b"".join(records), close=True)
+    def _host_status(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        lockspace = self._named_for_stream(payload)
+        hosts = [h for h in lockspace.hosts() if h.last_live_s or h.owner_id]
+        checked_s = int(lease_now_s())
+        records = b"".join(sp.state_record(
+            sp.StateType.HOST, "",
+            f"last_check={checked_s} last_live={int(h.last_live_s)} last_req=0 "
+            f"owner_id={h.owner_id} owner_generation={h.generation} timestamp={h.timestamp} "
+            f"io_timeout={h.io_timeout} owner_name={h.host_name}",
+            data32=h.host_id, data64=h.timestamp) for h in hosts)
+        return _Reply(payload=records, counted=False, detail=[h.to_json() for h in hosts])
+
+    def _renewal(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        lockspace = self._named_for_stream(payload)
+        history = lockspace.history()
+        records = b"".join(sp.state_record(
+            sp.StateType.RENEWAL, "",
+            f"timestamp={r.timestamp} read_ms={r.read_us // 1000} "
+            f"write_ms={r.write_us // 1000} next_timeouts={int(r.error is not None)} "
+            "next_errors=0", data64=r.timestamp) for r in history)
+        return _Reply(payload=records, counted=False, data2=lockspace.timeouts.io_timeout_s,
+                      detail=[r.to_json() for r in history])
 
     # -- resource leases -----------------------------------------------------------------------
 
-    def _resources_with_disks(self, conn: socket.socket, count: int
+    def _resources_with_disks(self, payload: _Payload, count: int
                               ) -> list[tuple[sp.Resource, list[sp.Disk]]]:
         found = []
         for _ in range(count):
-            resource = sp.Resource.decode(_recv_payload(conn, sp.RESOURCE_B))
+            resource = sp.Resource.decode(payload.take(sp.RESOURCE_B))
             if not 1 <= resource.num_disks <= sp.MAX_DISKS:
-                raise _Code(-sp.ERANGE)
-            disks = [sp.Disk.decode(_recv_payload(conn, sp.DISK_B))
+                raise _refuse(-sp.ERANGE, UsageError,
+                              f"num_disks must be 1..{sp.MAX_DISKS}, not {resource.num_disks}")
+            disks = [sp.Disk.decode(payload.take(sp.DISK_B))
                      for _ in range(resource.num_disks)]
             found.append((resource, disks))
         return found
 
-    def _acquire(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _one_resource(self, payload: _Payload) -> tuple[sp.Resource, sp.Disk]:
+        [(resource, disks)] = self._resources_with_disks(payload, 1)
+        return resource, _single_disk(disks)
+
+    def _acquire(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         count = header.data
-        if count > sp.MAX_RESOURCES or count < 0:
-            _drain(conn, header, 0)
-            return _Reply(header.reply(-sp.E2BIG))
-        try:
-            wanted = self._resources_with_disks(conn, count)
-        except _Code as refused:
-            _drain(conn, header, 0)
-            return _Reply(header.reply(refused.code))
-        owner_name = sp.decode_options(_recv_payload(conn, sp.OPTIONS_B))
+        if not 0 <= count <= sp.MAX_RESOURCES:
+            raise _refuse(-sp.E2BIG, UsageError,
+                          f"at most {sp.MAX_RESOURCES} resources per acquire, not {count}")
+        wanted = self._resources_with_disks(payload, count)
+        owner_name = sp.decode_options(payload.take(sp.OPTIONS_B))
         target = self._target(header, session)
         target.owner_name = owner_name
         if header.cmd_flags & sp.ACQUIRE_ORPHAN_ONLY:
-            return _Reply(header.reply(-sp.ENOENT))  # leasestore keeps no orphans (yet)
-        if header.cmd_flags & sp.ACQUIRE_LVB or any(
-                r.flags & sp.RES_PERSISTENT or len(disks) > 1 for r, disks in wanted):
-            return _Reply(header.reply(-sp.EOPNOTSUPP))
+            raise _refuse(-sp.ENOENT, LeaseNotHeld, "no orphan lease to adopt")
+        if header.cmd_flags & sp.ACQUIRE_LVB:
+            raise _refuse(-sp.EOPNOTSUPP, UsageError, "lock value blocks are not implemented")
+        if any(r.flags & sp.RES_PERSISTENT for r, _ in wanted):
+            raise _refuse(-sp.EOPNOTSUPP, UsageError,
+                          "persistent leases are not implemented")
         pid = 0 if target is session else target.peer.pid
-        acquired: list[wire.Release] = []
-        for resource, disks in wanted:
-            disk = disks[0]
-            command = wire.Acquire(resource.lockspace, resource.name, disk.path, disk.offset,
-                                   pid=pid, shared=bool(resource.flags & sp.RES_SHARED),
-                                   lver=resource.lver if resource.flags & sp.RES_LVER else -1)
-            try:
+        acquired: list[commands.Release] = []
+        results = []
+        try:
+            for resource, disks in wanted:
+                disk = _single_disk(disks)
+                command = commands.Acquire(resource.lockspace, resource.name, disk.path,
+                                       disk.offset, pid=pid,
+                                       shared=bool(resource.flags & sp.RES_SHARED),
+                                       lver=resource.lver if resource.flags & sp.RES_LVER
+                                       else -1)
                 _validated(command)
-                self.daemon._acquire(command, session)
-            except (LeasestoreError, _Code) as exc:
-                for release in acquired:
-                    self._release_quietly(release, session)
-                if isinstance(exc, _Code):
-                    return _Reply(header.reply(exc.code))
-                return _Reply(header.reply(_acquire_code(exc)))
-            acquired.append(wire.Release(resource.lockspace, resource.name, disk.path,
-                                         disk.offset, pid=pid))
-        return _Reply(header.reply(0))
+                results.append(self.daemon._acquire(command, session))
+                acquired.append(commands.Release(resource.lockspace, resource.name, disk.path,
+                                             disk.offset, pid=pid))
+        except BaseException:
+            for release in acquired:  # all of one call's leases, or none
+                self._release_quietly(release, session)
+            raise
+        return _Reply(detail=results)
 
-    def _release_quietly(self, release: wire.Release, session: Session) -> None:
+    def _release_quietly(self, release: commands.Release, session: Session) -> None:
         try:
             self.daemon._release(release, session)
         except LeasestoreError as exc:
             log.warning("undoing a partial acquire of %s: %s", release.resource, exc)
 
-    def _release(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        count = 0 if header.cmd_flags & sp.REL_ALL else header.data
-        if count > sp.MAX_RESOURCES or count < 0:
-            _drain(conn, header, 0)
-            return _Reply(header.reply(-sp.E2BIG))
-        named = [sp.Resource.decode(_recv_payload(conn, sp.RESOURCE_B)) for _ in range(count)]
+    def _release(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        release_all = bool(header.cmd_flags & sp.REL_ALL)
+        count = 0 if release_all else header.data
+        if not 0 <= count <= sp.MAX_RESOURCES:
+            raise _refuse(-sp.E2BIG, UsageError,
+                          f"at most {sp.MAX_RESOURCES} resources per release, not {count}")
+        named = [sp.Resource.decode(payload.take(sp.RESOURCE_B)) for _ in range(count)]
         if header.cmd_flags & (sp.REL_RENAME | sp.REL_ORPHAN):
-            _drain(conn, header, count * sp.RESOURCE_B)
-            return _Reply(header.reply(-sp.EOPNOTSUPP))
+            raise _refuse(-sp.EOPNOTSUPP, UsageError,
+                          "release with rename or of orphans is not implemented")
         target = self._target(header, session)
         held = self.daemon.resources.held_by(target.peer.pid)
-        if header.cmd_flags & sp.REL_ALL:
-            chosen = held
-            result = 0
-        else:
-            chosen = []
-            result = 0
-            for resource in named:
-                match = [h for h in held if h.key[:2] == (resource.lockspace, resource.name)]
-                if not match:
-                    result = -1
-                chosen.extend(match)
+        chosen = list(held) if release_all else []
+        missing = []
+        for resource in named:
+            match = [h for h in held if h.key[:2] == (resource.lockspace, resource.name)]
+            if not match:
+                missing.append(resource.name)
+            chosen.extend(match)
         pid = 0 if target is session else target.peer.pid
+        failure: LeasestoreError | None = None
         for lease in chosen:
             lockspace, name, path, offset = lease.key
             try:
-                self.daemon._release(wire.Release(lockspace, name, path, offset, pid=pid),
+                self.daemon._release(commands.Release(lockspace, name, path, offset, pid=pid),
                                      session)
             except LeasestoreError as exc:
-                result = result or result_code(exc)
-        return _Reply(header.reply(result))
+                failure = failure or exc
+        if missing:  # the others named were still released, as sanlock does
+            raise _refuse(-1, LeaseNotHeld,
+                          f"pid {target.peer.pid} does not hold {', '.join(missing)}")
+        if failure is not None:
+            raise failure
+        return _Reply()
 
-    def _inquire(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _inquire(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         target = self._target(header, session)
         held = self.daemon.resources.held_by(target.peer.pid)
+        detail = [h.to_json() for h in held]
         if not held:
-            return _Reply(header.reply(0))
+            return _Reply(detail=detail)
         text = " ".join(_state_string(h) for h in held).encode() + b"\0"
-        return _Reply(header.reply(0, len(text), data2=len(held)) + text)
+        return _Reply(payload=text, data2=len(held), detail=detail)
 
-    def _request(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        [(resource, disks)] = self._resources_with_disks(conn, 1)
-        if len(disks) > 1:
-            return _Reply(header.reply(-sp.EOPNOTSUPP))
+    def _request(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        resource, disk = self._one_resource(payload)
         if header.cmd_flags & sp.REQUEST_NEXT_LVER or not resource.flags & sp.RES_LVER:
             lver = -1
         else:
             lver = resource.lver
-        command = wire.RequestRelease(resource.lockspace, resource.name, disks[0].path,
-                                      disks[0].offset, lver=lver, force_mode=header.data)
+        command = commands.RequestRelease(resource.lockspace, resource.name, disk.path,
+                                      disk.offset, lver=lver, force_mode=header.data)
         _validated(command)
-        self.daemon._request(command, session)
-        return _Reply(header.reply(0))
+        return _Reply(detail=self.daemon._request(command, session))
 
-    def _examine_lockspace(self, header: Header, conn: socket.socket,
+    def _examine_lockspace(self, header: Header, payload: _Payload,
                            session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
-        self._examine(ls.name)
-        return _Reply(header.reply(0))
+        self._examine(self._lockspace_payload(payload).name)
+        return _Reply()
 
-    def _examine_resource(self, header: Header, conn: socket.socket,
+    def _examine_resource(self, header: Header, payload: _Payload,
                           session: Session) -> _Reply:
-        resource = sp.Resource.decode(_recv_payload(conn, sp.RESOURCE_B))
-        self._examine(resource.lockspace)
-        return _Reply(header.reply(0))
+        self._examine(sp.Resource.decode(payload.take(sp.RESOURCE_B)).lockspace)
+        return _Reply()
 
     def _examine(self, name: str) -> None:
         with self.daemon._lock:
@@ -465,176 +551,168 @@ class SanlockFrontEnd:
 
     # -- areas on disk -------------------------------------------------------------------------
 
-    def _align(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        disk = sp.Disk.decode(_recv_payload(conn, sp.DISK_B))
+    def _align(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        disk = sp.Disk.decode(payload.take(sp.DISK_B))
         try:
             with DirectDevice(_checked_path(disk.path), readonly=True) as device:
                 geometry = Geometry.default_for(device.sector_size)
-        except (LeasestoreError, OSError):
-            return _Reply(header.reply(-sp.ENODEV))
-        return _Reply(header.reply(geometry.align_size))
+        except (LeasestoreError, OSError) as exc:
+            raise _refuse(-sp.ENODEV, DeviceMissing, f"{disk.path}: {exc}") from None
+        return _Reply(geometry.align_size, detail=geometry.align_size)
 
-    def _write_lockspace(self, header: Header, conn: socket.socket,
+    def _write_lockspace(self, header: Header, payload: _Payload,
                          session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
+        ls = self._lockspace_payload(payload)
         self.daemon._require_admin(session.peer, "format lockspaces")
         self._refuse_joined_area(ls.disk)
         sector, align = sp.geometry_flags(ls.flags)
-        try:
-            direct.format_lockspace(_checked_path(ls.disk.path), ls.name, ls.disk.offset,
-                                    sector_size=sector if align else None,
-                                    align=align if sector else None,
-                                    io_timeout_s=header.data2 or
-                                    self.daemon.config.io_timeout, force=True)
-        except (StorageError, OSError):
-            return _Reply(header.reply(-sp.ENODEV))
-        return _Reply(header.reply(0))
+        io_timeout_s = header.data2 or DEFAULT_IO_TIMEOUT_S
+        _on_device(lambda: direct.format_lockspace(
+            _checked_path(ls.disk.path), ls.name, ls.disk.offset,
+            sector_size=sector if align else None, align=align if sector else None,
+            io_timeout_s=io_timeout_s, force=True))
+        return _Reply()
 
-    def _write_resource(self, header: Header, conn: socket.socket,
+    def _write_resource(self, header: Header, payload: _Payload,
                         session: Session) -> _Reply:
-        [(resource, disks)] = self._resources_with_disks(conn, 1)
+        resource, disk = self._one_resource(payload)
         self.daemon._require_admin(session.peer, "format resources")
-        if header.cmd_flags & sp.WRITE_CLEAR or len(disks) > 1:
-            return _Reply(header.reply(-sp.EOPNOTSUPP))
+        if header.cmd_flags & sp.WRITE_CLEAR:
+            raise _refuse(-sp.EOPNOTSUPP, UsageError, "WRITE_CLEAR is not implemented")
         sector, align = sp.geometry_flags(resource.flags)
-        try:
-            direct.format_resource(_checked_path(disks[0].path), resource.lockspace,
-                                   resource.name, disks[0].offset,
-                                   sector_size=sector if align else None,
-                                   align=align if sector else None,
-                                   num_hosts=max(header.data, 0), force=True)
-        except (StorageError, OSError):
-            return _Reply(header.reply(-sp.ENODEV))
-        return _Reply(header.reply(0))
+        _on_device(lambda: direct.format_resource(
+            _checked_path(disk.path), resource.lockspace, resource.name, disk.offset,
+            sector_size=sector if align else None, align=align if sector else None,
+            num_hosts=max(header.data, 0), force=True))
+        return _Reply()
 
     def _refuse_joined_area(self, disk: sp.Disk) -> None:
         """Formatting the area of a lockspace we have joined would erase live host leases."""
         for lockspace in self._lockspaces():
             if (lockspace.spec.path, lockspace.spec.offset_b) == (disk.path, disk.offset):
-                raise _Code(-sp.EBUSY)
+                raise _refuse(-sp.EBUSY, AreaInUse, f"{disk.path}:{disk.offset} is lockspace "
+                              f"{lockspace.name!r}, joined by this daemon")
 
-    def _read_lockspace(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        ls = self._lockspace_payload(conn)
+    def _read_lockspace(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """The struct always follows the header (libsanlock reads it only on success)."""
+        ls = self._lockspace_payload(payload)
         host_id = ls.host_id or 1
+        sector, _align = sp.geometry_flags(ls.flags)
         try:
             with DirectDevice(_checked_path(ls.disk.path), readonly=True) as device:
-                sector, _align = sp.geometry_flags(ls.flags)
                 sector_size = sector or device.sector_size
                 raw = device.read(ls.disk.offset + (host_id - 1) * sector_size, sector_size,
                                   READ_IO_TIMEOUT_S)
             leader = decode_leader(raw, (LeaderMagic.DELTA,))
-        except CorruptRecord as exc:
-            return _Reply(header.reply(result_code(exc), sp.LOCKSPACE_B) + ls.encode())
-        except (LeasestoreError, OSError):
-            return _Reply(header.reply(-sp.ENODEV, sp.LOCKSPACE_B) + ls.encode())
+        except (LeasestoreError, OSError, _Refused) as exc:
+            code = result_code(exc) if isinstance(exc, CorruptRecord) else -sp.ENODEV
+            return _Reply(code, payload=ls.encode())
         if ls.name and ls.name != leader.space_name:
-            return _Reply(header.reply(-226, sp.LOCKSPACE_B) + ls.encode())
+            return _Reply(WrongLockspace.code, payload=ls.encode())
         geometry = Geometry.from_leader_fields(leader.sector_size, leader.flags)
-        found = sp.LockspaceStruct(leader.space_name, host_id,
-                                   sp.flags_of_geometry(geometry.sector_size,
-                                                        geometry.align_size), ls.disk)
-        return _Reply(header.reply(0, sp.LOCKSPACE_B, data2=leader.io_timeout)
-                      + found.encode())
+        found = sp.LockspaceStruct(leader.space_name, host_id, sp.flags_of_geometry(
+            geometry.sector_size, geometry.align_size), ls.disk)
+        return _Reply(payload=found.encode(), data2=leader.io_timeout,
+                      detail={"lockspace": leader.space_name, "io_timeout": leader.io_timeout})
 
-    def _paxos_leader(self, disk: sp.Disk) -> tuple[int, sp.Resource | None, object]:
+    def _paxos_leader(self, disk: sp.Disk) -> sp.Resource:
         try:
             leader = direct.read_paxos_leader(_checked_path(disk.path), disk.offset)
-        except (CorruptRecord, StorageError) as exc:
-            return result_code(exc), None, None
-        except (LeasestoreError, OSError):
-            return -sp.ENODEV, None, None
+        except CorruptRecord:
+            raise
+        except (LeasestoreError, OSError) as exc:
+            raise _refuse(-sp.ENODEV, DeviceMissing, f"{disk.path}: {exc}") from None
         geometry = Geometry.from_leader_fields(leader.sector_size, leader.flags)
-        flags = sp.flags_of_geometry(geometry.sector_size, geometry.align_size)
-        return 0, sp.Resource(leader.space_name, leader.resource_name, leader.lver,
-                              flags=flags, num_disks=1), leader
+        return sp.Resource(leader.space_name, leader.resource_name, leader.lver,
+                           flags=sp.flags_of_geometry(geometry.sector_size,
+                                                      geometry.align_size), num_disks=1)
 
-    def _read_resource(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        [(asked, disks)] = self._resources_with_disks(conn, 1)
-        code, found, _leader = self._paxos_leader(disks[0])
-        body = (found or asked).encode()
-        return _Reply(header.reply(code, len(body)) + body)
+    def _read_resource(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """The struct always follows the header: libsanlock reads it even on error."""
+        asked, disk = self._one_resource(payload)
+        try:
+            found = self._paxos_leader(disk)
+        except (LeasestoreError, _Refused) as exc:
+            code = exc.code if isinstance(exc, _Refused) else result_code(exc)
+            return _Reply(code, payload=asked.encode())
+        return _Reply(payload=found.encode(), detail={
+            "lockspace": found.lockspace, "resource": found.name, "version": found.lver})
 
-    def _read_resource_owners(self, header: Header, conn: socket.socket,
+    def _read_resource_owners(self, header: Header, payload: _Payload,
                               session: Session) -> _Reply:
-        [(_asked, disks)] = self._resources_with_disks(conn, 1)
-        code, found, _leader = self._paxos_leader(disks[0])
-        if found is None:
-            return _Reply(header.reply(code))
-        owners = direct.resource_owners(_checked_path(disks[0].path), disks[0].offset)
+        _asked, disk = self._one_resource(payload)
+        found = self._paxos_leader(disk)
+        owners = _on_device(lambda: direct.resource_owners(disk.path, disk.offset))
         shared = any(owner.shared for owner in owners)
         resource = sp.Resource(found.lockspace, found.name, found.lver,
                                flags=found.flags | (sp.RES_SHARED if shared else 0),
                                num_disks=1)
         body = resource.encode() + b"".join(
             sp.Host(o.host_id, o.generation, o.timestamp, 0, 0).encode() for o in owners)
-        return _Reply(header.reply(0, len(body), data2=len(owners)) + body)
+        return _Reply(payload=body, data2=len(owners),
+                      detail=[dataclasses.asdict(o) for o in owners])
 
     # -- daemon --------------------------------------------------------------------------------
 
-    def _version(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
-        return _Reply(Header(sp.SM_MAGIC, sp.SM_PROTO, Cmd.VERSION, 0, sp.HEADER_B, 0, 0,
-                             sp.VERSION_WORD).encode())
+    def _version(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        raw = Header(sp.SM_MAGIC, sp.SM_PROTO, Cmd.VERSION, 0, sp.HEADER_B, 0, 0,
+                     sp.VERSION_WORD).encode()
+        return _Reply(data2=sp.VERSION_WORD, raw=raw,
+                      detail={"version": self.daemon.version, "sanlock": "3.8.5"})
 
-    def _shutdown(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _shutdown(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         if header.data or not self._lockspaces():
             self.daemon._require_admin(session.peer, "shut the daemon down")
             log.info("shutdown requested by pid %d (force %d)", session.peer.pid, header.data)
             self.daemon.shutdown()
-        return _Reply(None, close=True)
+        return _Reply(silent=True)
 
-    def _shutdown_wait(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _shutdown_wait(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         if not header.data and self._lockspaces():
-            return _Reply(header.reply(-sp.EBUSY))
+            raise _refuse(-sp.EBUSY, LockspaceBusy, "lockspaces are added; shutdown without "
+                          "force waits for none")
         self.daemon._require_admin(session.peer, "shut the daemon down")
         self.daemon.shutdown()
         self.daemon.stopped.wait()
-        return _Reply(Header(sp.SM_MAGIC, sp.SM_PROTO, 0, 0, sp.HEADER_B, 0, 0, 0).encode(),
-                      close=True)
+        return _Reply(raw=Header(sp.SM_MAGIC, sp.SM_PROTO, 0, 0, sp.HEADER_B, 0, 0,
+                                 0).encode())
 
-    def _status(self, header: Header, conn: socket.socket, session: Session) -> _Reply:
+    def _status(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """Records up to the type `data` names (0: all), then the connection ends."""
         daemon = self.daemon
         last_type = header.data
         config = daemon.config
         text = (f"our_host_name={config.host_name} use_watchdog="
                 f"{int(daemon.watchdog.describe() != 'none')} renewal_history_size="
-                f"{config.renewal_history_size} kill_grace_seconds=40 "
-                f"version_str=leasestore-{daemon.version} version_hex="
-                f"{sp.VERSION_WORD:08x} smproto_hex={sp.SM_PROTO:08x} "
+                f"{config.renewal_history_size} version_str=leasestore-{daemon.version} "
+                f"version_hex={sp.VERSION_WORD:08x} smproto_hex={sp.SM_PROTO:08x} "
                 f"io_timeout={config.io_timeout} "
                 f"watchdog_fire_timeout={config.watchdog_fire_timeout:g}")
         records = [sp.state_record(sp.StateType.DAEMON, config.host_name, text)]
         if last_type != 1:
             with daemon._lock:
                 sessions = list(daemon._registered.values())
-            for client in sessions:
-                records.append(sp.state_record(
-                    sp.StateType.CLIENT, client.owner_name,
-                    f"pid={client.peer.pid} restricted={client.restrict:x}",
-                    data32=client.peer.pid))
+            records.extend(sp.state_record(
+                sp.StateType.CLIENT, client.owner_name,
+                f"pid={client.peer.pid} restricted={client.restrict:x}",
+                data32=client.peer.pid) for client in sessions)
         if last_type not in (1, 2):
             for lockspace in self._lockspaces():
                 listed = ("rem" if lockspace.name in daemon._removing else
                           "add" if lockspace.state == LockspaceState.JOINING else "spaces")
+                failing = lockspace.state == LockspaceState.RENEWAL_FAILING
                 ls_text = (f"list={listed} io_timeout={lockspace.timeouts.io_timeout_s} "
                            f"host_generation={lockspace.generation} "
-                           f"renew_fail={int(lockspace.state == LockspaceState.RENEWAL_FAILING)} "
+                           f"renew_fail={int(failing)} "
                            f"space_dead={int(lockspace.state == LockspaceState.FAILED)}")
-                records.append(sp.state_record(sp.StateType.LOCKSPACE, lockspace.name, ls_text,
-                                               data64=lockspace.spec.host_id)
-                               + self._lockspace_struct(lockspace, with_pads=True))
+                records.append(sp.state_record(sp.StateType.LOCKSPACE, lockspace.name,
+                                               ls_text, data64=lockspace.spec.host_id)
+                               + self._lockspace_struct(lockspace, in_status=True))
         if last_type not in (1, 2, 3):
             for held in list(daemon.resources.held.values()):
-                for pid in sorted(held.pids):
-                    records.append(_resource_record(held, pid))
-        return _Reply(header.reply(0, data2=header.data2) + b"".join(records), close=True)
-
-
-class _Code(Exception):
-    """A sanlock result decided before any lease operation."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
+                records.extend(_resource_record(held, pid) for pid in sorted(held.pids))
+        return _Reply(payload=b"".join(records), counted=False, data2=header.data2,
+                      detail=daemon._status(commands.Status(), session))
 
 
 def _resource_record(held: HeldResource, pid: int) -> bytes:
@@ -670,17 +748,37 @@ def _acquire_code(exc: LeasestoreError) -> int:
     return result_code(exc)
 
 
-def _validated(command: wire.Command) -> None:
+def _validated(command: commands.Command) -> None:
     try:
         command.validate()
     except ProtocolError as exc:
-        raise _Code(-sp.EINVAL) from exc
+        raise _Refused(-sp.EINVAL, UsageError(str(exc))) from None
+
+
+def _single_disk(disks: list[sp.Disk]) -> sp.Disk:
+    if len(disks) != 1:
+        raise _refuse(-sp.EOPNOTSUPP, UsageError, "leases on more than one disk are not "
+                      "implemented yet")
+    return disks[0]
 
 
 def _checked_path(path: str) -> str:
     if not path or len(path.encode()) > MAX_PATH_B:
-        raise _Code(-sp.ENODEV)
+        raise _refuse(-sp.ENODEV, DeviceMissing, f"bad device path {path!r}")
     return path
+
+
+T = TypeVar("T")
+
+
+def _on_device(operation: Callable[[], T]) -> T:
+    """Run a direct operation; a device that cannot be opened or used is -ENODEV."""
+    try:
+        return operation()
+    except CorruptRecord:
+        raise
+    except (StorageError, OSError) as exc:
+        raise _refuse(-sp.ENODEV, DeviceMissing, str(exc)) from None
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
@@ -699,26 +797,33 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
     return bytes(chunks)
 
 
-def _recv_payload(conn: socket.socket, size: int) -> bytes:
-    conn.settimeout(PAYLOAD_TIMEOUT_S)
-    raw = _recv_exact(conn, size)
-    if raw is None:
-        raise _Short()
-    return raw
+class _Payload:
+    """The bytes after one header, read by struct sizes, counting what was taken."""
 
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self.taken_b = 0
 
-def _drain(conn: socket.socket, header: Header, consumed_b: int) -> None:
-    """Discard what a refused request still has in flight, by its announced length."""
-    left = min(max(header.length - sp.HEADER_B - consumed_b, 0), MAX_DRAIN_B)
-    conn.settimeout(DRAIN_TIMEOUT_S)
-    while left > 0:
-        try:
-            chunk = conn.recv(min(left, 65536))
-        except OSError:
-            return
-        if not chunk:
-            return
-        left -= len(chunk)
+    def take(self, size: int) -> bytes:
+        self._conn.settimeout(PAYLOAD_TIMEOUT_S)
+        raw = _recv_exact(self._conn, size)
+        if raw is None:
+            raise _Short()
+        self.taken_b += size
+        return raw
+
+    def drain(self, header: Header) -> None:
+        """Discard what a refused request still has in flight, by its announced length."""
+        left = min(max(header.length - sp.HEADER_B - self.taken_b, 0), MAX_DRAIN_B)
+        self._conn.settimeout(DRAIN_TIMEOUT_S)
+        while left > 0:
+            try:
+                chunk = self._conn.recv(min(left, 65536))
+            except OSError:
+                return
+            if not chunk:
+                return
+            left -= len(chunk)
 
 
 def sanlock_socket_path(run_dir: str) -> str:

@@ -25,8 +25,8 @@ from typing import Any
 
 from leasestore import __version__
 from leasestore.clock import lease_now_s
+from leasestore.daemon import commands, sanlock_proto
 from leasestore.daemon import holders as holder_record
-from leasestore.daemon import sanlock_proto, wire
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_server import SanlockFrontEnd, sanlock_socket_path
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
@@ -39,7 +39,6 @@ from leasestore.errors import (
     LockspaceNotJoined,
     NotRegistered,
     PermissionDenied,
-    ProtocolError,
     UsageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
@@ -149,26 +148,8 @@ class Daemon:
         self.resources = ResourceService(open_device)
         self.supervisor = Supervisor(self._stop_pid)
         self._registered: dict[int, Session] = {}
-        self._handlers: dict[type[wire.Command], Callable[[Any, Session], Any]] = {
-            wire.AddLockspace: self._add_lockspace,
-            wire.RemLockspace: self._rem_lockspace,
-            wire.InqLockspace: self._inq_lockspace,
-            wire.GetLockspaces: self._get_lockspaces,
-            wire.GetHosts: self._get_hosts,
-            wire.Renewal: self._renewal,
-            wire.Status: self._status,
-            wire.Register: self._register,
-            wire.Acquire: self._acquire,
-            wire.Release: self._release,
-            wire.Inquire: self._inquire,
-            wire.RequestRelease: self._request,
-            wire.Killpath: self._killpath,
-            wire.Version: lambda cmd, session: {"version": __version__,
-                                             "protocol": wire.PROTOCOL_VERSION},
-        }
         self._listener: socket.socket | None = None
-        self._sanlock_listener: socket.socket | None = None
-        self._sanlock = SanlockFrontEnd(self)
+        self._front_end = SanlockFrontEnd(self)
         self._pid_file: int | None = None
         self.version = __version__
         self.stopped = threading.Event()
@@ -178,14 +159,14 @@ class Daemon:
 
     @property
     def socket_path(self) -> str:
-        return os.path.join(self.config.run_dir, wire.SOCKET_NAME)
+        return sanlock_socket_path(self.config.run_dir)
 
     def open(self) -> None:
         """Prepare the run dir, take its lock, bind the socket. Raises UsageError on conflict."""
         run_dir = self.config.run_dir
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         _check_run_dir(run_dir)
-        self._pid_file = os.open(os.path.join(run_dir, wire.PID_FILE_NAME),
+        self._pid_file = os.open(os.path.join(run_dir, commands.PID_FILE_NAME),
                                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(self._pid_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,7 +177,6 @@ class Daemon:
         self._end_previous_holders()
         self.watchdog = open_watchdog(self.config.watchdog, self.config.watchdog_fire_timeout)
         self._listener = _listen(self.socket_path)
-        self._sanlock_listener = _listen(sanlock_socket_path(run_dir))
 
     def _end_previous_holders(self) -> None:
         """Kill the lease holders an earlier daemon on this run dir left running (it died
@@ -235,11 +215,6 @@ class Daemon:
         assert self._listener is not None
         monitor = threading.Thread(target=self._monitor, name="monitor", daemon=True)
         monitor.start()
-        assert self._sanlock_listener is not None
-        sanlock_accepter = threading.Thread(
-            target=self._accept_loop, args=(self._sanlock_listener, self._sanlock.serve),
-            name="sanlock-accept", daemon=True)
-        sanlock_accepter.start()
         log.info("leasestore daemon %s: host name %s, socket %s, watchdog %s", __version__,
                  self.config.host_name, self.socket_path, self.watchdog.describe())
         if isinstance(self.watchdog, NoWatchdog):
@@ -248,11 +223,10 @@ class Daemon:
                         "run on after other hosts have taken their leases (host_dead)")
         notify_systemd("READY=1")
         try:
-            self._accept_loop(self._listener, self._serve_json)
+            self._accept_loop(self._listener)
         finally:
             self._close()
             monitor.join(2)
-            sanlock_accepter.join(2)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -277,12 +251,10 @@ class Daemon:
                 lockspace.stop(wait=True, timeout_s=lockspace.timeouts.io_timeout_s * 4)
         healthy = not stuck and all(not ls.is_running() for ls in lockspaces)
         self.watchdog.close(clean=healthy)
-        for listener in (self._listener, self._sanlock_listener):
-            if listener is not None:
-                path = listener.getsockname()
-                listener.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
         self.resources.close()
         if self._pid_file is not None:
             os.close(self._pid_file)
@@ -301,8 +273,7 @@ class Daemon:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _accept_loop(self, listener: socket.socket,
-                     serve: Callable[[socket.socket, Session], None]) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._shutdown.is_set():
             try:
                 conn, _ = listener.accept()
@@ -312,26 +283,23 @@ class Daemon:
                 if self._shutdown.is_set():
                     return
                 raise
-            self._accept(conn, serve)
+            self._accept(conn)
 
-    def _accept(self, conn: socket.socket,
-                serve: Callable[[socket.socket, Session], None]) -> None:
+    def _accept(self, conn: socket.socket) -> None:
         with self._lock:
             if self._connections >= MAX_CONNECTIONS:
                 conn.close()
                 log.warning("refused a connection: %d connections open", self._connections)
                 return
             self._connections += 1
-        threading.Thread(target=self._serve_connection, args=(conn, serve),
-                         daemon=True).start()
+        threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
-    def _serve_connection(self, conn: socket.socket,
-                          serve: Callable[[socket.socket, Session], None]) -> None:
+    def _serve_connection(self, conn: socket.socket) -> None:
         """Run one connection's protocol loop; whatever ends it, end its session after."""
         session: Session | None = None
         try:
             session = Session(Peer.of(conn))
-            serve(conn, session)
+            self._front_end.serve(conn, session)
         except OSError:
             return
         finally:
@@ -341,42 +309,13 @@ class Daemon:
             with self._lock:
                 self._connections -= 1
 
-    def _serve_json(self, conn: socket.socket, session: Session) -> None:
-        """leasestore's own protocol: one JSON request line, one reply line."""
-        conn.settimeout(None)
-        reader = conn.makefile("rb")
-        # A registered process's connection is its lease context: we never end it ourselves
-        # (that would release leases its process still believes it holds); it ends when the
-        # process exits, which shutdown brings about by killing holders.
-        while session.registered or not self._shutdown.is_set():
-            line = reader.readline(wire.MAX_MESSAGE_B + 1)
-            if not line:
-                return
-            if len(line) > wire.MAX_MESSAGE_B or not line.endswith(b"\n"):
-                conn.sendall(wire.encode_error(0, ProtocolError("message too long")))
-                return
-            conn.sendall(self._respond(line, session))
-
-    def _respond(self, line: bytes, session: Session) -> bytes:
-        seq = 0
-        try:
-            seq, name, args = wire.parse_envelope(line)
-            command = wire.command_from(name, args)
-            result = self._handlers[type(command)](command, session)
-            return wire.encode_result(seq, result)
-        except LeasestoreError as exc:
-            return wire.encode_error(seq, exc)
-        except Exception as exc:
-            log.exception("internal error handling a request")
-            return wire.encode_error(seq, LeasestoreError(f"internal error: {exc}"))
-
     def _require_admin(self, peer: Peer, what: str = "change lockspaces") -> None:
         if peer.uid not in (0, os.geteuid()):
             raise PermissionDenied(f"uid {peer.uid} may not {what}")
 
     # -- lockspace commands --------------------------------------------------------------------
 
-    def _add_lockspace(self, cmd: wire.AddLockspace, session: Session) -> None:
+    def _add_lockspace(self, cmd: commands.AddLockspace, session: Session) -> None:
         peer = session.peer
         self._require_admin(peer)
         spec = LockspaceSpec(cmd.lockspace, cmd.host_id, cmd.path, cmd.offset)
@@ -404,7 +343,7 @@ class Daemon:
             if self.lockspaces.get(lockspace.name) is lockspace:
                 del self.lockspaces[lockspace.name]
 
-    def _find(self, cmd: wire.LockspaceCommand) -> Lockspace:
+    def _find(self, cmd: commands.LockspaceCommand) -> Lockspace:
         """The named lockspace, which must have been added with the same host_id/path/offset."""
         lockspace = self._named(cmd.lockspace)
         spec = lockspace.spec
@@ -412,7 +351,7 @@ class Daemon:
             raise UsageError(f"lockspace {cmd.lockspace!r} was added as {spec}")
         return lockspace
 
-    def _rem_lockspace(self, cmd: wire.RemLockspace, session: Session) -> None:
+    def _rem_lockspace(self, cmd: commands.RemLockspace, session: Session) -> None:
         """Leave a lockspace. No acquire in it starts once removal begins, and those under way
         end first, so the holders found then are all there are; they are killed (SIGKILL, as
         sanlock does), their leases released, and only then is the host_id given up. With
@@ -470,7 +409,7 @@ class Daemon:
             time.sleep(0.05)
         return False
 
-    def _inq_lockspace(self, cmd: wire.InqLockspace, session: Session) -> bool | None:
+    def _inq_lockspace(self, cmd: commands.InqLockspace, session: Session) -> bool | None:
         try:
             lockspace = self._find(cmd)
         except LockspaceNotJoined:
@@ -500,7 +439,7 @@ class Daemon:
             "error": str(lockspace.error) if lockspace.error else None,
         }
 
-    def _get_lockspaces(self, cmd: wire.GetLockspaces, session: Session) -> list[dict[str, Any]]:
+    def _lockspace_infos(self) -> list[dict[str, Any]]:
         with self._lock:
             lockspaces = list(self.lockspaces.values())
         return [self._lockspace_info(ls) for ls in lockspaces]
@@ -512,22 +451,8 @@ class Daemon:
             raise LockspaceNotJoined(f"lockspace {name!r} is not added")
         return lockspace
 
-    def _get_hosts(self, cmd: wire.GetHosts, session: Session) -> list[dict[str, object]]:
-        lockspace = self._named(cmd.lockspace)
-        if cmd.host_id and not 1 <= cmd.host_id <= 2000:
-            raise UsageError(f"host_id {cmd.host_id} out of range")
-        try:
-            return [h.to_json() for h in lockspace.hosts(cmd.host_id)]
-        except UsageError:
-            raise
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-    def _renewal(self, cmd: wire.Renewal, session: Session) -> list[dict[str, object]]:
-        return [r.to_json() for r in self._named(cmd.lockspace).history()]
-
-    def _status(self, cmd: wire.Status, session: Session) -> dict[str, Any]:
-        lockspaces = self._get_lockspaces(wire.GetLockspaces(), session)
+    def _status(self, cmd: commands.Status, session: Session) -> dict[str, Any]:
+        lockspaces = self._lockspace_infos()
         return {
             "pid": os.getpid(), "version": __version__, "host_name": self.config.host_name,
             "run_dir": self.config.run_dir, "watchdog": self.watchdog.describe(),
@@ -539,7 +464,7 @@ class Daemon:
 
     # -- registration and resource leases ----------------------------------------------------
 
-    def _register(self, cmd: wire.Register, session: Session) -> dict[str, int]:
+    def _register(self, cmd: commands.Register, session: Session) -> dict[str, int]:
         pid = session.peer.pid
         with self._lock:
             if session.registered:
@@ -567,7 +492,7 @@ class Daemon:
             raise NotRegistered(f"pid {pid} is not registered")
         return target
 
-    def _acquire(self, cmd: wire.Acquire, session: Session) -> dict[str, object]:
+    def _acquire(self, cmd: commands.Acquire, session: Session) -> dict[str, object]:
         target = self._target(session, cmd.pid)
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
@@ -592,7 +517,7 @@ class Daemon:
         log.info("pid %d acquired %s", target.peer.pid, held.state)
         return held.to_json()
 
-    def _release(self, cmd: wire.Release, session: Session) -> None:
+    def _release(self, cmd: commands.Release, session: Session) -> None:
         target = self._target(session, cmd.pid)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
         held = self.resources.holding(key, target.peer.pid)
@@ -604,11 +529,7 @@ class Daemon:
             self._record_holders()
         log.info("pid %d released %s", target.peer.pid, held.state)
 
-    def _inquire(self, cmd: wire.Inquire, session: Session) -> list[dict[str, object]]:
-        target = self._target(session, cmd.pid)
-        return [h.to_json() for h in self.resources.held_by(target.peer.pid)]
-
-    def _request(self, cmd: wire.RequestRelease, session: Session) -> dict[str, int]:
+    def _request(self, cmd: commands.RequestRelease, session: Session) -> dict[str, int]:
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
         owner = self.resources.request(lockspace, key, None if cmd.lver < 0 else cmd.lver,
@@ -619,11 +540,6 @@ class Daemon:
             threading.Thread(target=self._examine, args=(lockspace,), daemon=True).start()
         log.info("request %s force_mode %d: owner host %d", cmd.resource, cmd.force_mode, owner)
         return {"owner": owner}
-
-    def _killpath(self, cmd: wire.Killpath, session: Session) -> None:
-        if not session.registered:
-            raise NotRegistered("register before setting a killpath")
-        session.killpath = [cmd.path, *cmd.args.split()]
 
     def _on_request(self, lockspace: Lockspace) -> None:
         """Called on the renewal thread: another host flagged us. Examine off that thread."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from leasestore import client
-from leasestore.daemon.wire import RUN_DIR_ENV, SOCKET_NAME
+from leasestore.daemon.commands import RUN_DIR_ENV
+from leasestore.daemon.sanlock_proto import SOCKET_NAME
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ class DaemonProc:
         return self.proc.pid
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with run_dir(self.run_dir):
+        with client.using(self.run_dir):
             return fn(*args, **kwargs)
 
     def hosts(self, lockspace: str) -> dict[int, dict[str, Any]]:
