@@ -202,7 +202,15 @@ def get_lockspaces() -> list[dict[str, Any]]:
 
 
 def get_hosts(lockspace: str | bytes, host_id: int = 0) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = call(Cmd.GET_HOSTS, _lockspace(lockspace, host_id))
+    """Every host in the lockspace's table as this daemon sees it (free ones too); [] until
+    its first renewal has read the area (where the sanlock binding raises EAGAIN)."""
+    with Connection() as conn:
+        code, document = conn.exchange(Cmd.GET_HOSTS, _lockspace(lockspace, host_id))
+    if code == -sp.EAGAIN:
+        return []
+    if code < 0:
+        raise _error_from(document, code)
+    result: list[dict[str, Any]] = document["result"]
     return result
 
 

@@ -14,6 +14,7 @@ lists its records. Sectors that should hold records but do not verify are listed
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,8 +113,10 @@ def format_resource(
     align: int | None = None,
     num_hosts: int = 0,
     force: bool = False,
+    clear: bool = False,
 ) -> Geometry:
-    """Initialise a resource (paxos lease) area; returns the geometry used."""
+    """Initialise a resource (paxos lease) area; returns the geometry used. With `clear`, leave
+    it cleared (sanlock's WRITE_CLEAR): no read accepts the lease until it is initialised."""
     with DirectDevice(path) as device:
         geometry = resolve_geometry(device, sector_size, align)
         _check_area(device, offset_b, geometry)
@@ -121,7 +124,8 @@ def format_resource(
             raise UsageError(f"num_hosts must be 0..{geometry.max_hosts}")
         if not force:
             _refuse_if_in_use(device, offset_b, geometry)
-        image = resource_area_image(lockspace, resource, geometry, num_hosts)
+        image = resource_area_image(lockspace, resource, geometry, num_hosts,
+                                    cleared_at=int(time.monotonic()) if clear else None)
         device.write(offset_b, image, WRITE_INIT_IO_TIMEOUT_S)
     return geometry
 

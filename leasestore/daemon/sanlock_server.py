@@ -35,6 +35,7 @@ from leasestore.daemon import commands
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.errors import (
     AreaInUse,
+    BadMagic,
     CorruptRecord,
     DeviceMissing,
     LeaseAlreadyHeld,
@@ -253,8 +254,8 @@ class SanlockFrontEnd:
             return session
         self.daemon._require_admin(session.peer, f"act for pid {pid}")
         with self.daemon._lock:
-            target = self.daemon._registered.get(pid)
-        if target is None or target.closed:
+            target = self.daemon._registration(pid)
+        if target is None:
             raise _refuse(-sp.ESRCH, NotRegistered, f"pid {pid} is not registered")
         return target
 
@@ -370,14 +371,16 @@ class SanlockFrontEnd:
         if lockspace is None or lockspace.state == LockspaceState.JOINING:
             raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {ls.name!r} is not "
                           "joined")
-        if lockspace.table is None:
+        table = lockspace.table
+        if table is None or not lockspace.hosts():  # not even ourselves: no renewal read yet
             raise _refuse(-sp.EAGAIN, LockspaceNotJoined,
                           f"lockspace {ls.name!r} has not read the other hosts yet")
-        if ls.host_id > lockspace.table.geometry.max_hosts:
+        if ls.host_id > table.geometry.max_hosts:
             raise _refuse(-sp.EINVAL, UsageError, f"host_id {ls.host_id} out of range")
         seen = lockspace.hosts(ls.host_id)
         hosts = [h for h in seen if ls.host_id or h.timestamp]  # sanlock: free ones by id only
-        body = b"".join(sp.Host(h.host_id, h.generation, h.timestamp, h.io_timeout,
+        body = b"".join(sp.Host(h.host_id, h.generation, h.timestamp,
+                                h.io_timeout if h.timestamp else 0,  # sanlock: 0 when free
                                 int(h.state)).encode() for h in hosts)
         # The detail lists every host in the table, free ones too (who left, and when).
         return _Reply(payload=body, data2=len(hosts), detail=[h.to_json() for h in seen])
@@ -488,7 +491,7 @@ class SanlockFrontEnd:
             raise _refuse(-sp.EOPNOTSUPP, UsageError,
                           "release with rename or of orphans is not implemented")
         target = self._target(header, session)
-        held = self.daemon.resources.held_by(target.peer.pid)
+        held = self._held_through(target)
         chosen = list(held) if release_all else []
         missing = []
         for resource in named:
@@ -512,9 +515,14 @@ class SanlockFrontEnd:
             raise failure
         return _Reply()
 
+    def _held_through(self, registration: Session) -> list[HeldResource]:
+        """The leases its process holds through this registration."""
+        return [h for h in self.daemon.resources.held_by(registration.peer.pid)
+                if h.key in registration.keys]
+
     def _inquire(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         target = self._target(header, session)
-        held = self.daemon.resources.held_by(target.peer.pid)
+        held = self._held_through(target)
         detail = [h.to_json() for h in held]
         if not held:
             return _Reply(detail=detail)
@@ -577,13 +585,12 @@ class SanlockFrontEnd:
                         session: Session) -> _Reply:
         resource, disk = self._one_resource(payload)
         self.daemon._require_admin(session.peer, "format resources")
-        if header.cmd_flags & sp.WRITE_CLEAR:
-            raise _refuse(-sp.EOPNOTSUPP, UsageError, "WRITE_CLEAR is not implemented")
         sector, align = sp.geometry_flags(resource.flags)
         _on_device(lambda: direct.format_resource(
             _checked_path(disk.path), resource.lockspace, resource.name, disk.offset,
             sector_size=sector if align else None, align=align if sector else None,
-            num_hosts=max(header.data, 0), force=True))
+            num_hosts=max(header.data, 0), force=True,
+            clear=bool(header.cmd_flags & sp.WRITE_CLEAR)))
         return _Reply()
 
     def _refuse_joined_area(self, disk: sp.Disk) -> None:
@@ -641,7 +648,10 @@ class SanlockFrontEnd:
     def _read_resource_owners(self, header: Header, payload: _Payload,
                               session: Session) -> _Reply:
         _asked, disk = self._one_resource(payload)
-        found = self._paxos_leader(disk)
+        try:
+            found = self._paxos_leader(disk)
+        except BadMagic as exc:  # sanlock answers an uninitialised area so here
+            raise _Refused(-sp.EINVAL, exc) from None
         owners = _on_device(lambda: direct.resource_owners(disk.path, disk.offset))
         shared = any(owner.shared for owner in owners)
         resource = sp.Resource(found.lockspace, found.name, found.lver,
@@ -691,11 +701,16 @@ class SanlockFrontEnd:
         records = [sp.state_record(sp.StateType.DAEMON, config.host_name, text)]
         if last_type != 1:
             with daemon._lock:
-                sessions = list(daemon._registered.values())
+                sessions = daemon._registrations()
+            # As sanlock lists its own slots: the listener, and this status connection.
+            records.append(sp.state_record(sp.StateType.CLIENT, "listener", "pid=-1",
+                                           data32=-1))
             records.extend(sp.state_record(
                 sp.StateType.CLIENT, client.owner_name,
                 f"pid={client.peer.pid} restricted={client.restrict:x}",
                 data32=client.peer.pid) for client in sessions)
+            records.append(sp.state_record(sp.StateType.CLIENT, "status", "pid=-1",
+                                           data32=-1))
         if last_type not in (1, 2):
             for lockspace in self._lockspaces():
                 listed = ("rem" if lockspace.name in daemon._removing else

@@ -85,6 +85,9 @@ class Session:
     """sanlock RESTRICT_* flags set on this connection."""
     owner_name: str = ""
     """The display name a sanlock ACQUIRE's options gave the process."""
+    keys: set[ResourceKey] = field(default_factory=set)
+    """The leases acquired through this registration: released when it ends. (The lease table
+    knows holders by pid; a process may register more than one connection.)"""
     acquiring: int = 0
     """Acquires under way for this process: it counts as a holder from their first I/O on."""
     process: holder_record.HolderProcess | None = None
@@ -147,7 +150,8 @@ class Daemon:
         self._record_lock = threading.Lock()
         self.resources = ResourceService(open_device)
         self.supervisor = Supervisor(self._stop_pid)
-        self._registered: dict[int, Session] = {}
+        self._registered: dict[int, list[Session]] = {}
+        """Each registered pid's live registrations, oldest first."""
         self._listener: socket.socket | None = None
         self._front_end = SanlockFrontEnd(self)
         self._pid_file: int | None = None
@@ -204,7 +208,7 @@ class Daemon:
         with self._record_lock:
             holder_pids = self.resources.holder_pids()
             with self._lock:
-                holding = [s.process for s in self._registered.values()
+                holding = [s.process for s in self._registrations()
                            if s.process is not None
                            and (s.acquiring or s.peer.pid in holder_pids)]
             self._holder_record.write(holding)
@@ -465,18 +469,32 @@ class Daemon:
     # -- registration and resource leases ----------------------------------------------------
 
     def _register(self, cmd: commands.Register, session: Session) -> dict[str, int]:
+        """Make this connection a registration of its process. A process may register several
+        connections (as with sanlock); a command for its pid acts on the oldest."""
         pid = session.peer.pid
         with self._lock:
             if session.registered:
                 return {"pid": pid}
-            previous = self._registered.get(pid)
-            if previous is not None and not previous.closed:
-                raise UsageError(f"pid {pid} is already registered on another connection")
             session.registered = True
             session.process = holder_record.holder(pid)
-            self._registered[pid] = session
+            self._registered.setdefault(pid, []).append(session)
         log.info("registered pid %d (uid %d)", pid, session.peer.uid)
         return {"pid": pid}
+
+    def _also_through_another(self, registration: Session, key: ResourceKey) -> bool:
+        """Whether another live registration of the same process holds this lease too (a
+        shared lease two registrations joined): then releasing it here is bookkeeping only
+        (call with _lock held)."""
+        return any(other is not registration and not other.closed and key in other.keys
+                   for other in self._registered.get(registration.peer.pid, ()))
+
+    def _registration(self, pid: int) -> Session | None:
+        """The oldest live registration of pid (call with _lock held)."""
+        return next((s for s in self._registered.get(pid, ()) if not s.closed), None)
+
+    def _registrations(self) -> list[Session]:
+        """Every live registration (call with _lock held)."""
+        return [s for sessions in self._registered.values() for s in sessions if not s.closed]
 
     def _target(self, session: Session, pid: int) -> Session:
         """The registration a command acts for: the caller's own, or (root only) another pid's."""
@@ -487,8 +505,8 @@ class Daemon:
             return session
         self._require_admin(session.peer, f"act for pid {pid}")
         with self._lock:
-            target = self._registered.get(pid)
-        if target is None or target.closed:
+            target = self._registration(pid)
+        if target is None:
             raise NotRegistered(f"pid {pid} is not registered")
         return target
 
@@ -496,6 +514,13 @@ class Daemon:
         target = self._target(session, cmd.pid)
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        with self._lock:
+            shared_already = self.resources.holding(key, target.peer.pid)
+            if (cmd.shared and shared_already is not None and shared_already.lease.shared
+                    and key not in target.keys):
+                # Another registration of this process holds it shared: this one joins it.
+                target.keys.add(key)
+                return shared_already.to_json()
         with self._lock:
             target.acquiring += 1
         try:
@@ -507,6 +532,8 @@ class Daemon:
                                               lver=None if cmd.lver < 0 else cmd.lver)
                 with self._lock:
                     gone = target.closed
+                    if not gone:  # from now on, the end of this registration releases it
+                        target.keys.add(key)
         finally:
             with self._lock:
                 target.acquiring -= 1
@@ -521,11 +548,19 @@ class Daemon:
         target = self._target(session, cmd.pid)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
         held = self.resources.holding(key, target.peer.pid)
-        if held is None:
-            raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r}")
+        if held is None or key not in target.keys:
+            raise LeaseNotHeld(f"pid {target.peer.pid} does not hold {cmd.resource!r} "
+                               "through this registration")
+        with self._lock:
+            if self._also_through_another(target, key):
+                target.keys.discard(key)
+                return
         try:
             self.resources.release(self._named(cmd.lockspace), key, target.peer.pid)
         finally:
+            with self._lock:
+                if self.resources.holding(key, target.peer.pid) is None:
+                    target.keys.discard(key)
             self._record_holders()
         log.info("pid %d released %s", target.peer.pid, held.state)
 
@@ -551,7 +586,7 @@ class Daemon:
         for held, record in self.resources.pending_requests(lockspace.name):
             for pid in sorted(held.pids):
                 with self._lock:
-                    session = self._registered.get(pid)
+                    session = self._registration(pid)
                 if session is None:
                     continue
                 log.warning("request for %s (lver %d, mode %d): stopping pid %d", held.key[1],
@@ -581,11 +616,20 @@ class Daemon:
         self.resources.release_after_exit(lockspace, key, pid)
 
     def _end_session(self, session: Session) -> None:
+        """A connection closed. If it was a registration, the leases acquired through it are
+        released (a process's other connections, registered or not, keep theirs)."""
+        pid = session.peer.pid
         with self._lock:
             session.closed = True
-            if self._registered.get(session.peer.pid) is session:
-                del self._registered[session.peer.pid]
-            leases = [h.key for h in self.resources.held_by(session.peer.pid)]
+            if not session.registered:
+                return
+            remaining = [s for s in self._registered.get(pid, ()) if s is not session]
+            if remaining:
+                self._registered[pid] = remaining
+            else:
+                self._registered.pop(pid, None)
+            leases = [h.key for h in self.resources.held_by(pid) if h.key in session.keys
+                      and not any(h.key in other.keys for other in remaining)]
         for key in leases:
             self._release_quietly(key, session.peer.pid)
         self._record_holders()
@@ -597,13 +641,13 @@ class Daemon:
     def _holders_in(self, name: str) -> list[Session]:
         holder_pids = self.resources.holder_pids(name)
         with self._lock:
-            return [s for s in self._registered.values() if s.peer.pid in holder_pids]
+            return [s for s in self._registrations() if s.peer.pid in holder_pids]
 
     def _holder_pids_in(self, name: str) -> list[int]:
         return [session.peer.pid for session in self._holders_in(name)]
 
     def _stop_pid(self, pid: int, graceful: bool) -> None:
         with self._lock:
-            session = self._registered.get(pid)
+            session = self._registration(pid)
         if session is not None:
             self._stop_holder(session, graceful)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from leasestore.ondisk.geometry import Geometry, pad_sector
-from leasestore.ondisk.leader import encode_delta_sector, new_delta_leader, new_paxos_leader
+from leasestore.ondisk.leader import (
+    LeaderMagic,
+    encode_delta_sector,
+    new_delta_leader,
+    new_paxos_leader,
+)
 from leasestore.ondisk.request import Request
 
 
@@ -16,10 +23,16 @@ def lockspace_area_image(name: str, geometry: Geometry, io_timeout_s: int) -> by
 
 
 def resource_area_image(
-    lockspace: str, resource: str, geometry: Geometry, num_hosts: int = 0
+    lockspace: str, resource: str, geometry: Geometry, num_hosts: int = 0,
+    cleared_at: int | None = None,
 ) -> bytes:
-    """The whole resource area as `init -r` leaves it."""
+    """The whole resource area as `init -r` leaves it; with `cleared_at` (a monotonic
+    timestamp, s), as `init -r -z 1` leaves it: the leader's magic says "cleared", so every
+    read of the lease fails (LEADER_MAGIC) until it is initialised again."""
     leader = new_paxos_leader(lockspace, resource, geometry, num_hosts)
+    if cleared_at is not None:
+        leader = dataclasses.replace(leader, magic=LeaderMagic.PAXOS_CLEAR,
+                                     write_timestamp=cleared_at)
     head = pad_sector(leader.encode(), geometry.sector_size)
     head += pad_sector(Request().encode(), geometry.sector_size)
     return head + bytes(geometry.area_size - len(head))

@@ -1,0 +1,120 @@
+"""The daemon's registrations and lease commands as sanlock's protocol defines them, on a
+daemon in this process over a lease file: leases belong to the registration they were acquired
+through, a process may register more than once, one call's leases come all or none, and
+WRITE_CLEAR leaves a lease no read accepts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import leasestore.daemon.sanlock_proto as sp
+from leasestore import client, direct
+from leasestore.daemon.config import DaemonConfig
+from leasestore.daemon.sanlock_proto import Cmd, Header
+from leasestore.daemon.server import Daemon
+from leasestore.errors import BadMagic, LeaseNotHeld
+from leasestore.testing.procs import make_file, poll
+
+LS = "proto-ls"
+MiB = 1 << 20
+
+
+@dataclass
+class Serving:
+    daemon: Daemon
+    path: str
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    base = tmp_path_factory.mktemp("proto")
+    path = make_file(base / "leases.img", 16 * MiB)
+    direct.format_lockspace(path, LS, 0, io_timeout_s=1)
+    for index in range(1, 5):
+        direct.format_resource(path, LS, f"r{index}", index * MiB)
+    daemon = Daemon(DaemonConfig(run_dir=str(base / "run"), host_name="proto-host",
+                                 io_timeout=1, watchdog_fire_timeout=5))
+    daemon.open()
+    thread = threading.Thread(target=daemon.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with client.using(daemon.config.run_dir):
+            client.add_lockspace(LS, 1, path, 0)
+        yield Serving(daemon, path)
+    finally:
+        daemon.shutdown()
+        thread.join(30)
+
+
+def _held(serving: Serving) -> set[str]:
+    return {held.key[1] for held in list(serving.daemon.resources.held.values())}
+
+
+def _disk(serving: Serving, index: int) -> list[tuple[str | bytes, int]]:
+    return [(serving.path, index * MiB)]
+
+
+def test_a_registered_process_keeps_its_leases_when_another_connection_closes(
+        serving: Serving) -> None:
+    """Regression: closing any connection of a process (a query, a second registration)
+    released every lease the process held."""
+    with client.using(serving.daemon.config.run_dir):
+        first = client.register()
+        client.acquire(LS, "r1", _disk(serving, 1), slkfd=first)
+        client.version()  # a one-shot connection of the same pid, opened and closed
+        with socket.socket(socket.AF_UNIX) as bare:
+            bare.connect(serving.daemon.socket_path)
+        second = client.register()
+        client.acquire(LS, "r2", _disk(serving, 2), slkfd=second)
+        assert [h["resource"] for h in client.inquire(slkfd=first)] == [b"r1"]
+        assert [h["resource"] for h in client.inquire(slkfd=second)] == [b"r2"]
+        with pytest.raises(LeaseNotHeld):  # each registration releases only its own leases
+            client.release(LS, "r1", _disk(serving, 1), slkfd=second)
+        client._registrations.pop(second).close()
+        poll(lambda: _held(serving) == {"r1"}, 10, what="r2 released with its registration")
+        assert direct.read_paxos_leader(serving.path, 2 * MiB).timestamp == 0
+        assert direct.read_paxos_leader(serving.path, MiB).timestamp != 0
+        client._registrations.pop(first).close()
+        poll(lambda: not _held(serving), 10, what="r1 released with its registration")
+
+
+def test_one_acquire_of_several_leases_takes_all_or_none(serving: Serving) -> None:
+    """r4 is held elsewhere (another registration), so ACQUIRE [r3, r4] fails with r4's error
+    and leaves r3 free."""
+    with client.using(serving.daemon.config.run_dir):
+        holder = client.register()
+        client.acquire(LS, "r4", _disk(serving, 4), slkfd=holder)
+        taker = client.register()
+        conn = client._registrations[taker]
+        payload = b"".join(
+            sp.Resource(LS, name, num_disks=1).encode() + sp.Disk(serving.path, i * MiB).encode()
+            for name, i in (("r3", 3), ("r4", 4))) + bytes(sp.OPTIONS_B)
+        code, _document = conn.exchange(Cmd.ACQUIRE, payload, data=2)
+        assert code == -sp.EEXIST
+        assert _held(serving) == {"r4"}
+        assert direct.read_paxos_leader(serving.path, 3 * MiB).timestamp == 0
+        for fd in (holder, taker):
+            client._registrations.pop(fd).close()
+        poll(lambda: not _held(serving), 10, what="r4 released")
+
+
+def test_write_clear_leaves_a_lease_no_read_accepts(serving: Serving,
+                                                    tmp_path: Path) -> None:
+    path = make_file(tmp_path / "cleared.img", 2 * MiB)
+    resource = sp.Resource(LS, "gone", num_disks=1, flags=0x110).encode()
+    request = Header(sp.SM_MAGIC, 1, Cmd.WRITE_RESOURCE, sp.WRITE_CLEAR,
+                     32 + sp.RESOURCE_B + sp.DISK_B, 0, 0, 0).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(serving.daemon.socket_path)
+        sock.sendall(request + resource + sp.Disk(path, 0).encode())
+        assert Header.decode(sock.recv(32, socket.MSG_WAITALL)).data == 0
+    with pytest.raises(BadMagic):
+        direct.read_paxos_leader(path, 0)
+    assert os.path.getsize(path) == 2 * MiB
