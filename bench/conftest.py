@@ -65,10 +65,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         for op in ("acquire", "release"):
             row = report[op]
             terminalreporter.write_line(
-                f"{op:<8} sanlock {row['sanlock']['median_us']:8.0f} us "
-                f"(p99 {row['sanlock']['p99_us']:8.0f})  leasestore "
-                f"{row['leasestore']['median_us']:8.0f} us (p99 {row['leasestore']['p99_us']:8.0f})"
-                f"  ratio {row['ratio_median']:5.2f} (p99 {row['ratio_p99']:5.2f})")
+                f"{op:<8} python3-sanlock → sanlock {row['sanlock']['median_us']:8.0f} us "
+                f"(p99 {row['sanlock']['p99_us']:8.0f})")
+            for side in ("binding→leasestore", "leasestore"):
+                ours = row[side]
+                terminalreporter.write_line(
+                    f"{'':<8} {side:<24} {ours['median_us']:8.0f} us (p99 "
+                    f"{ours['p99_us']:8.0f})  ratio {ours['ratio_median']:5.2f} "
+                    f"(p99 {ours['ratio_p99']:5.2f})")
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return

@@ -1,9 +1,10 @@
-"""Acquire + release of a free resource lease through the daemon, beside sanlock's through
-python3-sanlock, in the same run, each daemon on its own loop device (over files on one
-filesystem), interleaved in batches A B A B so that drift cancels.
+"""Acquire + release of a free resource lease, each daemon on its own loop device (over files
+on one filesystem), interleaved in batches A B C A B C so that drift cancels: python3-sanlock
+against sanlock's daemon (the baseline), the same python3-sanlock against leasestore's daemon
+(the daemons compared through one client), and leasestore's own client against leasestore.
 
-Both sides run the same kind of helper process, which registers once and then times every
-acquire and release with perf_counter; the helper for sanlock runs under /usr/bin/python3 (where
+Every side runs the same kind of helper process, which registers once and then times every
+acquire and release with perf_counter; the binding's helpers run under /usr/bin/python3 (where
 the binding lives). Results: bench/acquire_results.json and the terminal summary.
 """
 
@@ -39,16 +40,19 @@ def test_acquire_release_beside_sanlock(helpers: dict[str, Helper]) -> None:
     for helper in helpers.values():
         helper.batch(5)  # warm-up
     for _ in range(ROUNDS):
-        for side in ("sanlock", "leasestore"):
-            batch = helpers[side].batch(BATCH)
+        for side, helper in helpers.items():
+            batch = helper.batch(BATCH)
             for op in ("acquire", "release"):
                 samples[side][op].extend(batch[op])
     report: dict[str, Any] = {"rounds": ROUNDS, "batch": BATCH}
     for op in ("acquire", "release"):
-        ours, theirs = summary(samples["leasestore"][op]), summary(samples["sanlock"][op])
-        r = ratio(ours, theirs)
-        report[op] = {"leasestore": ours, "sanlock": theirs,
-                      "ratio_median": r["median"], "ratio_p99": r["p99"]}
+        theirs = summary(samples["sanlock"][op])
+        row: dict[str, Any] = {"sanlock": theirs}
+        for side in ("binding→leasestore", "leasestore"):
+            ours = summary(samples[side][op])
+            r = ratio(ours, theirs)
+            row[side] = {**ours, "ratio_median": r["median"], "ratio_p99": r["p99"]}
+        report[op] = row
     ACQUIRE_REPORTS.append(report)
     Path(__file__).with_name("acquire_results.json").write_text(json.dumps(report, indent=1))
     assert len(samples["leasestore"]["acquire"]) == ROUNDS * BATCH

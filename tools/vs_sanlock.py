@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for helper in helpers.values():
             helper.batch(5)  # warm-up
         for _ in range(args.rounds):
-            for side in ("sanlock", "leasestore"):
-                batch = helpers[side].batch(args.batch)
+            for side, helper in helpers.items():
+                batch = helper.batch(args.batch)
                 for op in ("acquire", "release"):
                     samples[side][op].extend(batch[op])
         for op in ("acquire", "release"):
@@ -128,7 +128,9 @@ def print_table(report: dict[str, Any]) -> None:
         if baseline in renewal and "leasestore" in renewal:
             rows.append(("renewal", baseline, renewal["leasestore"], renewal[baseline]))
     for op in ("acquire", "release"):
-        rows.append((op, "sanlock", report[op]["leasestore"], report[op]["sanlock"]))
+        rows.append((op, "sanlock", report[op]["binding→leasestore"], report[op]["sanlock"]))
+        rows.append((f"{op} (own client)", "sanlock", report[op]["leasestore"],
+                     report[op]["sanlock"]))
     print(f"{'workload':<10} {'baseline':<14} {'baseline med (p99) µs':>24} "
           f"{'leasestore med (p99) µs':>25} {'ratio med (p99)':>17}")
     for workload, baseline, ours, theirs in rows:

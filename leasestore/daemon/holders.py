@@ -9,7 +9,10 @@ first I/O, and dropped once it holds nothing; and a starting daemon kills every 
 process still alive, and opens its watchdog only once they are all gone.
 
 The record lives in the run dir (normally tmpfs): it must survive a daemon restart, not a
-reboot, and a reboot ends the holders too. It is written whole and renamed into place.
+reboot, and a reboot ends the holders too. Each version is one pwrite at offset 0 of the whole
+JSON document, padded with spaces to the longest version written so far (no stale bytes after
+it): one system call per change, on the acquire path. A daemon killed mid-write leaves at worst
+a document that does not parse, and a starting daemon refuses to run on that (fail closed).
 """
 
 from __future__ import annotations
@@ -62,16 +65,26 @@ class HolderRecord:
     def __init__(self, run_dir: str) -> None:
         self.path = os.path.join(run_dir, RECORD_NAME)
         self._written: frozenset[HolderProcess] | None = None
+        self._fd: int | None = None
+        self._longest_b = 0
 
     def write(self, holders: Iterable[HolderProcess]) -> None:
         current = frozenset(holders)
         if current == self._written:
             return
-        staging = self.path + ".new"
-        with open(staging, "w") as f:
-            json.dump({"holders": [[h.pid, h.start_ticks] for h in sorted(current)]}, f)
-        os.replace(staging, self.path)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                               0o644)
+        document = json.dumps({"holders": [[h.pid, h.start_ticks] for h in sorted(current)]})
+        raw = document.encode().ljust(self._longest_b)
+        os.pwrite(self._fd, raw, 0)
+        self._longest_b = len(raw)
         self._written = current
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def read(self) -> list[HolderProcess]:
         """What a previous daemon recorded; a missing or unreadable record holds nobody, an

@@ -260,6 +260,8 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
         self.resources.close()
+        with self._record_lock:
+            self._holder_record.close()
         if self._pid_file is not None:
             os.close(self._pid_file)
         log.info("leasestore daemon stopped")

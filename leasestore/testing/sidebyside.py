@@ -121,9 +121,15 @@ class Twins:
         self.joined.add(side)
 
     def start_helpers(self) -> dict[str, Helper]:
+        """Three timed clients: python3-sanlock against sanlock ("sanlock") and against
+        leasestore ("binding→leasestore": the same client, so the daemons are compared), and
+        leasestore's own client against leasestore ("leasestore")."""
         self.helpers = {
             "sanlock": Helper(SANLOCK_PYTHON, "sanlock", self.sanlock.env,
                               self.devices["sanlock"]),
+            "binding→leasestore": Helper(
+                SANLOCK_PYTHON, "sanlock", {**os.environ, "SANLOCK_RUN_DIR": self.ours.run_dir},
+                self.devices["leasestore"]),
             "leasestore": Helper(sys.executable, "leasestore",
                                  {**os.environ, "LEASESTORE_RUN_DIR": self.ours.run_dir},
                                  self.devices["leasestore"]),
