@@ -20,6 +20,8 @@ from leasestore.testing.procs import LoopDevices, make_file
 MiB = 1 << 20
 ACQUIRE_REPORTS: list[dict[str, Any]] = []
 """Filled by test_acquire_bench (measured outside pytest-benchmark, interleaved with sanlock)."""
+STORM_REPORTS: list[dict[str, Any]] = []
+"""Filled by test_boot_storm_bench (100 processes at once, python3-sanlock to either daemon)."""
 RENEWAL_REPORTS: list[dict[str, Any]] = []
 """Filled by test_renewal_interleaved_with_raw (raw and leasestore rounds alternating)."""
 
@@ -73,6 +75,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
                     f"{'':<8} {side:<24} {ours['median_us']:8.0f} us (p99 "
                     f"{ours['p99_us']:8.0f})  ratio {ours['ratio_median']:5.2f} "
                     f"(p99 {ours['ratio_p99']:5.2f})")
+    for report in STORM_REPORTS:
+        terminalreporter.section(f"boot storm: {report['processes']} processes at once "
+                                 "(python3-sanlock, median of rounds)")
+        for metric, unit in (("acquire_all_s", "s"), ("release_all_s", "s"),
+                             ("daemon_cpu_ms_per_lease", "ms")):
+            row = report[metric]
+            terminalreporter.write_line(
+                f"{metric:<24} sanlock {row['sanlock']:8.3f} {unit}  leasestore "
+                f"{row['leasestore']:8.3f} {unit}  ratio {row['ratio']:5.2f}")
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return

@@ -144,10 +144,6 @@ class AioContext:
         self._reaped = threading.Condition(self._lock)
         """Notified when the reaper has recorded the events it got (or gave up reaping)."""
         self._reaping = False
-        self._iocbs = (_Iocb * max_events)()
-        self._iocb_pointers = (ctypes.POINTER(_Iocb) * max_events)(
-            *(ctypes.pointer(iocb) for iocb in self._iocbs)
-        )
         self._events = (_IoEvent * max_events)()
         self._timespec = _Timespec()
         self._inflight: dict[int, Completion] = {}
@@ -172,45 +168,53 @@ class AioContext:
     ) -> list[Completion]:
         """Submit (opcode, offset_b, length_b, buffer) tuples; returns their completions.
 
-        At most max_events go to the kernel in one io_submit; more are submitted in turn.
+        At most max_events go to the kernel in one io_submit; more are submitted in turn. The
+        io_submit call itself runs outside the lock (on some devices, such as loop devices, it
+        does much of the I/O work itself): each call has its own iocbs, and its completions
+        are registered as in flight first, so the reaper never meets an event it cannot place.
         """
         completions = []
-        with self._lock:
-            for first in range(0, len(ops), self._max_events):
-                completions += self._submit_chunk(fd, ops[first:first + self._max_events])
+        for first in range(0, len(ops), self._max_events):
+            completions += self._submit_chunk(fd, ops[first:first + self._max_events])
         return completions
 
     def _submit_chunk(
         self, fd: int, ops: list[tuple[int, int, int, AlignedBuffer]]
     ) -> list[Completion]:
+        count = len(ops)
+        iocbs = (_Iocb * count)()
+        pointers = (ctypes.POINTER(_Iocb) * count)(*(ctypes.pointer(i) for i in iocbs))
         completions = []
-        for iocb, (opcode, offset_b, length_b, buffer) in zip(self._iocbs, ops, strict=False):
-            ident = self._next_ident
-            self._next_ident += 1
-            iocb.aio_data = ident
-            iocb.aio_lio_opcode = opcode
-            iocb.aio_fildes = fd
-            iocb.aio_buf = buffer.address
-            iocb.aio_nbytes = length_b
-            iocb.aio_offset = offset_b
-            completions.append(Completion(ident, buffer, opcode, fd, offset_b, length_b))
+        with self._lock:
+            for iocb, (opcode, offset_b, length_b, buffer) in zip(iocbs, ops, strict=True):
+                ident = self._next_ident
+                self._next_ident += 1
+                iocb.aio_data = ident
+                iocb.aio_lio_opcode = opcode
+                iocb.aio_fildes = fd
+                iocb.aio_buf = buffer.address
+                iocb.aio_nbytes = length_b
+                iocb.aio_offset = offset_b
+                completion = Completion(ident, buffer, opcode, fd, offset_b, length_b)
+                completions.append(completion)
+                self._inflight[ident] = completion
         submitted = 0
-        while submitted < len(ops):
+        while submitted < count:
             rc = _syscall(
                 self._submit,
                 self._ctx,
-                ctypes.c_long(len(ops) - submitted),
-                ctypes.byref(self._iocb_pointers, submitted * ctypes.sizeof(ctypes.c_void_p)),
+                ctypes.c_long(count - submitted),
+                ctypes.byref(pointers, submitted * ctypes.sizeof(ctypes.c_void_p)),
             )
             if rc < 0:
                 err = ctypes.get_errno()
                 if err in (errno.EINTR, errno.EAGAIN):
                     continue
-                for c in completions[submitted:]:
-                    c.done, c.result = True, -err
+                with self._lock:  # never reached the kernel: nothing of it is in flight
+                    for c in completions[submitted:]:
+                        self._inflight.pop(c.ident, None)
+                        c.done, c.result = True, -err
                 break
-            for c in completions[submitted:submitted + rc]:
-                self._inflight[c.ident] = c
             submitted += rc
         return completions
 

@@ -149,10 +149,17 @@ def prerequisites_missing() -> str | None:
     return None
 
 
+def lease_name(index: int) -> str:
+    """The twins' resource leases: RESOURCE at RESOURCE_AT, then one per MiB after it."""
+    return RESOURCE if index == 0 else f"{RESOURCE}{index}"
+
+
 @contextlib.contextmanager
-def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore")) -> Iterator[Twins]:
+def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore"),
+          leases: int = 1) -> Iterator[Twins]:
     """Both daemons running, those named in `join` joined to a lockspace on their own twin
-    device (`Twins.join` adds the others later). Stops every process it started and detaches
+    device (`Twins.join` adds the others later), each device with `leases` resource leases
+    (`lease_name(i)` at RESOURCE_AT + i MiB). Stops every process it started and detaches
     every loop device."""
     sanlock_bin = shutil.which("sanlock")
     assert sanlock_bin is not None
@@ -162,9 +169,12 @@ def twins(base: Path, join: tuple[str, ...] = ("sanlock", "leasestore")) -> Iter
     try:
         devices = {}
         for side in ("sanlock", "leasestore"):
-            device = loops.attach(make_file(base / f"{side}.img", 4 * MiB, allocate=True))
+            size_b = max(4 * MiB, RESOURCE_AT + (leases + 1) * MiB)
+            device = loops.attach(make_file(base / f"{side}.img", size_b, allocate=True))
             format_lockspace(device, LOCKSPACE, 0, io_timeout_s=1)
-            format_resource(device, LOCKSPACE, RESOURCE, RESOURCE_AT)
+            for index in range(leases):
+                format_resource(device, LOCKSPACE, lease_name(index),
+                                RESOURCE_AT + index * MiB)
             devices[side] = device
         theirs = SanlockProc(base, "twin-slk", sanlock_bin)
         started.append(theirs)
