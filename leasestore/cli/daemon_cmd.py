@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
+import queue
 import signal
 from typing import Any
 
@@ -25,11 +27,29 @@ def register(sub: Any) -> None:
     daemon.set_defaults(handler=run_daemon)
 
 
+def _log_through_a_queue(verbose: bool) -> logging.handlers.QueueListener:
+    """Log to stderr from one thread: request and renewal threads only enqueue a record, so
+    none waits on the log's I/O or on the others' writes (the stdlib's QueueHandler does it)."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    to_stderr = logging.StreamHandler()
+    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(logging.handlers.QueueHandler(records))
+    listener = logging.handlers.QueueListener(records, to_stderr)
+    listener.start()
+    return listener
+
+
 def run_daemon(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    listener = _log_through_a_queue(args.verbose)
+    try:
+        return _run(args)
+    finally:
+        listener.stop()  # writes out what is queued
+
+
+def _run(args: argparse.Namespace) -> int:
     config = DaemonConfig.load(
         args.config, run_dir=args.run_dir, host_name=args.host_name,
         io_timeout=args.io_timeout, watchdog=args.watchdog,
