@@ -159,6 +159,55 @@ def test_leasestore_refuses_the_host_id_sanlock_holds(
     assert record.host_name == "slk-host" and record.owner_generation == 1
 
 
+BINDING_HOLDER = r"""
+import sys, sanlock
+ls, path, offset = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3])
+print(sanlock.inq_lockspace(ls, 2, path, 0), flush=True)
+print(sorted((h["host_id"], h["flags"]) for h in sanlock.get_hosts(ls)), flush=True)
+fd = sanlock.register()
+sanlock.acquire(ls, b"ours", [(path, offset)], slkfd=fd)
+print([r["resource"].decode() for r in sanlock.inquire(slkfd=fd)], flush=True)
+sys.stdin.readline()
+sanlock.release(ls, b"ours", [(path, offset)], slkfd=fd)
+print("released", flush=True)
+"""
+
+
+def test_the_leasestore_host_driven_only_through_python3_sanlock(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """Every call on the leasestore host goes through the sanlock binding (as vdsm's would):
+    it sees the sanlock host live, holds a lease that sanlock is refused, and gives it back."""
+    theirs, ours, devices = mixed
+    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
+        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
+        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    poll(lambda: ours.hosts(LS).get(1, {}).get("state") == "live", 20, what="sanlock live")
+    holder = subprocess.Popen(
+        ["/usr/bin/python3", "-c", BINDING_HOLDER, LS, devices[1], str(RES_OURS)],
+        env={**os.environ, "SANLOCK_RUN_DIR": ours.run_dir}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "True"
+        assert holder.stdout.readline().strip() == "[(1, 3), (2, 3)]"  # both LIVE
+        assert holder.stdout.readline().strip() == "['ours']"
+        lver = read_paxos_leader(devices[0], RES_OURS).lver
+        refused = theirs.client("command", "-r", f"{LS}:ours:{devices[0]}:{RES_OURS}",
+                                "-c", "/bin/true", check=False)
+        assert refused.returncode != 0 and "-243" in refused.stdout + refused.stderr
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = theirs.client("command", "-r", f"{LS}:ours:{devices[0]}:{RES_OURS}", "-c",
+                          "/bin/true", check=False)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert read_paxos_leader(devices[0], RES_OURS).lver == lver + 1
+
+
 # --- takeover across implementations after host_dead ----------------------------------------
 
 DEAD_LS = "mixed-dead"

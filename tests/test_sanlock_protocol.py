@@ -6,7 +6,9 @@ WRITE_CLEAR leaves a lease no read accepts."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import leasestore.daemon.sanlock_proto as sp
 from leasestore import client, direct
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_proto import Cmd, Header
-from leasestore.daemon.server import Daemon
+from leasestore.daemon.server import Daemon, Peer, Session
 from leasestore.errors import BadMagic, LeaseNotHeld
 from leasestore.testing.procs import make_file, poll
 
@@ -118,3 +120,33 @@ def test_write_clear_leaves_a_lease_no_read_accepts(serving: Serving,
     with pytest.raises(BadMagic):
         direct.read_paxos_leader(path, 0)
     assert os.path.getsize(path) == 2 * MiB
+
+
+@pytest.mark.parametrize(("restrict", "graceful", "signal_seen"), [
+    (0, True, -signal.SIGTERM),
+    (0, False, -signal.SIGKILL),
+    (sp.RESTRICT_SIGTERM, True, -signal.SIGKILL),  # "do not SIGTERM me": SIGKILL instead
+    (sp.RESTRICT_SIGKILL, False, -signal.SIGTERM),  # "do not SIGKILL me": SIGTERM instead
+])
+def test_a_holders_restrict_flags_choose_the_signal_that_stops_it(
+        serving: Serving, restrict: int, graceful: bool, signal_seen: int) -> None:
+    holder = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        session = Session(Peer(holder.pid, 0, 0), registered=True, restrict=restrict)
+        serving.daemon._stop_holder(session, graceful=graceful)
+        assert holder.wait(10) == signal_seen
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("with_pid", [False, True])
+def test_a_killpath_gets_the_holders_pid_only_if_it_asked(serving: Serving, tmp_path: Path,
+                                                          with_pid: bool) -> None:
+    out = tmp_path / "args"
+    session = Session(Peer(424242, 0, 0), registered=True,
+                      killpath=["/bin/sh", "-c", f'echo "$@" > {out}', "helper", "poweroff"],
+                      killpath_pid=with_pid)
+    serving.daemon._stop_holder(session, graceful=True)
+    poll(lambda: out.exists() and out.read_text().endswith("\n"), 10, what="killpath ran")
+    assert out.read_text().split() == (["poweroff", "424242"] if with_pid else ["poweroff"])
