@@ -5,10 +5,12 @@ WRITE_CLEAR leaves a lease no read accepts."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from leasestore import client, direct
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.daemon.server import Daemon, Peer, Session
-from leasestore.errors import BadMagic, LeaseNotHeld
+from leasestore.errors import AcquireLver, BadMagic, LeaseNotHeld
 from leasestore.testing.procs import make_file, poll
 
 LS = "proto-ls"
@@ -150,3 +152,54 @@ def test_a_killpath_gets_the_holders_pid_only_if_it_asked(serving: Serving, tmp_
     serving.daemon._stop_holder(session, graceful=True)
     poll(lambda: out.exists() and out.read_text().endswith("\n"), 10, what="killpath ran")
     assert out.read_text().split() == (["poweroff", "424242"] if with_pid else ["poweroff"])
+
+
+VM = r"""
+import sys
+from leasestore import client
+client.register()
+print("registered", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_lease_comes_back_only_at_the_version_it_was_released(serving: Serving) -> None:
+    """As libvirt pauses and resumes a VM: a manager releases r1 for the VM's process by pid and
+    acquires it again (naming no version), which succeeds only if nobody held r1 meanwhile;
+    naming the version takes it anyway; the config switch turns the check off; a process that
+    acquires for itself is not affected (vdsm's acquire/release in turn)."""
+    disk = _disk(serving, 1)
+    run_dir = serving.daemon.config.run_dir
+    vm = subprocess.Popen([sys.executable, "-c", VM], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, client.RUN_DIR_ENV: run_dir})
+    try:
+        assert vm.stdout is not None and vm.stdout.readline() == "registered\n"
+        with client.using(run_dir):
+            first = client.acquire(LS, "r1", disk, pid=vm.pid)["lver"]
+            client.release(LS, "r1", disk, pid=vm.pid)  # paused
+            assert client.acquire(LS, "r1", disk, pid=vm.pid)["lver"] == first + 1  # resumed
+            client.release(LS, "r1", disk, pid=vm.pid)
+            other = client.register()  # another host runs the VM meanwhile
+            client.acquire(LS, "r1", disk, slkfd=other)
+            client.release(LS, "r1", disk, slkfd=other)
+            with pytest.raises(AcquireLver, match=f"no longer at version {first + 1}"):
+                client.acquire(LS, "r1", disk, pid=vm.pid)
+            now = direct.read_paxos_leader(serving.path, MiB).lver
+            assert client.acquire(LS, "r1", disk, pid=vm.pid, version=now)["lver"] == now + 1
+            client.release(LS, "r1", disk, pid=vm.pid)
+            # The holder for itself: released at now + 1, then taken by pid, so moved on.
+            assert client.acquire(LS, "r1", disk, slkfd=other)["lver"] == now + 2
+            client.release(LS, "r1", disk, slkfd=other)
+            checking = serving.daemon.config
+            serving.daemon.config = dataclasses.replace(checking,
+                                                        reacquire_needs_same_version=False)
+            try:
+                assert client.acquire(LS, "r1", disk, pid=vm.pid)["lver"] == now + 3
+            finally:
+                serving.daemon.config = checking
+            client._registrations.pop(other).close()
+    finally:
+        vm.kill()
+        vm.wait()
+    poll(lambda: not _held(serving), 10, what="r1 released when the VM exited")

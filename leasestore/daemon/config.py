@@ -1,7 +1,8 @@
 """Daemon configuration: defaults, a TOML file, then command-line overrides.
 
 Keys (all optional): run_dir, host_name, io_timeout, watchdog ("none" or a device path),
-watchdog_fire_timeout, renewal_history_size. Unknown keys are an error, so typos surface.
+watchdog_fire_timeout, renewal_history_size, reacquire_needs_same_version. Unknown keys are an
+error, so typos surface.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class DaemonConfig:
     watchdog: str = "none"
     watchdog_fire_timeout: float = DEFAULT_WATCHDOG_FIRE_TIMEOUT_S
     renewal_history_size: int = 180
+    reacquire_needs_same_version: bool = True
+    """A lease acquired for a registered process by another (a manager acting by pid, as
+    libvirtd does for its QEMU processes) that this process released before comes back, when
+    no version is named, only if nobody held it in between: its lver is still the one it was
+    released at. This keeps a VM paused on one host, run and stopped on another meanwhile, from
+    resuming over a disk someone else wrote (libvirt resumes with lver 0). A process acquiring
+    for itself (vdsm's pattern: one registration, acquire and release in turn) is not affected."""
 
     @classmethod
     def load(cls, path: str | None, **overrides: Any) -> DaemonConfig:
@@ -55,5 +63,8 @@ class DaemonConfig:
             if not isinstance(getattr(self, name), str):
                 raise UsageError(f"{name} must be a string, not {getattr(self, name)!r}")
         checked_whole(self.renewal_history_size, "renewal_history_size", 1, 100_000)
+        if not isinstance(self.reacquire_needs_same_version, bool):
+            raise UsageError("reacquire_needs_same_version must be true or false, not "
+                             f"{self.reacquire_needs_same_version!r}")
         if not self.host_name or len(self.host_name.encode()) > 48:
             raise UsageError("host_name must be 1..48 bytes")

@@ -32,6 +32,7 @@ from leasestore.daemon.sanlock_server import SanlockFrontEnd, sanlock_socket_pat
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
 from leasestore.errors import (
+    AcquireLver,
     LeaseNotHeld,
     LeasestoreError,
     LockspaceBusy,
@@ -85,6 +86,8 @@ class Session:
     """sanlock RESTRICT_* flags set on this connection."""
     owner_name: str = ""
     """The display name a sanlock ACQUIRE's options gave the process."""
+    released: dict[ResourceKey, int] = field(default_factory=dict)
+    """The lver at which this registration released each exclusive lease it held."""
     keys: set[ResourceKey] = field(default_factory=set)
     """The leases acquired through this registration: released when it ends. (The lease table
     knows holders by pid; a process may register more than one connection.)"""
@@ -528,10 +531,19 @@ class Daemon:
         try:
             self._record_holders()  # before the first I/O: a daemon dying now leaves a holder
             # Admitted until the holder is recorded: removal waits for that, then stops holders.
+            lver, implied = self._required_version(cmd, target, key,
+                                                   by_pid=target is not session)
             with self.resources.gate.admit(cmd.lockspace):
-                held = self.resources.acquire(lockspace, key, target.peer.pid,
-                                              shared=cmd.shared,
-                                              lver=None if cmd.lver < 0 else cmd.lver)
+                try:
+                    held = self.resources.acquire(lockspace, key, target.peer.pid,
+                                                  shared=cmd.shared, lver=lver)
+                except AcquireLver as exc:
+                    if not implied:
+                        raise
+                    raise AcquireLver(
+                        f"{cmd.resource!r} is no longer at version {lver}, at which pid "
+                        f"{target.peer.pid} released it: another holder had it meanwhile "
+                        "(pass the version to take it anyway)") from exc
                 with self._lock:
                     gone = target.closed
                     if not gone:  # from now on, the end of this registration releases it
@@ -545,6 +557,18 @@ class Daemon:
             raise NotRegistered(f"pid {target.peer.pid} exited during the acquire")
         log.info("pid %d acquired %s", target.peer.pid, held.state)
         return held.to_json()
+
+    def _required_version(self, cmd: commands.Acquire, target: Session, key: ResourceKey,
+                          by_pid: bool) -> tuple[int | None, bool]:
+        """(the lver the lease must be at, whether only reacquire_needs_same_version asks it:
+        for an acquire by pid of a lease that registration released before)."""
+        if cmd.lver >= 0:
+            return cmd.lver, False
+        released = target.released.get(key)
+        if (released is None or cmd.shared or not by_pid
+                or not self.config.reacquire_needs_same_version):
+            return None, False
+        return released, True
 
     def _release(self, cmd: commands.Release, session: Session) -> None:
         target = self._target(session, cmd.pid)
@@ -563,6 +587,8 @@ class Daemon:
             with self._lock:
                 if self.resources.holding(key, target.peer.pid) is None:
                     target.keys.discard(key)
+                    if not held.lease.shared:
+                        target.released[key] = held.lease.lver
             self._record_holders()
         log.info("pid %d released %s", target.peer.pid, held.state)
 
