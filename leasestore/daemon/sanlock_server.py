@@ -101,6 +101,10 @@ def _refuse(code: int, error: type[LeasestoreError], message: str) -> _Refused:
     return _Refused(code, error(message))
 
 
+QUIET_REFUSALS = frozenset({Cmd.INQUIRE, Cmd.INQ_LOCKSPACE, Cmd.GET_HOSTS, Cmd.READ_LOCKSPACE,
+                            Cmd.READ_RESOURCE, Cmd.READ_RESOURCE_OWNERS})
+"""Queries whose refusals are answers (libvirt probes registration with INQUIRE -ESRCH)."""
+
 CLOSES_AFTER_REPLY = frozenset({Cmd.SHUTDOWN, Cmd.STATUS, Cmd.LOG_DUMP, Cmd.HOST_STATUS,
                                 Cmd.GET_LOCKSPACES, Cmd.GET_HOSTS, Cmd.SHUTDOWN_WAIT,
                                 Cmd.END_EVENT, Cmd.SET_CONFIG, Cmd.RENEWAL})
@@ -193,6 +197,9 @@ class SanlockFrontEnd:
             reply = _Reply(-201)
         if error is not None:  # the next header must be read where the client put it
             payload.drain(header)
+            if header.cmd not in QUIET_REFUSALS:
+                log.info("%s from pid %d refused (%d): %s", Cmd(header.cmd).name,
+                         session.peer.pid, reply.code, error)
         if header.cmd_flags & sp.LS_DETAIL:
             if error is not None:
                 document: dict[str, Any] = {"error": {"name": type(error).__name__,
