@@ -1,12 +1,15 @@
 """libvirt end to end: unmodified libvirtd + QEMU on two "hosts" (private mount namespaces),
-with libvirt's own sanlock lock-driver plugin taking each VM's lease from a leasestore daemon
-per host, over one shared lease file (LIBVIRT-E2E.md has the recipe).
+with libvirt's own sanlock lock-driver plugin taking each VM's lease from the lease daemon of
+its host, over one shared lease file (LIBVIRT-E2E.md has the recipe): both hosts on
+leasestore, and mixed with the real sanlock daemon either way round.
 
 CI sets LEASESTORE_REQUIRE_LIBVIRT=1, so missing packages fail instead of skipping."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,7 +18,7 @@ import pytest
 from leasestore import client, direct
 from leasestore.testing import libvirt
 from leasestore.testing.libvirt import LibvirtHost, domain_xml, libvirt_hosts
-from leasestore.testing.procs import DaemonProc, make_file, poll
+from leasestore.testing.procs import DaemonProc, SanlockProc, make_file, poll
 
 pytestmark = [pytest.mark.slow]
 MiB = 1 << 20
@@ -26,20 +29,31 @@ VM1_AT = MiB
 @dataclass
 class Cluster:
     lease_file: str
-    daemons: dict[str, DaemonProc]
+    kinds: dict[str, str]
+    """host name → "leasestore" or "sanlock": whose daemon serves that host's libvirtd"""
+    daemons: dict[str, DaemonProc | SanlockProc]
     hosts: dict[str, LibvirtHost]
-    disks: dict[str, str]
+    sanlock_bin: str
 
-    def held_by(self, host: str) -> list[dict[str, object]]:
-        leases: list[dict[str, object]] = self.daemons[host].call(client.status)["leases"]
-        return leases
+    def held_by(self, host: str) -> list[tuple[str, int]]:
+        """(resource, pid) of each lease `sanlock client status` shows on that host's daemon
+        (the real CLI, against either daemon)."""
+        env = {**os.environ, "SANLOCK_RUN_DIR": self.daemons[host].run_dir}
+        out = subprocess.run([self.sanlock_bin, "client", "status"], env=env,
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return [(name, int(pid)) for name, pid in
+                re.findall(r"^r [^:]+:([^:]+):.* p (\d+)", out, re.M)]
 
     def lver(self) -> int:
         return direct.read_paxos_leader(self.lease_file, VM1_AT).lver
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+PAIRS = [("leasestore", "leasestore"), ("leasestore", "sanlock"), ("sanlock", "leasestore")]
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=["+".join(pair) for pair in PAIRS])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            sanlock_bin: str) -> Iterator[Cluster]:
     why = libvirt.missing()
     if why is not None:
         if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
@@ -49,16 +63,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     lease_file = make_file(base / "leases", 4 * MiB)
     direct.format_lockspace(lease_file, LS, 0, io_timeout_s=1)
     direct.format_resource(lease_file, LS, "vm1", VM1_AT)
-    daemons: dict[str, DaemonProc] = {}
+    kinds = dict(zip(("host-a", "host-b"), request.param, strict=True))
+    daemons: dict[str, DaemonProc | SanlockProc] = {}
     try:
-        for host_id, name in enumerate(("host-a", "host-b"), start=1):
-            daemons[name] = DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=5)
-            daemons[name].call(client.add_lockspace, LS, host_id, lease_file, 0)
+        for host_id, (name, kind) in enumerate(kinds.items(), start=1):
+            if kind == "leasestore":
+                ours = DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=60)
+                daemons[name] = ours
+                ours.call(client.add_lockspace, LS, host_id, lease_file, 0)
+            else:
+                theirs = SanlockProc(base, name, sanlock_bin)
+                daemons[name] = theirs
+                theirs.client("add_lockspace", "-s", f"{LS}:{host_id}:{lease_file}:0", "-o",
+                              "1")
         with libvirt_hosts(base, {n: d.run_dir for n, d in daemons.items()}) as hosts:
-            disks = {name: make_file(base / f"{name}-vm1.img", MiB) for name in hosts}
             for name, host in hosts.items():
-                host.define(domain_xml("vm1", disks[name], (LS, "vm1", lease_file, VM1_AT)))
-            yield Cluster(lease_file, daemons, hosts, disks)
+                disk = make_file(base / f"{name}-vm1.img", MiB)  # QEMU locks images itself
+                host.define(domain_xml("vm1", disk, (LS, "vm1", lease_file, VM1_AT)))
+            yield Cluster(lease_file, kinds, daemons, hosts, sanlock_bin)
     finally:
         for daemon in daemons.values():
             daemon.stop()
@@ -69,8 +91,7 @@ def test_a_started_vm_holds_its_lease_and_the_other_host_is_refused(cluster: Clu
     before = cluster.lver()
     a.virsh("start", "vm1")
     assert a.state("vm1") == "running"
-    held = cluster.held_by("host-a")
-    assert [(h["resource"], h["pid"]) for h in held] == [("vm1", a.qemu_pid("vm1"))]
+    assert cluster.held_by("host-a") == [("vm1", a.qemu_pid("vm1"))]
     assert cluster.lver() == before + 1
     refused = b.virsh("start", "vm1", check=False)
     assert refused.returncode != 0 and "Failed to acquire lock" in refused.stderr, refused
@@ -79,7 +100,7 @@ def test_a_started_vm_holds_its_lease_and_the_other_host_is_refused(cluster: Clu
     poll(lambda: cluster.held_by("host-a") == [], 10, what="A's lease released at destroy")
     b.virsh("start", "vm1")
     assert cluster.lver() == before + 2
-    assert [h["pid"] for h in cluster.held_by("host-b")] == [b.qemu_pid("vm1")]
+    assert cluster.held_by("host-b") == [("vm1", b.qemu_pid("vm1"))]
     b.virsh("destroy", "vm1")
     poll(lambda: cluster.held_by("host-b") == [], 10, what="B's lease released at destroy")
 
@@ -105,10 +126,18 @@ def test_a_vm_paused_while_another_host_ran_it_does_not_resume(cluster: Cluster)
     not at the version A released; A's resume is refused, and A's daemon says why."""
     a = cluster.hosts["host-a"]
     assert a.state("vm1") == "paused"  # from the previous test: B ran it meanwhile
+    if cluster.kinds["host-a"] != "leasestore":
+        # sanlock resumes it (libvirt passes lver 0): the hole this check closes
+        a.virsh("resume", "vm1")
+        assert a.state("vm1") == "running"
+        a.virsh("destroy", "vm1")
+        poll(lambda: cluster.held_by("host-a") == [], 10, what="A's lease released")
+        return
     refused = a.virsh("resume", "vm1", check=False)
     assert refused.returncode != 0 and "Failed to acquire lock" in refused.stderr, refused
     assert a.state("vm1") == "paused" and cluster.held_by("host-a") == []
-    assert "is no longer at version" in cluster.daemons["host-a"].log()
+    daemon = cluster.daemons["host-a"]
+    assert isinstance(daemon, DaemonProc) and "is no longer at version" in daemon.log()
     a.virsh("destroy", "vm1")
     a.virsh("start", "vm1")  # a fresh start is no resume: it takes the current version
     assert len(cluster.held_by("host-a")) == 1
