@@ -7,17 +7,24 @@ CI sets LEASESTORE_REQUIRE_LIBVIRT=1, so missing packages fail instead of skippi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from leasestore import client, direct
 from leasestore.testing import libvirt
-from leasestore.testing.libvirt import LibvirtHost, domain_xml, libvirt_hosts
+from leasestore.testing.libvirt import (
+    LibvirtHost,
+    auto_disk_leases_conf,
+    domain_xml,
+    libvirt_hosts,
+)
 from leasestore.testing.procs import DaemonProc, SanlockProc, make_file, poll
 
 pytestmark = [pytest.mark.slow]
@@ -143,3 +150,62 @@ def test_a_vm_paused_while_another_host_ran_it_does_not_resume(cluster: Cluster)
     assert len(cluster.held_by("host-a")) == 1
     a.virsh("destroy", "vm1")
     poll(lambda: cluster.held_by("host-a") == [], 10, what="A's lease released")
+
+
+@pytest.fixture(scope="module")
+def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
+                 sanlock_bin: str) -> Iterator[Cluster]:
+    """Two leasestore hosts whose libvirtds run with auto_disk_leases: libvirt makes the
+    lockspace file and the disk leases itself, through the daemon (ALIGN, WRITE_LOCKSPACE,
+    WRITE_RESOURCE, a blocking ADD_LOCKSPACE)."""
+    why = libvirt.missing()
+    if why is not None:
+        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
+            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
+        pytest.skip(why)
+    base = tmp_path_factory.mktemp("libvirt-auto")
+    shared = base / "sanlock-leases"
+    shared.mkdir()
+    names = ("host-a", "host-b")
+    daemons: dict[str, DaemonProc | SanlockProc] = {}
+    try:
+        for name in names:
+            daemons[name] = DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=60)
+        confs = {name: auto_disk_leases_conf(str(shared), host_id)
+                 for host_id, name in enumerate(names, start=1)}
+        with libvirt_hosts(base, {n: d.run_dir for n, d in daemons.items()}, confs) as hosts:
+            for host in hosts.values():  # the same path on both, a private file on each
+                images = host.dir / "lib" / "images"
+                images.mkdir(parents=True, exist_ok=True)
+                make_file(images / "vm2.img", MiB)
+                host.define(domain_xml("vm2", "/var/lib/libvirt/images/vm2.img", None))
+            yield Cluster(str(shared / "__LIBVIRT__DISKS__"), dict.fromkeys(names, "leasestore"),
+                          daemons, hosts, sanlock_bin)
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+
+
+def test_auto_disk_leases_are_made_and_kept_exclusive_through_the_daemon(
+        auto_cluster: Cluster) -> None:
+    a, b = auto_cluster.hosts["host-a"], auto_cluster.hosts["host-b"]
+    for name, daemon in auto_cluster.daemons.items():  # libvirtd joined at its start-up
+        assert isinstance(daemon, DaemonProc)
+        joined = daemon.call(client.get_lockspaces)
+        assert [(ls["lockspace"], ls["state"]) for ls in joined] == [
+            ("__LIBVIRT__DISKS__", "held")], name
+    records = direct.dump(auto_cluster.lease_file)
+    assert {r.host_id for r in records if r.acquired} == {1, 2}
+    a.virsh("start", "vm2")
+    key = hashlib.md5(b"/var/lib/libvirt/images/vm2.img").hexdigest()
+    assert auto_cluster.held_by("host-a") == [(key, a.qemu_pid("vm2"))]
+    lease = Path(auto_cluster.lease_file).with_name(key)
+    assert direct.read_paxos_leader(str(lease), 0).lver == 1
+    refused = b.virsh("start", "vm2", check=False)
+    assert refused.returncode != 0 and "Failed to acquire lock" in refused.stderr, refused
+    a.virsh("destroy", "vm2")
+    poll(lambda: auto_cluster.held_by("host-a") == [], 10, what="A's disk lease released")
+    b.virsh("start", "vm2")
+    assert auto_cluster.held_by("host-b") == [(key, b.qemu_pid("vm2"))]
+    assert direct.read_paxos_leader(str(lease), 0).lver == 2
+    b.virsh("destroy", "vm2")

@@ -175,16 +175,25 @@ class LibvirtHost:
         self._created.clear()
 
 
+def auto_disk_leases_conf(lease_dir: str, host_id: int, io_timeout_s: int = 1) -> str:
+    """qemu-sanlock.conf for auto_disk_leases: libvirtd formats and joins __LIBVIRT__DISKS__ in
+    `lease_dir` at start-up, and a lease per disk (named by the md5 of its path) as needed."""
+    return (f'auto_disk_leases = 1\ndisk_lease_dir = "{lease_dir}"\nhost_id = {host_id}\n'
+            f'io_timeout = {io_timeout_s}\nuser = "root"\ngroup = "root"\n')
+
+
 @contextlib.contextmanager
 def libvirt_hosts(base: Path, run_dirs: dict[str, str],
-                  sanlock_conf: str | None = None) -> Iterator[dict[str, LibvirtHost]]:
+                  sanlock_confs: dict[str, str] | None = None
+                  ) -> Iterator[dict[str, LibvirtHost]]:
     """A libvirtd per named host, started (the first probes QEMU's capabilities, the others
-    reuse its cache), all stopped at the end."""
+    reuse its cache), all stopped at the end. `sanlock_confs`: each host's qemu-sanlock.conf
+    (default: explicit leases only)."""
     hosts: dict[str, LibvirtHost] = {}
     try:
         for name, run_dir in run_dirs.items():
-            host = (LibvirtHost(base, name, run_dir) if sanlock_conf is None
-                    else LibvirtHost(base, name, run_dir, sanlock_conf))
+            host = (LibvirtHost(base, name, run_dir) if sanlock_confs is None
+                    else LibvirtHost(base, name, run_dir, sanlock_confs[name]))
             if hosts:
                 first = next(iter(hosts.values()))
                 shutil.copytree(first.dir / "cache", host.dir / "cache", dirs_exist_ok=True)
