@@ -7,13 +7,19 @@ CI sets LEASESTORE_REQUIRE_LIBVIRT=1, so missing packages fail instead of skippi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -25,7 +31,7 @@ from leasestore.testing.libvirt import (
     domain_xml,
     libvirt_hosts,
 )
-from leasestore.testing.procs import DaemonProc, SanlockProc, make_file, poll
+from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file, poll
 
 pytestmark = [pytest.mark.slow]
 MiB = 1 << 20
@@ -33,12 +39,24 @@ LS = "LS"
 VM1_AT = MiB
 
 
+class LeaseDaemon(Protocol):
+    """What the tests need of a host's lease daemon, whichever it is."""
+
+    @property
+    def run_dir(self) -> str: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Cluster:
     lease_file: str
     kinds: dict[str, str]
     """host name → "leasestore" or "sanlock": whose daemon serves that host's libvirtd"""
-    daemons: dict[str, DaemonProc | SanlockProc]
+    daemons: dict[str, LeaseDaemon]
     hosts: dict[str, LibvirtHost]
     sanlock_bin: str
 
@@ -71,7 +89,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     direct.format_lockspace(lease_file, LS, 0, io_timeout_s=1)
     direct.format_resource(lease_file, LS, "vm1", VM1_AT)
     kinds = dict(zip(("host-a", "host-b"), request.param, strict=True))
-    daemons: dict[str, DaemonProc | SanlockProc] = {}
+    daemons: dict[str, LeaseDaemon] = {}
     try:
         for host_id, (name, kind) in enumerate(kinds.items(), start=1):
             if kind == "leasestore":
@@ -143,8 +161,7 @@ def test_a_vm_paused_while_another_host_ran_it_does_not_resume(cluster: Cluster)
     refused = a.virsh("resume", "vm1", check=False)
     assert refused.returncode != 0 and "Failed to acquire lock" in refused.stderr, refused
     assert a.state("vm1") == "paused" and cluster.held_by("host-a") == []
-    daemon = cluster.daemons["host-a"]
-    assert isinstance(daemon, DaemonProc) and "is no longer at version" in daemon.log()
+    assert "is no longer at version" in cluster.daemons["host-a"].log_path.read_text()
     a.virsh("destroy", "vm1")
     a.virsh("start", "vm1")  # a fresh start is no resume: it takes the current version
     assert len(cluster.held_by("host-a")) == 1
@@ -167,7 +184,7 @@ def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
     shared = base / "sanlock-leases"
     shared.mkdir()
     names = ("host-a", "host-b")
-    daemons: dict[str, DaemonProc | SanlockProc] = {}
+    daemons: dict[str, LeaseDaemon] = {}
     try:
         for name in names:
             daemons[name] = DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=60)
@@ -190,8 +207,8 @@ def test_auto_disk_leases_are_made_and_kept_exclusive_through_the_daemon(
         auto_cluster: Cluster) -> None:
     a, b = auto_cluster.hosts["host-a"], auto_cluster.hosts["host-b"]
     for name, daemon in auto_cluster.daemons.items():  # libvirtd joined at its start-up
-        assert isinstance(daemon, DaemonProc)
-        joined = daemon.call(client.get_lockspaces)
+        with client.using(daemon.run_dir):
+            joined = client.get_lockspaces()
         assert [(ls["lockspace"], ls["state"]) for ls in joined] == [
             ("__LIBVIRT__DISKS__", "held")], name
     records = direct.dump(auto_cluster.lease_file)
@@ -209,3 +226,107 @@ def test_auto_disk_leases_are_made_and_kept_exclusive_through_the_daemon(
     assert auto_cluster.held_by("host-b") == [(key, b.qemu_pid("vm2"))]
     assert direct.read_paxos_leader(str(lease), 0).lver == 2
     b.virsh("destroy", "vm2")
+
+
+FIRE_S = 30
+"""The smallest watchdog fire timeout with a kill grace (15 s): below 30 s holders are SIGKILLed
+at once and no killpath runs. host_dead = 8 × 1 + 30 = 38 s."""
+
+
+@pytest.fixture
+def dying_cluster(tmp_path: Path, loop_devices: LoopDevices,
+                  sanlock_bin: str) -> Iterator[Cluster]:
+    """Two leasestore hosts on two loop devices over one backing file (so host A's storage can
+    turn read-only alone). Host A's daemon runs in its libvirtd's namespace, where the
+    killpath libvirt registers (libvirt_sanlock_helper) can reach that libvirtd."""
+    why = libvirt.missing()
+    if why is not None:
+        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
+            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
+        pytest.skip(why)
+    backing = make_file(tmp_path / "shared.img", 4 * MiB, allocate=True)
+    devices = {"host-a": loop_devices.attach(backing), "host-b": loop_devices.attach(backing)}
+    direct.format_lockspace(devices["host-a"], LS, 0, io_timeout_s=1)
+    direct.format_resource(devices["host-a"], LS, "vm1", VM1_AT)
+    a_run = tmp_path / "run-host-a"
+    a_log = tmp_path / "host-a.log"
+    companion = (f"{sys.executable} -m leasestore.cli.main daemon --run-dir {a_run} "
+                 f"--host-name host-a --io-timeout 1 --watchdog none "
+                 f"--watchdog-fire-timeout {FIRE_S} >> {a_log} 2>&1")
+    b_daemon = DaemonProc(tmp_path, "host-b", io_timeout_s=1, watchdog_fire_timeout_s=FIRE_S)
+    hosts: dict[str, LibvirtHost] = {}
+    try:
+        hosts["host-a"] = LibvirtHost(tmp_path, "host-a", str(a_run))
+        hosts["host-a"].start(companion=companion)
+        poll((a_run / "sanlock.sock").exists, 30, what="host A's daemon")
+        hosts["host-b"] = LibvirtHost(tmp_path, "host-b", b_daemon.run_dir)
+        shutil.copytree(hosts["host-a"].dir / "cache", hosts["host-b"].dir / "cache",
+                        dirs_exist_ok=True)
+        hosts["host-b"].start()
+        with client.using(str(a_run)):
+            client.add_lockspace(LS, 1, devices["host-a"], 0)
+        b_daemon.call(client.add_lockspace, LS, 2, devices["host-b"], 0)
+        for name, host in hosts.items():
+            disk = make_file(tmp_path / f"{name}-vm1.img", MiB)
+            host.define(domain_xml("vm1", disk, (LS, "vm1", devices[name], VM1_AT),
+                                   on_lockfailure="poweroff"))
+        a_daemon = _InNamespace(str(a_run), a_log)
+        yield Cluster(devices["host-a"], dict.fromkeys(hosts, "leasestore"),
+                      {"host-a": a_daemon, "host-b": b_daemon}, hosts, sanlock_bin)
+    finally:
+        subprocess.run(["blockdev", "--setrw", devices["host-a"]], check=False)
+        for host in reversed(list(hosts.values())):
+            host.stop()
+        _InNamespace(str(a_run), a_log).stop()
+        b_daemon.stop()
+
+
+@dataclass
+class _InNamespace:
+    """Host A's daemon, started by its libvirtd's namespace shell: found by its pid file."""
+
+    run_dir: str
+    log_path: Path
+
+    def stop(self) -> None:
+        pid_file = Path(self.run_dir) / "leasestore.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            poll(lambda: not Path(f"/proc/{pid}").exists(), 30, what="host A's daemon exit")
+
+
+def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_it(
+        dying_cluster: Cluster) -> None:
+    """Host A's storage turns read-only while its VM runs: A's daemon fails the lockspace and
+    runs the VM's killpath (libvirt_sanlock_helper ... poweroff), which has libvirt destroy the
+    VM, well before host_dead; host B is refused while A is live, and starts the VM only once
+    host_dead has passed (its acquire may wait for that instead of refusing)."""
+    a, b = dying_cluster.hosts["host-a"], dying_cluster.hosts["host-b"]
+    a.virsh("start", "vm1")
+    qemu = a.qemu_pid("vm1")
+    with client.using(dying_cluster.daemons["host-a"].run_dir):
+        assert [h["pid"] for h in client.status()["leases"]] == [qemu]
+    b_sees_a = dying_cluster.daemons["host-b"]
+    with client.using(b_sees_a.run_dir):  # B has seen A renew: A is live to it, not unknown
+        poll(lambda: any(h["host_id"] == 1 and h["state"] == "live"
+                         for h in client.get_hosts(LS)), 20, what="B sees A live")
+    assert b.virsh("start", "vm1", check=False).returncode != 0  # held by a live host
+    subprocess.run(["blockdev", "--setro", dying_cluster.lease_file], check=True)
+    failed_at = time.monotonic()
+    while b.virsh("start", "vm1", check=False).returncode != 0:  # refused, or it waits
+        assert time.monotonic() - failed_at < 120, "B never got the lease"
+        time.sleep(1)
+    started_b = time.monotonic()
+    with client.using(dying_cluster.daemons["host-a"].run_dir):
+        history = client.renewal_history(LS)
+    last_renewal = max(h["time"] for h in history if not h.get("error"))
+    host_dead_s = 8 * 1 + FIRE_S
+    assert started_b - last_renewal >= host_dead_s - 1  # B waited for host_dead (1 s: poll)
+    assert not Path(f"/proc/{qemu}").exists()
+    reason = a.virsh("domstate", "vm1", "--reason").stdout.strip()
+    assert reason == "shut off (destroyed)", reason  # by the helper, not a signal
+    log = dying_cluster.daemons["host-a"].log_path.read_text()
+    assert f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system" in log, \
+        log[-2000:]
+    b.virsh("destroy", "vm1")

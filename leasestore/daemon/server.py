@@ -626,6 +626,8 @@ class Daemon:
         graceful, else SIGKILL, each swapped for the other if the holder restricted it."""
         if graceful and session.killpath:
             pid_arg = [str(session.peer.pid)] if session.killpath_pid else []
+            log.warning("running the killpath of pid %d: %s", session.peer.pid,
+                        " ".join([*session.killpath, *pid_arg]))
             with contextlib.suppress(OSError):
                 subprocess.Popen([*session.killpath, *pid_arg],
                                  stdin=subprocess.DEVNULL, start_new_session=True)

@@ -111,7 +111,9 @@ class LibvirtHost:
         self._created: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 120, companion: str | None = None) -> None:
+        """Start libvirtd; `companion`, a shell command, first starts in the background in the
+        same namespace (a lease daemon whose killpaths must reach this libvirtd)."""
         for point in [*BIND_POINTS.values()]:
             if not os.path.exists(point):
                 os.makedirs(point)
@@ -119,7 +121,9 @@ class LibvirtHost:
         mounts = [f"mount --bind {self.dir / sub} {point}" for sub, point in BIND_POINTS.items()]
         mounts += [f"mount --bind {self.dir / 'passwd'} /etc/passwd",
                    f"mount --bind {self.dir / 'group'} /etc/group"]
-        script = " && ".join([*mounts, "exec libvirtd --pid-file /run/libvirt/libvirtd.pid"])
+        background = [f"{{ {companion} & }}"] if companion else []
+        script = " && ".join([*mounts, *background,
+                              "exec libvirtd --pid-file /run/libvirt/libvirtd.pid"])
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 ["setsid", "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
