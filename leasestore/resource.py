@@ -284,6 +284,14 @@ class ResourceService:
             return self.held.pop(key)
 
     def releasing(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> Algorithm[None]:
+        """Release pid's hold (the lease on disk with its last local holder). In a lockspace
+        whose host lease is gone the hold is only forgotten, as sanlock drops such tokens: the
+        disk is not ours to write, and others take the lease after host_dead anyway."""
+        if lockspace.state not in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
+            if self.holding(key, pid) is None:
+                raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
+            self.drop(key, pid)
+            return
         held = self._unhold(key, pid, releasing=True)
         if held is None:
             return
@@ -311,8 +319,7 @@ class ResourceService:
         (others take it after host_dead)."""
         if self.holding(key, pid) is None:
             return  # released already (its session's end and its acquire both try)
-        if lockspace is None or lockspace.state not in (LockspaceState.HELD,
-                                                        LockspaceState.RENEWAL_FAILING):
+        if lockspace is None:
             self.drop(key, pid)
             return
         try:

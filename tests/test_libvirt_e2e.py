@@ -59,6 +59,8 @@ class Cluster:
     daemons: dict[str, LeaseDaemon]
     hosts: dict[str, LibvirtHost]
     sanlock_bin: str
+    on_lockfailure: str | None = None
+    """What the VMs' domains ask libvirt to do when their lease is lost."""
 
     def held_by(self, host: str) -> list[tuple[str, int]]:
         """(resource, pid) of each lease `sanlock client status` shows on that host's daemon
@@ -233,8 +235,8 @@ FIRE_S = 30
 at once and no killpath runs. host_dead = 8 × 1 + 30 = 38 s."""
 
 
-@pytest.fixture
-def dying_cluster(tmp_path: Path, loop_devices: LoopDevices,
+@pytest.fixture(params=["poweroff", "pause"])
+def dying_cluster(request: pytest.FixtureRequest, tmp_path: Path, loop_devices: LoopDevices,
                   sanlock_bin: str) -> Iterator[Cluster]:
     """Two leasestore hosts on two loop devices over one backing file (so host A's storage can
     turn read-only alone). Host A's daemon runs in its libvirtd's namespace, where the
@@ -269,10 +271,11 @@ def dying_cluster(tmp_path: Path, loop_devices: LoopDevices,
         for name, host in hosts.items():
             disk = make_file(tmp_path / f"{name}-vm1.img", MiB)
             host.define(domain_xml("vm1", disk, (LS, "vm1", devices[name], VM1_AT),
-                                   on_lockfailure="poweroff"))
+                                   on_lockfailure=request.param))
         a_daemon = _InNamespace(str(a_run), a_log)
         yield Cluster(devices["host-a"], dict.fromkeys(hosts, "leasestore"),
-                      {"host-a": a_daemon, "host-b": b_daemon}, hosts, sanlock_bin)
+                      {"host-a": a_daemon, "host-b": b_daemon}, hosts, sanlock_bin,
+                      on_lockfailure=request.param)
     finally:
         subprocess.run(["blockdev", "--setrw", devices["host-a"]], check=False)
         for host in reversed(list(hosts.values())):
@@ -303,6 +306,7 @@ def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_i
     VM, well before host_dead; host B is refused while A is live, and starts the VM only once
     host_dead has passed (its acquire may wait for that instead of refusing)."""
     a, b = dying_cluster.hosts["host-a"], dying_cluster.hosts["host-b"]
+    action = dying_cluster.on_lockfailure
     a.virsh("start", "vm1")
     qemu = a.qemu_pid("vm1")
     with client.using(dying_cluster.daemons["host-a"].run_dir):
@@ -323,9 +327,13 @@ def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_i
     last_renewal = max(h["time"] for h in history if not h.get("error"))
     host_dead_s = 8 * 1 + FIRE_S
     assert started_b - last_renewal >= host_dead_s - 1  # B waited for host_dead (1 s: poll)
-    assert not Path(f"/proc/{qemu}").exists()
     reason = a.virsh("domstate", "vm1", "--reason").stdout.strip()
-    assert reason == "shut off (destroyed)", reason  # by the helper, not a signal
+    if action == "poweroff":
+        assert not Path(f"/proc/{qemu}").exists()
+        assert reason == "shut off (destroyed)", reason  # by the helper, not a signal
+    else:  # paused by the helper (libvirt says "user"), its lease released: it may live on
+        assert reason == "paused (user)", reason
+        assert dying_cluster.held_by("host-a") == []
     log = dying_cluster.daemons["host-a"].log_path.read_text()
     assert f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system" in log, \
         log[-2000:]
