@@ -171,12 +171,12 @@ def test_a_vm_paused_while_another_host_ran_it_does_not_resume(cluster: Cluster)
     poll(lambda: cluster.held_by("host-a") == [], 10, what="A's lease released")
 
 
-@pytest.fixture(scope="module")
-def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
+@pytest.fixture(scope="module", params=PAIRS, ids=["+".join(pair) for pair in PAIRS])
+def auto_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  sanlock_bin: str) -> Iterator[Cluster]:
-    """Two leasestore hosts whose libvirtds run with auto_disk_leases: libvirt makes the
-    lockspace file and the disk leases itself, through the daemon (ALIGN, WRITE_LOCKSPACE,
-    WRITE_RESOURCE, a blocking ADD_LOCKSPACE)."""
+    """Two hosts whose libvirtds run with auto_disk_leases: libvirt makes the lockspace file
+    and the disk leases itself, through its host's daemon (ALIGN, WRITE_LOCKSPACE,
+    WRITE_RESOURCE, a blocking ADD_LOCKSPACE); host A's libvirtd starts first and formats."""
     why = libvirt.missing()
     if why is not None:
         if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
@@ -186,10 +186,12 @@ def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
     shared = base / "sanlock-leases"
     shared.mkdir()
     names = ("host-a", "host-b")
+    kinds = dict(zip(names, request.param, strict=True))
     daemons: dict[str, LeaseDaemon] = {}
     try:
-        for name in names:
-            daemons[name] = DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=60)
+        for name, kind in kinds.items():
+            daemons[name] = (DaemonProc(base, name, io_timeout_s=1, watchdog_fire_timeout_s=60)
+                             if kind == "leasestore" else SanlockProc(base, name, sanlock_bin))
         confs = {name: auto_disk_leases_conf(str(shared), host_id)
                  for host_id, name in enumerate(names, start=1)}
         with libvirt_hosts(base, {n: d.run_dir for n, d in daemons.items()}, confs) as hosts:
@@ -198,8 +200,8 @@ def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
                 images.mkdir(parents=True, exist_ok=True)
                 make_file(images / "vm2.img", MiB)
                 host.define(domain_xml("vm2", "/var/lib/libvirt/images/vm2.img", None))
-            yield Cluster(str(shared / "__LIBVIRT__DISKS__"), dict.fromkeys(names, "leasestore"),
-                          daemons, hosts, sanlock_bin)
+            yield Cluster(str(shared / "__LIBVIRT__DISKS__"), kinds, daemons, hosts,
+                          sanlock_bin)
     finally:
         for daemon in daemons.values():
             daemon.stop()
@@ -208,11 +210,12 @@ def auto_cluster(tmp_path_factory: pytest.TempPathFactory,
 def test_auto_disk_leases_are_made_and_kept_exclusive_through_the_daemon(
         auto_cluster: Cluster) -> None:
     a, b = auto_cluster.hosts["host-a"], auto_cluster.hosts["host-b"]
-    for name, daemon in auto_cluster.daemons.items():  # libvirtd joined at its start-up
-        with client.using(daemon.run_dir):
-            joined = client.get_lockspaces()
-        assert [(ls["lockspace"], ls["state"]) for ls in joined] == [
-            ("__LIBVIRT__DISKS__", "held")], name
+    for host_id, (name, daemon) in enumerate(auto_cluster.daemons.items(), start=1):
+        env = {**os.environ, "SANLOCK_RUN_DIR": daemon.run_dir}  # libvirtd joined at start-up
+        joined = subprocess.run([auto_cluster.sanlock_bin, "client", "gets"], env=env,
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+        expected = f"__LIBVIRT__DISKS__:{host_id}:{auto_cluster.lease_file}:0"
+        assert joined.split()[:2] == ["s", expected], (name, joined)
     records = direct.dump(auto_cluster.lease_file)
     assert {r.host_id for r in records if r.acquired} == {1, 2}
     a.virsh("start", "vm2")
