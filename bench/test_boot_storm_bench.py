@@ -75,6 +75,13 @@ def _wait_all(procs: list[subprocess.Popen[str]], word: str) -> float:
     return latest
 
 
+def _tell_all(procs: list[subprocess.Popen[str]], line: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+
 def _storm(env: dict[str, str], device: str, daemon_pid: int) -> dict[str, float]:
     procs = [subprocess.Popen([SANLOCK_PYTHON, "-c", STORM, LOCKSPACE, lease_name(i), device,
                                str(RESOURCE_AT + i * MiB)],
@@ -85,16 +92,10 @@ def _storm(env: dict[str, str], device: str, daemon_pid: int) -> dict[str, float
         _wait_all(procs, "ready")
         cpu_before = _cpu_s(daemon_pid)
         started = time.monotonic()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+        _tell_all(procs, "go")
         all_held = _wait_all(procs, "held")
         release_at = time.monotonic()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("release\n")
-            proc.stdin.flush()
+        _tell_all(procs, "release")
         all_released = _wait_all(procs, "released")
         cpu_s = _cpu_s(daemon_pid) - cpu_before
     finally:

@@ -75,17 +75,22 @@ class Cluster:
         return direct.read_paxos_leader(self.lease_file, VM1_AT).lver
 
 
+def _require_libvirt() -> None:
+    """Skip where real libvirt hosts cannot run, fail instead when CI requires them."""
+    why = libvirt.missing()
+    if why is not None:
+        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
+            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
+        pytest.skip(why)
+
+
 PAIRS = [("leasestore", "leasestore"), ("leasestore", "sanlock"), ("sanlock", "leasestore")]
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=["+".join(pair) for pair in PAIRS])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             sanlock_bin: str) -> Iterator[Cluster]:
-    why = libvirt.missing()
-    if why is not None:
-        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
-            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
-        pytest.skip(why)
+    _require_libvirt()
     base = tmp_path_factory.mktemp("libvirt")
     lease_file = make_file(base / "leases", 4 * MiB)
     direct.format_lockspace(lease_file, LS, 0, io_timeout_s=1)
@@ -177,11 +182,7 @@ def auto_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """Two hosts whose libvirtds run with auto_disk_leases: libvirt makes the lockspace file
     and the disk leases itself, through its host's daemon (ALIGN, WRITE_LOCKSPACE,
     WRITE_RESOURCE, a blocking ADD_LOCKSPACE); host A's libvirtd starts first and formats."""
-    why = libvirt.missing()
-    if why is not None:
-        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
-            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
-        pytest.skip(why)
+    _require_libvirt()
     base = tmp_path_factory.mktemp("libvirt-auto")
     shared = base / "sanlock-leases"
     shared.mkdir()
@@ -244,11 +245,7 @@ def dying_cluster(request: pytest.FixtureRequest, tmp_path: Path, loop_devices: 
     """Two leasestore hosts on two loop devices over one backing file (so host A's storage can
     turn read-only alone). Host A's daemon runs in its libvirtd's namespace, where the
     killpath libvirt registers (libvirt_sanlock_helper) can reach that libvirtd."""
-    why = libvirt.missing()
-    if why is not None:
-        if os.environ.get("LEASESTORE_REQUIRE_LIBVIRT") == "1":
-            pytest.fail(f"libvirt end to end is required (LEASESTORE_REQUIRE_LIBVIRT=1): {why}")
-        pytest.skip(why)
+    _require_libvirt()
     backing = make_file(tmp_path / "shared.img", 4 * MiB, allocate=True)
     devices = {"host-a": loop_devices.attach(backing), "host-b": loop_devices.attach(backing)}
     direct.format_lockspace(devices["host-a"], LS, 0, io_timeout_s=1)

@@ -251,20 +251,11 @@ class SanlockFrontEnd:
     def _target(self, header: Header, session: Session) -> Session:
         """The registration a lease command acts for: this connection's (data2 SELF), or the
         registered process whose pid data2 names (-EBUSY / -ESRCH when there is none)."""
-        if header.data2 == sp.SELF:
-            if not session.registered:
-                raise _refuse(-sp.EBUSY, NotRegistered,
-                              f"pid {session.peer.pid} is not registered on this connection")
-            return session
-        pid = header.data2
-        if pid == session.peer.pid and session.registered:
-            return session
-        self.daemon._require_admin(session.peer, f"act for pid {pid}")
-        with self.daemon._lock:
-            target = self.daemon._registration(pid)
-        if target is None:
-            raise _refuse(-sp.ESRCH, NotRegistered, f"pid {pid} is not registered")
-        return target
+        self_target = header.data2 == sp.SELF
+        try:
+            return self.daemon._target(session, 0 if self_target else header.data2)
+        except NotRegistered as exc:
+            raise _Refused(-sp.EBUSY if self_target else -sp.ESRCH, exc) from None
 
     # -- lockspaces ----------------------------------------------------------------------------
 

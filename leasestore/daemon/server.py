@@ -502,8 +502,9 @@ class Daemon:
         return [s for sessions in self._registered.values() for s in sessions if not s.closed]
 
     def _target(self, session: Session, pid: int) -> Session:
-        """The registration a command acts for: the caller's own, or (root only) another pid's."""
-        if pid in (0, session.peer.pid):
+        """The registration a command acts for: this connection's (pid 0, or its own pid when
+        it is registered), or (root only) the oldest registration of `pid`."""
+        if pid == 0 or (pid == session.peer.pid and session.registered):
             if not session.registered:
                 raise NotRegistered(f"pid {session.peer.pid} is not registered on this "
                                     "connection (call register first)")

@@ -110,9 +110,8 @@ class Libvirt:
         return int(self.lib.sanlock_release(-1, pid, 0, count, array))
 
 
-def vm_child(lib_path_marker: str, killpath: str, args: str, program: list[str]) -> None:
+def vm_child(killpath: str, args: str, program: list[str]) -> None:
     """In the forked VM child: register, set the killpath, restrict, exec the program."""
-    del lib_path_marker
     lib = load()
     sock = lib.sanlock_register()
     if sock < 0:
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.vm_child:
         killpath, kill_args, *program = args.vm_child
-        vm_child("", killpath, kill_args, program)
+        vm_child(killpath, kill_args, program)
         return 0
     if args.acquire_self:
         print(acquire_self(*args.acquire_self))
