@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,7 +49,7 @@ from leasestore.ondisk.request import decode_request
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
-from leasestore.testing.campaign import CAMPAIGN_FAULTS, Shape, Totals, run_campaign
+from leasestore.testing.campaign import CAMPAIGN_FAULTS, Shape, Totals, run_campaign, run_seed
 from leasestore.testing.cluster import Violation
 from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
 from leasestore.timeouts import Timeouts
@@ -355,6 +356,31 @@ def test_simulate_tool_reports_json_and_fails_on_a_violation(
     out = capsys.readouterr().out
     assert "VIOLATION seed" in out and "replay: python3 tools/simulate.py" in out
     assert json.loads(out.strip().splitlines()[-1])["violations"] > 0
+
+
+def _seed_outcome(seed: int, shape: Shape) -> tuple[object, ...]:
+    r = run_seed((seed, shape))
+    return (r.steps, r.acquisitions, sorted(r.faults.items()), r.failures)
+
+
+def test_a_seed_replays_alike_whatever_ran_before_it_and_in_a_fresh_process() -> None:
+    """A campaign's replay hint is only worth something if a seed's run depends on the seed
+    alone: not on the seeds a worker process ran before it, nor on the process (its string
+    hashing). Seed 2006025 is one that failed in a 2-job campaign at an earlier bound."""
+    shape = Shape(hosts=None, resources=None, chaos_s=400, settle_s=126)
+    alone = _seed_outcome(2006025, shape)
+    assert alone[3], "at the old 126 s bound this seed's liveness check fails"
+    for seed in (2006016, 2006020):
+        _seed_outcome(seed, shape)
+    assert _seed_outcome(2006025, shape) == alone
+    script = ("import json, sys; from leasestore.testing.campaign import Shape, run_seed; "
+              "r = run_seed((2006025, Shape(None, None, 400, 126))); "
+              "print(json.dumps([r.steps, r.acquisitions, sorted(r.faults.items()), r.failures]))")
+    for hash_seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        steps, acquisitions, faults, failures = json.loads(out.stdout)
+        assert (steps, acquisitions, [tuple(f) for f in faults], failures) == alone
 
 
 def _load_tool(name: str) -> Any:
