@@ -12,6 +12,11 @@ Holders are recorded by key (lockspace, resource, path, offset) with the pids ho
 this is the daemon's one table of which process holds what (`held_by`, `holding`,
 `holder_pids`, `in_lockspace`).
 
+A process counts as a holder (`recorded_pids`) from the start of its acquire, before its first
+I/O, until it holds nothing; `on_holders_changed` is called after each change of that set
+(never with the table's lock held), so that the daemon records holders where a restarted
+daemon finds them (daemon/holders.py).
+
 A key is busy from the start of its acquire until that acquire has ended, and from the moment
 its last holder lets go until the release I/O has ended (or, for a failed one, its retries
 have): while busy no other local acquire of it may start. Otherwise an acquire could run while
@@ -143,9 +148,13 @@ Spawn = Callable[[str, Algorithm[None]], None]
 
 class ResourceService:
     def __init__(self, open_device: Callable[[str], DirectDevice] = DirectDevice,
-                 spawn: Spawn | None = None) -> None:
+                 spawn: Spawn | None = None,
+                 on_holders_changed: Callable[[], None] | None = None) -> None:
         self._open_device = open_device
         self._spawn: Spawn = spawn or self._spawn_thread
+        self._holders_changed = on_holders_changed or (lambda: None)
+        self._acquiring_pids: collections.Counter[int] = collections.Counter()
+        """Processes with an acquire under way (they count as holders from its start)."""
         self._lock = threading.Lock()
         self._devices: dict[str, DirectDevice] = {}
         self._geometries: dict[tuple[str, int], Geometry] = {}
@@ -228,7 +237,18 @@ class ResourceService:
     def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,
                   shared: bool = False, lver: int | None = None) -> Algorithm[HeldResource]:
         with self.gate.admit(key[0]):
-            return (yield from self._acquiring(lockspace, key, pid, shared=shared, lver=lver))
+            with self._lock:
+                self._acquiring_pids[pid] += 1
+            try:
+                self._holders_changed()  # before the first I/O
+                return (yield from self._acquiring(lockspace, key, pid, shared=shared,
+                                                   lver=lver))
+            finally:
+                with self._lock:
+                    self._acquiring_pids[pid] -= 1
+                    if not self._acquiring_pids[pid]:
+                        del self._acquiring_pids[pid]
+                self._holders_changed()
 
     def _acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
                    lver: int | None) -> Algorithm[HeldResource]:
@@ -272,16 +292,19 @@ class ResourceService:
     def _unhold(self, key: ResourceKey, pid: int, releasing: bool) -> HeldResource | None:
         """Drop pid's hold; returns the lease if that was its last holder (else None). With
         `releasing` the key turns busy at once, for the release I/O the caller starts."""
-        with self._lock:
-            held = self._held_for(key, pid)
-            if held is None:
-                raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
-            held.sharers.discard(pid)
-            if held.sharers:
-                return None
-            if releasing:
-                self._busy.add(key)
-            return self.held.pop(key)
+        try:
+            with self._lock:
+                held = self._held_for(key, pid)
+                if held is None:
+                    raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
+                held.sharers.discard(pid)
+                if held.sharers:
+                    return None
+                if releasing:
+                    self._busy.add(key)
+                return self.held.pop(key)
+        finally:
+            self._holders_changed()
 
     def releasing(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> Algorithm[None]:
         """Release pid's hold (the lease on disk with its last local holder). In a lockspace
@@ -406,6 +429,11 @@ class ResourceService:
         with self._lock:
             return {pid for h in self.held.values() if name is None or h.key[0] == name
                     for pid in h.pids}
+
+    def recorded_pids(self) -> set[int]:
+        """The processes holding a lease here or acquiring one (see on_holders_changed)."""
+        with self._lock:
+            return {pid for h in self.held.values() for pid in h.pids} | set(self._acquiring_pids)
 
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:

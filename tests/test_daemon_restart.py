@@ -65,7 +65,7 @@ def test_a_restarted_daemon_kills_the_old_holders_before_it_pets(tmp_path: Path)
 
         poll(petted, 20, interval_s=0.01, what="the new daemon's first pet")
         assert holder.poll() == -9, "the new daemon petted while the old holder still ran"
-        assert "killed those alive of pids" in daemon.log()
+        assert "an earlier daemon left lease holders; killed pids" in daemon.log()
     finally:
         if holder is not None and holder.poll() is None:
             holder.kill()

@@ -5,8 +5,10 @@ counting down: unless something pets it, the host is reset before any other host
 those holders' leases (host_dead). A daemon started again on the same run dir must not pet that
 watchdog while those holders live. So every process that holds, or is acquiring, a lease is
 recorded here (pid and kernel start time, which tells a reused pid apart) before its acquire's
-first I/O, and dropped once it holds nothing; and a starting daemon kills every recorded
-process still alive, and opens its watchdog only once they are all gone.
+first I/O, and dropped once it holds nothing (the resource service says when: its
+`on_holders_changed` seam); and a starting daemon kills every recorded process still alive, and
+opens its watchdog only once they are all gone (`ending_previous_holders`). That rule takes the
+record and the processes as seams, so the daemon and the simulator run the same code.
 
 The record lives in the run dir (normally tmpfs): it must survive a daemon restart, not a
 reboot, and a reboot ends the holders too. Each version is one pwrite at offset 0 of the whole
@@ -21,9 +23,12 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+from leasestore.effects import Algorithm, Sleep
+from leasestore.errors import UsageError
 
 RECORD_NAME = "holders.json"
 
@@ -102,14 +107,65 @@ class HolderRecord:
             raise ValueError(f"{self.path}: malformed ({exc})") from None
 
 
-def kill_and_wait(holders: Iterable[HolderProcess], timeout_s: float) -> list[HolderProcess]:
-    """SIGKILL every holder still alive; returns those still alive after `timeout_s`."""
-    alive = [h for h in holders if h.alive()]
-    for h in alive:
+class Record(Protocol):
+    """Where the holders are recorded: survives the daemon, not the host."""
+
+    def read(self) -> list[HolderProcess]: ...
+    def write(self, holders: Iterable[HolderProcess]) -> None: ...
+
+
+class Processes(Protocol):
+    """The host's processes, as a starting daemon sees them."""
+
+    def alive(self, holder: HolderProcess) -> bool: ...
+    def kill(self, holder: HolderProcess) -> None: ...
+
+
+class PreviousHoldersAlive(UsageError):
+    """Holders an earlier daemon left did not exit after SIGKILL: this daemon must not start
+    (and so must not open the watchdog the earlier one may have armed)."""
+
+
+EXIT_POLL_S = 0.05
+EXIT_WAIT_S = 10.0
+"""How long a daemon waits for SIGKILLed holders to exit (at start, removal and shutdown)."""
+
+
+def ending_previous_holders(record: Record, processes: Processes,
+                            wait_s: float) -> Algorithm[list[HolderProcess]]:
+    """Before a daemon opens its watchdog: SIGKILL every holder an earlier daemon recorded
+    that is still alive, wait up to `wait_s` for them to go, then clear the record. Returns the
+    holders killed. Raises PreviousHoldersAlive if some outlive the wait (the record is kept),
+    UsageError if the record cannot be read (fail closed)."""
+    try:
+        previous = record.read()
+    except ValueError as exc:
+        raise UsageError(f"cannot tell whether an earlier daemon left lease holders: {exc}"
+                         ) from None
+    killed = [h for h in previous if processes.alive(h)]
+    for h in killed:
+        processes.kill(h)
+    alive = list(killed)
+    waited_s = 0.0
+    while alive and waited_s < wait_s:
+        yield Sleep(EXIT_POLL_S)
+        waited_s += EXIT_POLL_S
+        alive = [h for h in alive if processes.alive(h)]
+    if alive:
+        raise PreviousHoldersAlive(
+            "lease holders of an earlier daemon did not exit after SIGKILL (pids "
+            f"{', '.join(str(h.pid) for h in alive)}); not opening the watchdog, which resets "
+            "this host if that daemon had armed it")
+    record.write([])
+    return killed
+
+
+class HostProcesses:
+    """This host's processes, by /proc and signals."""
+
+    def alive(self, holder: HolderProcess) -> bool:
+        return holder.alive()
+
+    def kill(self, holder: HolderProcess) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(h.pid, signal.SIGKILL)
-    deadline_s = time.monotonic() + timeout_s
-    while alive and time.monotonic() < deadline_s:
-        time.sleep(0.05)
-        alive = [h for h in alive if h.alive()]
-    return alive
+            os.kill(holder.pid, signal.SIGKILL)

@@ -46,12 +46,11 @@ from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.odirect import DirectDevice
+from leasestore.storage.runner import DeviceRunner
 from leasestore.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1000
-HOLDER_EXIT_WAIT_S = 10.0
-"""How long removal or shutdown waits for SIGKILLed holders to exit and their leases to go."""
 SOCKET_MODE = 0o660
 LSFLAG_ADD = 1
 LSFLAG_REM = 2
@@ -91,8 +90,6 @@ class Session:
     keys: set[ResourceKey] = field(default_factory=set)
     """The leases acquired through this registration: released when it ends. (The lease table
     knows holders by pid; a process may register more than one connection.)"""
-    acquiring: int = 0
-    """Acquires under way for this process: it counts as a holder from their first I/O on."""
     process: holder_record.HolderProcess | None = None
 
 
@@ -151,7 +148,7 @@ class Daemon:
         """Opened by `open`, once no holder of an earlier daemon is left alive."""
         self._holder_record = holder_record.HolderRecord(config.run_dir)
         self._record_lock = threading.Lock()
-        self.resources = ResourceService(open_device)
+        self.resources = ResourceService(open_device, on_holders_changed=self._record_holders)
         self.supervisor = Supervisor(self._stop_pid)
         self._registered: dict[int, list[Session]] = {}
         """Each registered pid's live registrations, oldest first."""
@@ -189,31 +186,20 @@ class Daemon:
         """Kill the lease holders an earlier daemon on this run dir left running (it died
         without stopping them). Until they are gone the watchdog stays closed: if the earlier
         daemon had armed it, it fires before other hosts may take those holders' leases."""
-        try:
-            previous = self._holder_record.read()
-        except ValueError as exc:
-            raise UsageError(f"cannot tell whether an earlier daemon left lease holders: {exc}"
-                             ) from None
-        survivors = holder_record.kill_and_wait(previous, HOLDER_EXIT_WAIT_S)
-        if survivors:
-            raise UsageError(
-                "lease holders of an earlier daemon did not exit after SIGKILL (pids "
-                f"{', '.join(str(h.pid) for h in survivors)}); not opening the watchdog, which "
-                "resets this host if that daemon had armed it")
-        killed = [h.pid for h in previous if h not in survivors]
-        if previous:
-            log.warning("an earlier daemon left lease holders; killed those alive of pids %s",
-                        ", ".join(str(pid) for pid in killed))
-        self._holder_record.write([])
+        killed = DeviceRunner({}).run(holder_record.ending_previous_holders(
+            self._holder_record, holder_record.HostProcesses(), holder_record.EXIT_WAIT_S))
+        if killed:
+            log.warning("an earlier daemon left lease holders; killed pids %s",
+                        ", ".join(str(h.pid) for h in killed))
 
     def _record_holders(self) -> None:
-        """Write the record of processes holding or acquiring leases (see holders.py)."""
+        """Write the record of processes holding or acquiring leases (see holders.py); the
+        resource service calls this whenever that set changes."""
         with self._record_lock:
-            holder_pids = self.resources.holder_pids()
+            recorded_pids = self.resources.recorded_pids()
             with self._lock:
-                holding = [s.process for s in self._registrations()
-                           if s.process is not None
-                           and (s.acquiring or s.peer.pid in holder_pids)]
+                holding = {s.process for s in self._registrations()
+                           if s.process is not None and s.peer.pid in recorded_pids}
             self._holder_record.write(holding)
 
     def serve_forever(self) -> None:
@@ -410,7 +396,8 @@ class Daemon:
         for holder in holders:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder.peer.pid, signal.SIGKILL)
-        deadline_s = time.monotonic() + HOLDER_EXIT_WAIT_S + 4 * lockspace.timeouts.io_timeout_s
+        deadline_s = (time.monotonic() + holder_record.EXIT_WAIT_S
+                      + 4 * lockspace.timeouts.io_timeout_s)
         while time.monotonic() < deadline_s:
             if not (self._holders_in(name) or self.resources.in_lockspace(name)
                     or self.resources.busy_in(name)):
@@ -527,32 +514,25 @@ class Daemon:
                 # Another registration of this process holds it shared: this one joins it.
                 target.keys.add(key)
                 return shared_already.to_json()
-        with self._lock:
-            target.acquiring += 1
-        try:
-            self._record_holders()  # before the first I/O: a daemon dying now leaves a holder
-            # Admitted until the holder is recorded: removal waits for that, then stops holders.
-            lver, implied = self._required_version(cmd, target, key,
-                                                   by_pid=target is not session)
-            with self.resources.gate.admit(cmd.lockspace):
-                try:
-                    held = self.resources.acquire(lockspace, key, target.peer.pid,
-                                                  shared=cmd.shared, lver=lver)
-                except AcquireLver as exc:
-                    if not implied:
-                        raise
-                    raise AcquireLver(
-                        f"{cmd.resource!r} is no longer at version {lver}, at which pid "
-                        f"{target.peer.pid} released it: another holder had it meanwhile "
-                        "(pass the version to take it anyway)") from exc
-                with self._lock:
-                    gone = target.closed
-                    if not gone:  # from now on, the end of this registration releases it
-                        target.keys.add(key)
-        finally:
+        # The service records the holder before its first I/O (a daemon dying now leaves one).
+        lver, implied = self._required_version(cmd, target, key, by_pid=target is not session)
+        with self.resources.gate.admit(cmd.lockspace):
+            # Admitted until the lease is in this registration: removal waits for that, then
+            # stops the holders.
+            try:
+                held = self.resources.acquire(lockspace, key, target.peer.pid,
+                                              shared=cmd.shared, lver=lver)
+            except AcquireLver as exc:
+                if not implied:
+                    raise
+                raise AcquireLver(
+                    f"{cmd.resource!r} is no longer at version {lver}, at which pid "
+                    f"{target.peer.pid} released it: another holder had it meanwhile "
+                    "(pass the version to take it anyway)") from exc
             with self._lock:
-                target.acquiring -= 1
-            self._record_holders()
+                gone = target.closed
+                if not gone:  # from now on, the end of this registration releases it
+                    target.keys.add(key)
         if gone:  # the holder exited while we acquired for it
             self._release_quietly(key, target.peer.pid)
             raise NotRegistered(f"pid {target.peer.pid} exited during the acquire")
@@ -590,7 +570,6 @@ class Daemon:
                     target.keys.discard(key)
                     if not held.lease.shared:
                         target.released[key] = held.lease.lver
-            self._record_holders()
         log.info("pid %d released %s", target.peer.pid, held.state)
 
     def _request(self, cmd: commands.RequestRelease, session: Session) -> dict[str, int]:
@@ -663,7 +642,6 @@ class Daemon:
                       and not any(h.key in other.keys for other in remaining)]
         for key in leases:
             self._release_quietly(key, session.peer.pid)
-        self._record_holders()
         if leases:
             log.info("pid %d left; released %d lease(s)", session.peer.pid, len(leases))
 

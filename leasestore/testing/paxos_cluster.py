@@ -7,7 +7,10 @@ spawns) and the monitor's `Supervisor` (expiry, stopping holders, whether to pet
 simulated is only the world around that code: the disk and its faults, the processes holding
 leases (which die, or ignore SIGTERM, or ignore even SIGKILL as a process stuck in the kernel
 does), the hardware watchdog (it resets the host `watchdog_fire_timeout` after the last pet),
-machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), storage
+machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), daemon
+kills and restarts (its processes and its armed watchdog run on; the new daemon runs the
+shipped `ending_previous_holders` on the record the old one kept through the resource service's
+`on_holders_changed` seam before it may pet), storage
 outages of one host (its I/O fails or hangs), a corrupted sector of one resource, and an
 operator who adds a failed lockspace again once its holders are gone.
 
@@ -31,9 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from leasestore.daemon import holders as holder_rules
+from leasestore.daemon.holders import HolderProcess
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.effects import Algorithm, Now, Sleep
 from leasestore.errors import AcquireIdLive, AcquireOwned, LeasestoreError
@@ -73,13 +78,13 @@ class ClusterConfig:
     """Lease-holding processes per host."""
     shared_fraction: float = 0.2
     clock_drifts: tuple[float, ...] = ()
+    """Each host's clock drift (0.001: its clock gains 1 ms a second); none if empty."""
     num_hosts: tuple[int, ...] = ()
     """Each resource's num_hosts at format (0: every slot); a host above it may not acquire."""
-    """Each host's clock drift (0.001: its clock gains 1 ms a second); none if empty."""
     long_hold_fraction: float = 0.2
+    """Holds that outlast host_dead several times over (a VM runs for days)."""
     request_fraction: float = 0.1
     """How often a process refused a lease asks its holder for it (request, force mode 1/2)."""
-    """Holds that outlast host_dead several times over (a VM runs for days)."""
     ignores_sigterm: float = 0.3
     ignores_sigkill: float = 0.03
     """How often a process ignores SIGTERM, or even SIGKILL (stuck in the kernel)."""
@@ -155,6 +160,19 @@ class SimProcess:
     holding: Holding | None = None
 
 
+class SimHolderRecord:
+    """The run dir's holder record: outlives a daemon, not a reset."""
+
+    def __init__(self) -> None:
+        self.holders: list[HolderProcess] = []
+
+    def read(self) -> list[HolderProcess]:
+        return list(self.holders)
+
+    def write(self, holders: Iterable[HolderProcess]) -> None:
+        self.holders = sorted(holders)
+
+
 @dataclass
 class DaemonHost:
     index: int
@@ -177,6 +195,8 @@ class DaemonHost:
     incarnation: int = 0
     """Part of the host name: changed at some reboots."""
     stalled_until_s: float = 0.0
+    daemon_running: bool = False
+    record: SimHolderRecord = field(default_factory=SimHolderRecord)
 
     @property
     def name(self) -> str:
@@ -199,6 +219,21 @@ class ResourceLog:
     re-grant to the same owner after its leader write was rolled back, as sanlock's)."""
     acquisitions: int = 0
     history: list[tuple[float, str]] = field(default_factory=list)
+
+
+class _SimProcesses:
+    """A host's processes as a starting daemon sees them: SIGKILL reaches them as the
+    supervisor's does (one stuck in the kernel ignores it)."""
+
+    def __init__(self, cluster: PaxosCluster, host: DaemonHost) -> None:
+        self._cluster, self._host = cluster, host
+
+    def alive(self, holder: HolderProcess) -> bool:
+        process = self._host.processes.get(holder.pid)
+        return process is not None and process.alive
+
+    def kill(self, holder: HolderProcess) -> None:
+        self._cluster._signal(self._host, holder.pid, graceful=False)
 
 
 class PaxosCluster:
@@ -248,7 +283,11 @@ class PaxosCluster:
         return (SPACE, f"res{resource}", DEVICE, self._offset(resource))
 
     def _count(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+        self._count_many(what, 1)
+
+    def _count_many(self, what: str, n: int) -> None:
+        if n:
+            self.counts[what] = self.counts.get(what, 0) + n
 
     # -- checkers ------------------------------------------------------------------------------
 
@@ -348,17 +387,63 @@ class PaxosCluster:
         return self.world.now * host.clock_rate + host.clock_offset_s
 
     def boot(self, host: DaemonHost) -> None:
-        """Start the host's daemon (and its processes) afresh, as after a reboot."""
+        """Start the host afresh, as after a reboot: an empty run dir, no processes."""
         host.boot += 1
         host.tasks, host.processes = [], {}
+        host.record = SimHolderRecord()
         host.watchdog_deadline_s = host.watchdog_check_at = None  # a new boot: disarmed
-        host.resources = ResourceService(
-            spawn=lambda name, algorithm: self._spawn(host, name, algorithm))
+        self._spawn(host, "start", self._start_daemon(host))
+
+    def _start_daemon(self, host: DaemonHost) -> Algorithm[None]:
+        """A daemon process starting: first the shipped rule for the holders an earlier daemon
+        left (kill them; refuse to start while any lives), then the lockspace and the monitor
+        (whose first pet opens the watchdog), then the processes it serves."""
+        try:
+            killed = yield from holder_rules.ending_previous_holders(
+                host.record, _SimProcesses(self, host), holder_rules.EXIT_WAIT_S)
+        except holder_rules.PreviousHoldersAlive:
+            self._count("restart_refused")  # systemd starts it again a little later
+            boot = host.boot
+            self.world.at(self.world.now + 5.0, lambda: self._restart(host, boot))
+            return
+        self._count_many("restart_killed_holder", len(killed))
+        service = ResourceService(
+            spawn=lambda name, algorithm: self._spawn(host, name, algorithm),
+            on_holders_changed=lambda: self._record_holders(host, service))
+        host.resources = service
         host.supervisor = Supervisor(lambda pid, graceful: self._signal(host, pid, graceful))
+        host.daemon_running = True
         self._add_lockspace(host)
         self._spawn(host, "monitor", self._monitor(host))
-        for _ in range(self.config.processes):
+        for _ in range(self.config.processes - len(self._live(host))):
             self._start_process(host)
+
+    def _record_holders(self, host: DaemonHost, service: ResourceService) -> None:
+        """As the daemon's: the service's holders, as processes (pid, start), in the run dir."""
+        pids = service.recorded_pids()
+        host.record.write(HolderProcess(p.pid, p.pid) for p in host.processes.values()
+                          if p.pid in pids)
+
+    def kill_daemon(self, host: DaemonHost) -> None:
+        """SIGKILL of the daemon alone: its holders run on with their leases, its watchdog
+        counts down from the last pet; it is started again (at once, or a little later)."""
+        self._count("daemon_kill")
+        self._stop_daemon(host)
+        host.daemon_running, host.lockspace, host.stalled_until_s = False, None, 0.0
+        for process in self._live(host):
+            if process.holding is None:  # its connection closed: it leaves
+                process.alive = False
+        boot = host.boot
+        delay_s = self.world.rng.uniform(0, 2 * host.timeouts.io_timeout_s)
+        self.world.at(self.world.now + delay_s, lambda: self._restart(host, boot))
+
+    def _restart(self, host: DaemonHost, boot: int) -> None:
+        if host.boot == boot and not host.daemon_running:
+            self._count("daemon_restart")
+            self._spawn(host, "start", self._start_daemon(host))
+
+    def _live(self, host: DaemonHost) -> list[SimProcess]:
+        return [p for p in host.processes.values() if p.alive]
 
     def _add_lockspace(self, host: DaemonHost) -> None:
         spec = LockspaceSpec(SPACE, host.host_id, DEVICE, 0)
@@ -474,7 +559,8 @@ class PaxosCluster:
             return
         process.alive, process.holding = False, None
         service = host.resources
-        assert service is not None
+        if not host.daemon_running or service is None:
+            return  # no daemon to release for it; the next one starts new processes
         keys = sorted(h.key for h in service.held_by(process.pid))
         for key in keys:
             self._spawn(host, f"exit{process.pid}",
@@ -559,6 +645,7 @@ class PaxosCluster:
     def _reset(self, host: DaemonHost) -> None:
         """The machine goes down (crash or watchdog): every process with it, no release I/O."""
         self._stop_daemon(host)
+        host.daemon_running = False
         for process in host.processes.values():
             process.alive, process.holding = False, None
         host.boot += 1  # stale events of the old boot do nothing
@@ -586,7 +673,7 @@ class PaxosCluster:
             return
         host = rng.choice(self.hosts)
         action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process",
-                             "corrupt"])
+                             "corrupt", "kill_daemon"])
         if action == "corrupt":
             self._corrupt_a_resource_sector()
         elif action == "outage":
@@ -600,6 +687,8 @@ class PaxosCluster:
             elif action == "stall":
                 self._count("daemon_stall")
                 self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
+            elif action == "kill_daemon":
+                self.kill_daemon(host)
             else:
                 live = [p for p in host.processes.values() if p.alive]
                 if live:
