@@ -359,7 +359,7 @@ def test_simulate_tool_reports_json_and_fails_on_a_violation(
     assert json.loads(out.strip().splitlines()[-1])["violations"] > 0
 
 
-def _seed_outcome(seed: int, shape: Shape) -> tuple[object, ...]:
+def _seed_outcome(seed: int, shape: Shape) -> tuple[int, int, list[tuple[str, int]], list[str]]:
     r = run_seed((seed, shape))
     return (r.steps, r.acquisitions, sorted(r.faults.items()), r.failures)
 

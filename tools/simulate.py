@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 
@@ -32,6 +34,17 @@ def replay_hint(seed: int, shape: Shape) -> str:
             + f" --chaos-seconds {shape.chaos_s:g}"
             + (f" --settle-seconds {shape.settle_s:g}" if shape.settle_s is not None else "")
             + ("" if shape.varied else " --fixed"))
+
+
+_MAIN_PID = os.getpid()
+
+
+def _stop(signum: int, frame: object) -> None:
+    """In the campaign's own process, end the run with the totals so far; a worker process
+    (which inherits this handler) just exits."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     totals = Totals()
     started = time.monotonic()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    for result in run_campaign(seeds, shape, args.jobs):
-        totals.add(result)
-        for failure in result.failures:
-            print(f"VIOLATION seed {result.seed}: {failure}", flush=True)
-        if result.failures:
-            print(replay_hint(result.seed, shape), flush=True)
-        if totals.seeds % 1000 == 0:
-            print(f"{totals.seeds}/{args.seeds} seeds, {len(totals.failed)} failing, "
-                  f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    stopped = False
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for result in run_campaign(seeds, shape, args.jobs):
+            totals.add(result)
+            for failure in result.failures:
+                print(f"VIOLATION seed {result.seed}: {failure}", flush=True)
+            if result.failures:
+                print(replay_hint(result.seed, shape), flush=True)
+            if totals.seeds % 1000 == 0:
+                print(f"{totals.seeds}/{args.seeds} seeds, {len(totals.failed)} failing, "
+                      f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: report the seeds that completed
+        stopped = True
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     summary = totals.summary()
+    if stopped:
+        summary["stopped"] = True
+        print(f"stopped by a signal after {totals.seeds} of {args.seeds} seeds", file=sys.stderr)
     print(f"{totals.seeds} seeds: {totals.violations} violations, {totals.liveness_failures} "
           f"liveness failures, {totals.orphans} orphans, {totals.acquisitions} acquisitions, "
           f"{totals.steps} steps in {time.monotonic() - started:.1f} s; "
