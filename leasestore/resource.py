@@ -24,7 +24,8 @@ our own release writes are in flight, and a release landing after its grant woul
 leader back under the new holder.
 
 `AcquireGate` admits acquires per lockspace. Removal closes the gate (no new acquire starts)
-and waits for those admitted, so that afterwards the set of holders it must stop is final.
+and waits for those admitted, so that afterwards the set of holders it must stop is final
+(removal.py).
 
 A release whose I/O fails leaves the lease owned by this live host on disk, where no other
 host could ever take it; so does a failed acquire whose claim could not be withdrawn
@@ -106,39 +107,42 @@ class HeldResource:
 
 
 class AcquireGate:
-    """Admits acquires per lockspace until that lockspace is closed; `close` returns once every
-    acquire admitted before it has ended (and been recorded by whoever admitted it)."""
+    """Admits acquires per lockspace until that lockspace is closed; `admitted` counts those
+    admitted and not yet ended (removal.py waits for none)."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._closed: set[str] = set()
         self._admitted: collections.Counter[str] = collections.Counter()
 
     @contextlib.contextmanager
     def admit(self, name: str) -> Iterator[None]:
-        with self._changed:
+        with self._lock:
             if name in self._closed:
                 raise LockspaceNotJoined(f"lockspace {name!r} is being removed")
             self._admitted[name] += 1
         try:
             yield
         finally:
-            with self._changed:
+            with self._lock:
                 self._admitted[name] -= 1
-                self._changed.notify_all()
 
-    def close(self, name: str, timeout_s: float | None = None) -> bool:
-        """Admit no more acquires in `name`; wait for those admitted. False on timeout."""
-        with self._changed:
+    def close(self, name: str) -> None:
+        """Admit no more acquires in `name` (those admitted already run on)."""
+        with self._lock:
             self._closed.add(name)
-            return self._changed.wait_for(lambda: self._admitted[name] == 0, timeout_s)
+
+    def admitted(self, name: str) -> int:
+        """Acquires in `name` admitted and not yet ended."""
+        with self._lock:
+            return self._admitted[name]
 
     def closed(self, name: str) -> bool:
-        with self._changed:
+        with self._lock:
             return name in self._closed
 
     def reopen(self, name: str) -> None:
-        with self._changed:
+        with self._lock:
             self._closed.discard(name)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 import leasestore.daemon.holders as holders_module
 import leasestore.paxos as paxos_module
+import leasestore.removal as removal_module
 import leasestore.resource as resource_module
 from leasestore.daemon.supervisor import Supervisor
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
@@ -52,7 +53,7 @@ from leasestore.resource import ResourceKey, ResourceService
 from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
 from leasestore.testing.campaign import CAMPAIGN_FAULTS, Shape, Totals, run_campaign, run_seed
 from leasestore.testing.cluster import Violation
-from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
+from leasestore.testing.paxos_cluster import SPACE, ClusterConfig, PaxosCluster
 from leasestore.timeouts import Timeouts
 
 G = Geometry(512, 1 << 20)
@@ -602,6 +603,68 @@ def test_checker_catches_a_restarted_daemon_that_pets_beside_a_survivor(
 
     monkeypatch.setattr(holders_module, "ending_previous_holders", kills_but_starts_anyway)
     _, violation = _restarted_daemon(ignores_sigterm=1.0, ignores_sigkill=1.0)
+    assert violation is not None and "held by live processes" in str(violation)
+
+
+def _removed_while(trigger: Callable[[PaxosCluster, Any], bool],
+                   **config: Any) -> tuple[PaxosCluster, Violation | None]:
+    """Two hosts contending for one resource; rem_lockspace on host 0 at the first step after
+    40 s at which `trigger(cluster, host0)` holds, while its processes go on asking."""
+    config.setdefault("request_fraction", 0.0)
+    config.setdefault("shared_fraction", 0.0)
+    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), **config)
+    cluster = PaxosCluster(1, shape, faults=Faults.none())
+    first = cluster.hosts[0]
+    for host in cluster.hosts:
+        cluster.boot(host)
+    fired: list[float] = []
+
+    def check() -> None:
+        cluster.check()
+        if not fired and cluster.world.now > 40 and first.daemon_running and trigger(cluster,
+                                                                                    first):
+            fired.append(cluster.world.now)
+            cluster.remove_lockspace(first)
+
+    cluster.world.run_until(40 + 4 * shape.longest.host_dead_s, check)
+    assert fired and cluster.counts.get("rem_lockspace") == 1, "the removal never started"
+    return cluster, (cluster.violations[0] if cluster.violations else None)
+
+
+def _acquire_in_flight(cluster: PaxosCluster, host: Any) -> bool:
+    return bool(host.resources.gate.admitted(SPACE)) and not list(cluster.holdings())
+
+
+def _holds(cluster: PaxosCluster, host: Any) -> bool:
+    return any(h is host for h, _, _ in cluster.holdings())
+
+
+def test_rem_lockspace_racing_an_acquire_gives_the_host_id_up_after_it_ends() -> None:
+    cluster, violation = _removed_while(_acquire_in_flight)
+    assert violation is None, violation
+    assert cluster.counts.get("lockspace_readded"), "the removal never gave the host_id up"
+
+
+def test_rem_lockspace_keeps_the_host_lease_while_a_holder_survives_sigkill() -> None:
+    cluster, violation = _removed_while(_holds, ignores_sigterm=1.0, ignores_sigkill=1.0,
+                                        long_hold_fraction=1.0)
+    assert violation is None, violation
+    assert cluster.counts.get("removal_kept_host_lease") == 1, cluster.counts
+
+
+def test_checker_catches_a_removal_that_frees_the_host_id_beside_a_holder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def kills_and_goes(service: ResourceService, name: str,
+                       holders: Callable[[], Iterable[int]], kill: Callable[[int], None],
+                       wait_s: float) -> Algorithm[bool]:
+        for pid in holders():
+            kill(pid)
+        return True
+        yield
+
+    monkeypatch.setattr(removal_module, "ending_holders", kills_and_goes)
+    _, violation = _removed_while(_holds, ignores_sigterm=1.0, ignores_sigkill=1.0,
+                                  long_hold_fraction=1.0)
     assert violation is not None and "held by live processes" in str(violation)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leasestore import __version__
+from leasestore import __version__, removal
 from leasestore.clock import lease_now_s
 from leasestore.daemon import commands, sanlock_proto
 from leasestore.daemon import holders as holder_record
@@ -31,6 +31,7 @@ from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_server import SanlockFrontEnd, sanlock_socket_path
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
+from leasestore.effects import Algorithm
 from leasestore.errors import (
     AcquireLver,
     LeaseNotHeld,
@@ -228,11 +229,9 @@ class Daemon:
         notify_systemd("STOPPING=1")
         with self._lock:
             lockspaces = list(self.lockspaces.values())
-        for lockspace in lockspaces:  # no acquire starts now; those under way end first
+        for lockspace in lockspaces:  # no acquire starts now (removal.py)
             self.resources.gate.close(lockspace.name)
-        # Holders are killed and their leases released before any host_id is given up: others
-        # would take the resources while the holders still run.
-        stuck = {ls.name for ls in lockspaces if not self._stop_holders_in(ls)}
+        stuck = {ls.name for ls in lockspaces if not self._remove_holders(ls)}
         for lockspace in lockspaces:
             if lockspace.name in stuck:
                 log.error("lockspace %s keeps its host lease: holders did not exit",
@@ -358,19 +357,17 @@ class Daemon:
             if lockspace.name in self._removing:
                 raise LockspaceBusy(f"lockspace {lockspace.name!r} is already being removed")
             self._removing.add(lockspace.name)
-        self.resources.gate.close(lockspace.name)
-        if cmd.unused and (self.resources.in_lockspace(lockspace.name)
-                           or self.resources.busy_in(lockspace.name)):
-            self.resources.gate.reopen(lockspace.name)
+        try:
+            DeviceRunner({}).run(removal.shutting_out(self.resources, lockspace.name, cmd.unused))
+        except LockspaceBusy:
             with self._lock:
                 self._removing.discard(lockspace.name)
-            raise LockspaceBusy(f"lockspace {lockspace.name!r} has resource leases held; "
-                                "release them first")
+            raise
         log.info("rem_lockspace %s (pid %d uid %d)", lockspace.spec, peer.pid, peer.uid)
 
         def remove() -> None:
             try:
-                if self._stop_holders_in(lockspace):
+                if self._remove_holders(lockspace):
                     lockspace.stop(wait=True)
                     self._forget(lockspace)
                 else:
@@ -387,23 +384,22 @@ class Daemon:
         else:
             threading.Thread(target=remove, daemon=True).start()
 
-    def _stop_holders_in(self, lockspace: Lockspace) -> bool:
-        """SIGKILL the holders of leases in `lockspace` (new acquires are shut out already) and
-        wait until their leases are released and no release of ours is in flight there.
-        False if some remain after the wait (the host lease must then be kept)."""
+    def _remove_holders(self, lockspace: Lockspace) -> bool:
+        """Both steps of removal.py for `lockspace`: False if holders remain (the host lease
+        must be kept)."""
         name = lockspace.name
-        holders = self._holders_in(name)
-        for holder in holders:
+
+        def kill(pid: int) -> None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(holder.peer.pid, signal.SIGKILL)
-        deadline_s = (time.monotonic() + holder_record.EXIT_WAIT_S
-                      + 4 * lockspace.timeouts.io_timeout_s)
-        while time.monotonic() < deadline_s:
-            if not (self._holders_in(name) or self.resources.in_lockspace(name)
-                    or self.resources.busy_in(name)):
-                return True
-            time.sleep(0.05)
-        return False
+                os.kill(pid, signal.SIGKILL)
+
+        return DeviceRunner({}).run(self._removing_holders(name, kill))
+
+    def _removing_holders(self, name: str, kill: Callable[[int], None]) -> Algorithm[bool]:
+        yield from removal.shutting_out(self.resources, name)
+        wait_s = holder_record.EXIT_WAIT_S + 4 * self._named(name).timeouts.io_timeout_s
+        return (yield from removal.ending_holders(
+            self.resources, name, lambda: self._holder_pids_in(name), kill, wait_s))
 
     def _inq_lockspace(self, cmd: commands.InqLockspace, session: Session) -> bool | None:
         try:

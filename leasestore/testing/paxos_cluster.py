@@ -10,7 +10,9 @@ does), the hardware watchdog (it resets the host `watchdog_fire_timeout` after t
 machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), daemon
 kills and restarts (its processes and its armed watchdog run on; the new daemon runs the
 shipped `ending_previous_holders` on the record the old one kept through the resource service's
-`on_holders_changed` seam before it may pet), storage
+`on_holders_changed` seam before it may pet), rem_lockspace while processes go on acquiring
+(the shipped removal.py steps; the host_id is given up by cancelling the membership task),
+storage
 outages of one host (its I/O fails or hangs), a corrupted sector of one resource, and an
 operator who adds a failed lockspace again once its holders are gone.
 
@@ -37,6 +39,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from leasestore import removal
 from leasestore.daemon import holders as holder_rules
 from leasestore.daemon.holders import HolderProcess
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
@@ -196,6 +199,9 @@ class DaemonHost:
     """Part of the host name: changed at some reboots."""
     stalled_until_s: float = 0.0
     daemon_running: bool = False
+    membership_task: SimTask | None = None
+    """The current lockspace's `membership()` task (cancelled to give the host_id up)."""
+    removing: bool = False
     record: SimHolderRecord = field(default_factory=SimHolderRecord)
 
     @property
@@ -377,11 +383,15 @@ class PaxosCluster:
     # -- the daemon of one host ----------------------------------------------------------------
 
     def _spawn(self, host: DaemonHost, name: str, algorithm: Algorithm[object]) -> None:
+        self._spawn_task(host, name, algorithm)
+
+    def _spawn_task(self, host: DaemonHost, name: str, algorithm: Algorithm[object]) -> SimTask:
         task = self.world.spawn(f"{host.name}:{name}", algorithm, host.clock_offset_s,
                                 host.machine, host.clock_rate)
         host.tasks.append(task)
         if host.stalled_until_s > self.world.now:  # started by a stalled daemon: stalled too
             self.world.pause(task, host.stalled_until_s - self.world.now)
+        return task
 
     def _host_clock(self, host: DaemonHost) -> float:
         return self.world.now * host.clock_rate + host.clock_offset_s
@@ -437,6 +447,13 @@ class PaxosCluster:
         delay_s = self.world.rng.uniform(0, 2 * host.timeouts.io_timeout_s)
         self.world.at(self.world.now + delay_s, lambda: self._restart(host, boot))
 
+    def remove_lockspace(self, host: DaemonHost) -> None:
+        """rem_lockspace on a host whose lockspace is held (and not being removed already)."""
+        if (host.daemon_running and not host.removing and host.lockspace is not None
+                and host.lockspace.state == LockspaceState.HELD):
+            self._count("rem_lockspace")
+            self._spawn(host, "rem_lockspace", self._remove_lockspace(host))
+
     def _restart(self, host: DaemonHost, boot: int) -> None:
         if host.boot == boot and not host.daemon_running:
             self._count("daemon_restart")
@@ -451,7 +468,27 @@ class PaxosCluster:
                                    now=lambda: self._host_clock(host),
                                    on_request=lambda _: self._spawn(host, "examine",
                                                                     self._examine(host)))
-        self._spawn(host, "lockspace", host.lockspace.membership())
+        assert host.resources is not None
+        host.resources.gate.reopen(SPACE)  # as add_lockspace does after a removal
+        host.membership_task = self._spawn_task(host, "lockspace", host.lockspace.membership())
+
+    def _remove_lockspace(self, host: DaemonHost) -> Algorithm[None]:
+        """The operator's rem_lockspace, through removal.py while the processes go on asking
+        for leases: the host_id is given up only once nothing is held or in flight."""
+        service, task = host.resources, host.membership_task
+        assert service is not None and task is not None
+        host.removing = True
+        try:
+            yield from removal.shutting_out(service, SPACE)
+            wait_s = holder_rules.EXIT_WAIT_S + 4 * host.timeouts.io_timeout_s
+            if (yield from removal.ending_holders(
+                    service, SPACE, lambda: self._holders_in(host),
+                    lambda pid: self._signal(host, pid, graceful=False), wait_s)):
+                self.world.cancel(task)  # the membership loop releases the host_id
+            else:
+                self._count("removal_kept_host_lease")
+        finally:
+            host.removing = False
 
     def _examine(self, host: DaemonHost) -> Algorithm[None]:
         """The daemon's answer to a request flag: the shipped `examining` finds the leases
@@ -673,7 +710,7 @@ class PaxosCluster:
             return
         host = rng.choice(self.hosts)
         action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process",
-                             "corrupt", "kill_daemon"])
+                             "corrupt", "kill_daemon", "rem_lockspace"])
         if action == "corrupt":
             self._corrupt_a_resource_sector()
         elif action == "outage":
@@ -689,6 +726,8 @@ class PaxosCluster:
                 self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
             elif action == "kill_daemon":
                 self.kill_daemon(host)
+            elif action == "rem_lockspace":
+                self.remove_lockspace(host)
             else:
                 live = [p for p in host.processes.values() if p.alive]
                 if live:
