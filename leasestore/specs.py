@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from leasestore.errors import UsageError
 from leasestore.ondisk.names import encode_name
+from leasestore.units import is_decimal
 
 MAX_PATH_B = 1024
 
@@ -38,7 +39,7 @@ def escape_path(path: str) -> str:
 
 
 def _int_field(value: str, what: str, text: str) -> int:
-    if not value.isdigit():
+    if not is_decimal(value):
         raise UsageError(f"{what} must be a non-negative integer in {text!r}, not {value!r}")
     return int(value)
 

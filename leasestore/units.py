@@ -10,6 +10,28 @@ MiB = 1024 * KiB
 _SUFFIXES = {"": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB}
 
 
+def is_decimal(text: str) -> bool:
+    """Whether `text` is a non-negative integer in ASCII digits (str.isdigit alone also takes
+    '٣' and '²', which int() then reads as 3 or refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def decimal_int(text: str) -> int:
+    """An argparse type: a non-negative integer in ASCII digits (so '٣' and '0x10' are usage
+    errors, not 3 or a traceback)."""
+    if not is_decimal(text.strip()):
+        raise ValueError(text)
+    return int(text)
+
+
+def decimal_float(text: str) -> float:
+    """An argparse type: a non-negative decimal number in ASCII (no 'nan', 'inf' or '1e3')."""
+    whole, _, fraction = text.strip().partition(".")
+    if not (is_decimal(whole) and (not fraction or is_decimal(fraction))):
+        raise ValueError(text)
+    return float(text)
+
+
 def checked_whole(value: object, what: str, low: int, high: int, unit: str = "") -> int:
     """`value` if it is an int (not a bool) in low..high, else UsageError naming `what`."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -22,7 +44,7 @@ def parse_size(text: str) -> int:
     stripped = text.strip().upper()
     digits = stripped.rstrip("KMIB")
     suffix = stripped[len(digits):]
-    if not digits.isdigit() or suffix not in _SUFFIXES:
+    if not is_decimal(digits) or suffix not in _SUFFIXES:
         raise UsageError(f"not a size: {text!r} (expected e.g. 512, 4096, 1M, 8M)")
     return int(digits) * _SUFFIXES[suffix]
 

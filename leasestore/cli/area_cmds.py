@@ -11,7 +11,7 @@ from leasestore import direct
 from leasestore.errors import UsageError
 from leasestore.specs import LockspaceSpec, ResourceSpec, split_escaped
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S
-from leasestore.units import parse_size
+from leasestore.units import decimal_int, parse_size
 
 
 def register(sub: Any) -> None:
@@ -22,11 +22,11 @@ def register(sub: Any) -> None:
     target = fmt.add_mutually_exclusive_group(required=True)
     target.add_argument("-s", dest="lockspace", metavar="NAME:0:PATH:OFFSET")
     target.add_argument("-r", dest="resource", metavar="LOCKSPACE:NAME:PATH:OFFSET")
-    fmt.add_argument("-Z", "--sector-size", type=int, choices=(512, 4096))
+    fmt.add_argument("-Z", "--sector-size", type=decimal_int, choices=(512, 4096))
     fmt.add_argument("-A", "--align", type=parse_size, metavar="1M|2M|4M|8M")
-    fmt.add_argument("-o", "--io-timeout", type=int, default=DEFAULT_IO_TIMEOUT_S,
+    fmt.add_argument("-o", "--io-timeout", type=decimal_int, default=DEFAULT_IO_TIMEOUT_S,
                      help="io_timeout written into lockspace sectors (default 10)")
-    fmt.add_argument("--num-hosts", type=int, default=0, help="resource: dblocks in use")
+    fmt.add_argument("--num-hosts", type=decimal_int, default=0, help="resource: dblocks in use")
     fmt.add_argument("--force", action="store_true", help="overwrite an area holding records")
     fmt.set_defaults(handler=run_format)
 

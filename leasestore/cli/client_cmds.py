@@ -11,6 +11,7 @@ from typing import Any
 from leasestore import client
 from leasestore.errors import UsageError
 from leasestore.specs import LockspaceSpec, ResourceSpec
+from leasestore.units import decimal_int
 
 
 def register(sub: Any) -> None:
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
 
     action("status", "daemon state and its lockspaces", lockspace=False)
     add = action("add_lockspace", "join a lockspace (acquire our host_id)")
-    add.add_argument("-o", dest="io_timeout", type=int, default=0, help="io_timeout (s)")
+    add.add_argument("-o", dest="io_timeout", type=decimal_int, default=0, help="io_timeout (s)")
     add.add_argument("--async", dest="asynchronous", action="store_true",
                      help="return at once; poll with inq_lockspace")
     rem = action("rem_lockspace", "leave a lockspace (release our host_id)")
@@ -51,15 +52,15 @@ def register(sub: Any) -> None:
         p = resource_action(name, helptext)
         p.add_argument("-r", dest="resources", action="append", required=True,
                        metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
-        p.add_argument("-p", dest="pid", type=int, required=True)
+        p.add_argument("-p", dest="pid", type=decimal_int, required=True)
         p.add_argument("--shared", action="store_true")
     req = resource_action("request", "ask the holder of a lease to give it up")
     req.add_argument("-r", dest="resources", action="append", required=True,
                      metavar="LS:RES:PATH:OFFSET[:LVER]")
-    req.add_argument("-f", dest="force_mode", type=int, choices=(0, 1, 2), default=2,
+    req.add_argument("-f", dest="force_mode", type=decimal_int, choices=(0, 1, 2), default=2,
                      help="1: kill the holder, 2: its killpath or SIGTERM, 0 with lver 0: clear")
     inq = resource_action("inquire", "the leases a registered pid holds")
-    inq.add_argument("-p", dest="pid", type=int, required=True)
+    inq.add_argument("-p", dest="pid", type=decimal_int, required=True)
     cmd = resource_action("command", "register, acquire the leases, then exec a command "
                                      "that holds them for its lifetime")
     cmd.add_argument("-r", dest="resources", action="append", required=True,

@@ -11,6 +11,7 @@ from typing import Any
 
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.server import Daemon
+from leasestore.units import decimal_float, decimal_int
 
 
 def register(sub: Any) -> None:
@@ -19,9 +20,9 @@ def register(sub: Any) -> None:
                                           "(default $LEASESTORE_RUN_DIR or /run/leasestore)")
     daemon.add_argument("--config", help="TOML configuration file")
     daemon.add_argument("--host-name", help="this host's unique name (default: a new uuid)")
-    daemon.add_argument("--io-timeout", type=int, help="default io_timeout in seconds (10)")
+    daemon.add_argument("--io-timeout", type=decimal_int, help="default io_timeout in seconds (10)")
     daemon.add_argument("--watchdog", help="none or a watchdog device such as /dev/watchdog")
-    daemon.add_argument("--watchdog-fire-timeout", type=float,
+    daemon.add_argument("--watchdog-fire-timeout", type=decimal_float,
                         help="seconds from the last pet to reset (60; same on every host)")
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(handler=run_daemon)

@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:  # the system refused something no check above foresaw
+        print(f"leasestore {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -169,19 +169,25 @@ class Daemon:
     def open(self) -> None:
         """Prepare the run dir, take its lock, bind the socket. Raises UsageError on conflict."""
         run_dir = self.config.run_dir
-        os.makedirs(run_dir, mode=0o755, exist_ok=True)
-        _check_run_dir(run_dir)
-        self._pid_file = os.open(os.path.join(run_dir, commands.PID_FILE_NAME),
-                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(self._pid_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another leasestore daemon is running in {run_dir}") from None
-        os.ftruncate(self._pid_file, 0)
-        os.write(self._pid_file, f"{os.getpid()}\n".encode())
+            os.makedirs(run_dir, mode=0o755, exist_ok=True)
+            _check_run_dir(run_dir)
+            self._pid_file = os.open(os.path.join(run_dir, commands.PID_FILE_NAME),
+                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(self._pid_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another leasestore daemon is running in {run_dir}") from None
+            os.ftruncate(self._pid_file, 0)
+            os.write(self._pid_file, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            raise UsageError(f"run dir {run_dir}: {exc.strerror or exc}") from None
         self._end_previous_holders()
         self.watchdog = open_watchdog(self.config.watchdog, self.config.watchdog_fire_timeout)
-        self._listener = _listen(self.socket_path)
+        try:
+            self._listener = _listen(self.socket_path)
+        except OSError as exc:
+            raise UsageError(f"socket {self.socket_path}: {exc.strerror or exc}") from None
 
     def _end_previous_holders(self) -> None:
         """Kill the lease holders an earlier daemon on this run dir left running (it died

@@ -1,0 +1,70 @@
+"""Bad input to every `leasestore` subcommand: one line on stderr naming the problem, exit 2 for
+usage (bad arguments) and 1 for failures, never a traceback, and nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from leasestore.cli.main import main
+from leasestore.testing.procs import make_file
+
+USAGE, FAILURE = 2, 1
+
+# (arguments, with {file} a 4 MiB file and {missing} a path that does not exist; exit code;
+#  what stderr's last line must say)
+CASES: list[tuple[str, int, str]] = [
+    ("dump {missing}", FAILURE, "no such file"),
+    ("dump {file}:0:²M", USAGE, "not a size: '²M'"),
+    ("dump {file}:0:-1", USAGE, "not a size: '-1'"),
+    ("dump {file}:٣", USAGE, "not a size"),
+    ("dump {file}:0x200", USAGE, "not a size"),
+    ("dump", USAGE, "required"),
+    ("format -s LS:0:{file}:٣", USAGE, "offset must be a non-negative integer"),
+    ("format -s LS:0:{file}:²", USAGE, "offset must be a non-negative integer"),
+    ("format -s LS:0:{file}:-512", USAGE, "offset must be a non-negative integer"),
+    ("format -r LS:r:{file}:1e6", USAGE, "offset must be a non-negative integer"),
+    ("format -s LS:0:{file}:0 -o 0", USAGE, "io_timeout (-o) must be a whole number"),
+    ("format -s LS:0:{file}:0 -o 256", USAGE, "io_timeout (-o) must be a whole number"),
+    ("format -s LS:0:{file}:0 -o ٣", USAGE, "invalid decimal_int value: '٣'"),
+    ("format -s LS:0:{file}:0 -Z 1000", USAGE, "invalid choice"),
+    ("format -s LS:0:{file}:0 -Z 4096", USAGE, "sector size and align must be given together"),
+    ("format -s LS:0:{file}:0 --bogus", USAGE, "unrecognized arguments: --bogus"),
+    ("format -s LS:0:{file}:1", FAILURE, "not a multiple"),
+    ("format -s LS:0:{missing}:0", FAILURE, "no such file"),
+    ("format -r LS:r:{file}:0 --num-hosts ٣", USAGE, "invalid decimal_int value"),
+    ("daemon --run-dir {file}", USAGE, "run dir"),
+    ("daemon --run-dir /proc/leasestore-test/run", USAGE, "run dir"),
+    ("daemon --io-timeout ٣", USAGE, "invalid decimal_int value"),
+    ("daemon --io-timeout 0", USAGE, "io_timeout must be a whole number"),
+    ("daemon --watchdog-fire-timeout nan", USAGE, "invalid decimal_float value: 'nan'"),
+    ("daemon --config {missing}", USAGE, "No such file"),
+    ("client --run-dir {missing} status", FAILURE, "cannot reach the leasestore daemon"),
+    ("client --run-dir {missing} inquire -p ٣", USAGE, "invalid decimal_int value"),
+    ("client --run-dir {missing} add_lockspace -s LS:1:{file}:x", USAGE,
+     "offset must be a non-negative integer"),
+    ("client --run-dir {missing} request -r LS:r:{file}:0 -f 3", USAGE, "invalid choice"),
+    ("demo --bogus", USAGE, "unrecognized arguments"),
+    ("nosuchcommand", USAGE, "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("line", "code", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_and_an_exit_code(
+        line: str, code: int, message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    lease_file = make_file(tmp_path / "disk.img", 4 << 20)
+    before = hashlib.sha256(Path(lease_file).read_bytes()).digest()
+    argv = line.format(file=lease_file, missing=tmp_path / "missing").split()
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        status = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert status == code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("leasestore") and message in last, err
+    assert hashlib.sha256(Path(lease_file).read_bytes()).digest() == before, "input was written"
