@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "leasestore"
 L0 = {"errors", "units", "timeouts", "ondisk", "specs", "tomlfile"}
 L1 = {"effects", "delta", "paxos", "liveness"}
 L2 = {"storage", "clock"}
-L3 = {"direct", "lockspace", "resource", "hoststate"}
+L3 = {"direct", "lockspace", "resource", "hoststate", "removal"}
 L4 = {"daemon", "client", "plugin"}
 L5 = {"cli"}
 T = {"testing"}
@@ -43,7 +43,8 @@ TESTING_MAY_ALSO_IMPORT = {"leasestore.storage.device", "leasestore.plugin.api",
                            "leasestore.direct",
                            # the simulator runs the shipped policy, not a copy of it:
                            "leasestore.lockspace", "leasestore.resource",
-                           "leasestore.daemon.supervisor"}
+                           "leasestore.removal", "leasestore.daemon.supervisor",
+                           "leasestore.daemon.holders"}
 CLIENT_FRONT_ENDS = {"client", "plugin"}
 
 

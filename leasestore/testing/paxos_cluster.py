@@ -39,8 +39,8 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import leasestore.daemon.holders as holder_rules
 from leasestore import removal
-from leasestore.daemon import holders as holder_rules
 from leasestore.daemon.holders import HolderProcess
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.effects import Algorithm, Now, Sleep
