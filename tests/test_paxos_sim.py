@@ -639,6 +639,55 @@ def _holds(cluster: PaxosCluster, host: Any) -> bool:
     return any(h is host for h, _, _ in cluster.holdings())
 
 
+def _suspended_holder(suspend_s: Callable[[Timeouts], float], **config: Any
+                      ) -> tuple[PaxosCluster, Violation | None]:
+    """Two hosts, one resource held for longer than host_dead by host 0's process; host 0's
+    machine is suspended for suspend_s(its timeouts) while host 1 keeps asking for the lease,
+    then runs on. Returns the cluster and its first violation."""
+    config.setdefault("request_fraction", 0.0)
+    config.setdefault("shared_fraction", 0.0)
+    shape = dataclasses.replace(ClusterConfig.fixed(2, 1), long_hold_fraction=1.0, **config)
+    cluster = PaxosCluster(3, shape, faults=Faults.none())
+    holder, other = cluster.hosts
+    cluster.boot(holder)
+    world = cluster.world
+    world.run_until(60, cluster.check)
+    assert [host for host, _, _ in cluster.holdings()] == [holder]
+    cluster.boot(other)
+    world.run_until(100, cluster.check)
+    seconds = suspend_s(holder.timeouts)
+    cluster.suspend(holder, seconds)
+    world.run_until(100 + seconds + 2 * shape.longest.host_dead_s, cluster.check)
+    return cluster, (cluster.violations[0] if cluster.violations else None)
+
+
+def test_a_host_suspended_past_host_dead_is_reset_by_a_watchdog_that_counts_on() -> None:
+    cluster, violation = _suspended_holder(lambda t: 2 * t.host_dead_s)
+    assert violation is None, violation
+    assert cluster.counts.get("watchdog_reset") == 1, cluster.counts
+    assert cluster.hosts[1].acquisitions, "the other host never took the lease over"
+
+
+def test_a_host_resumed_after_its_lease_expired_stops_its_holder_instead_of_renewing() -> None:
+    """io_timeout 1 s: the host lease expires 8 s after the last renewal, host_dead is 68 s.
+    A 30 s suspend ends with lease time (which counts suspend) past the expiry: the resumed
+    daemon fails the lockspace and stops its holder; the watchdog never has to fire."""
+    cluster, violation = _suspended_holder(lambda t: 30.0, io_timeouts_s=(1, 1),
+                                           format_io_timeout_s=1, ignores_sigterm=0.0)
+    assert violation is None, violation
+    assert cluster.counts.get("sigterm") and cluster.counts.get("lockspace_readded"), \
+        cluster.counts
+    assert not cluster.counts.get("watchdog_reset"), cluster.counts
+
+
+def test_checker_catches_the_gap_of_a_watchdog_that_stops_in_suspend() -> None:
+    """The case the README leaves uncovered: a watchdog that stops while the host is
+    suspended cannot fence it, and its holder resumes beside the host that took the lease."""
+    _, violation = _suspended_holder(lambda t: 2 * t.host_dead_s,
+                                     watchdog_counts_in_suspend=False)
+    assert violation is not None and "held by live processes" in str(violation)
+
+
 def test_rem_lockspace_racing_an_acquire_gives_the_host_id_up_after_it_ends() -> None:
     cluster, violation = _removed_while(_acquire_in_flight)
     assert violation is None, violation

@@ -5,10 +5,10 @@ the real host-lease and Disk Paxos algorithms, in virtual time.
 Each seed draws a configuration (hosts, host_ids, resources, processes per host, per-host and
 format io_timeouts, watchdog fire timeout, geometry, shared mode) unless --fixed, builds a
 `PaxosCluster` on one simulated shared disk, runs a fault phase (machine crashes, daemon stalls
-longer than host_dead, processes that exit or ignore SIGTERM or SIGKILL, watchdog resets, I/O
-errors, timeouts whose writes land late, torn multi-sector writes), then a fault-free phase in
-which every host must be granted a lease, then looks for orphaned leases. Checkers run after
-every step; a failure names the seed that replays it.
+and machine suspends longer than host_dead, processes that exit or ignore SIGTERM or SIGKILL,
+watchdog resets, I/O errors, timeouts whose writes land late, torn multi-sector writes), then a
+fault-free phase in which every host must be granted a lease, then looks for orphaned leases.
+Checkers run after every step; a failure names the seed that replays it.
 
     python3 tools/simulate.py --seeds 1000 --jobs 2 --json
 

@@ -7,7 +7,9 @@ spawns) and the monitor's `Supervisor` (expiry, stopping holders, whether to pet
 simulated is only the world around that code: the disk and its faults, the processes holding
 leases (which die, or ignore SIGTERM, or ignore even SIGKILL as a process stuck in the kernel
 does), the hardware watchdog (it resets the host `watchdog_fire_timeout` after the last pet),
-machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), daemon
+machine crashes, daemon stalls (its tasks stop; its processes and its watchdog run on), machine
+suspends (the daemon's tasks and its processes freeze, while lease time, on a clock that counts
+suspend, and a hardware watchdog run on), daemon
 kills and restarts (its processes and its armed watchdog run on; the new daemon runs the
 shipped `ending_previous_holders` on the record the old one kept through the resource service's
 `on_holders_changed` seam before it may pet), rem_lockspace while processes go on acquiring
@@ -91,6 +93,9 @@ class ClusterConfig:
     ignores_sigterm: float = 0.3
     ignores_sigkill: float = 0.03
     """How often a process ignores SIGTERM, or even SIGKILL (stuck in the kernel)."""
+    watchdog_counts_in_suspend: bool = True
+    """A watchdog outside the suspended OS (a BMC's) runs on; False: it stops while the host is
+    suspended, as a software or chipset watchdog does, the gap the README names."""
 
     @classmethod
     def fixed(cls, hosts: int, resources: int, io_timeout_s: int = 10,
@@ -198,6 +203,8 @@ class DaemonHost:
     incarnation: int = 0
     """Part of the host name: changed at some reboots."""
     stalled_until_s: float = 0.0
+    suspended_until_s: float = 0.0
+    """World time a suspend ends: until then nothing on the machine runs, its processes too."""
     daemon_running: bool = False
     membership_task: SimTask | None = None
     """The current lockspace's `membership()` task (cancelled to give the host_id up)."""
@@ -594,6 +601,9 @@ class PaxosCluster:
         """The process is gone: its connection closes and the daemon releases what it held."""
         if host.boot != boot or not process.alive:
             return
+        if self._suspended(host):  # a frozen process exits only once the machine resumes
+            self.world.at(host.suspended_until_s, lambda: self._exit(host, process, boot))
+            return
         process.alive, process.holding = False, None
         service = host.resources
         if not host.daemon_running or service is None:
@@ -690,6 +700,7 @@ class PaxosCluster:
             host.incarnation += 1
         host.watchdog_deadline_s = None
         host.lockspace = None
+        host.stalled_until_s = host.suspended_until_s = 0.0
         boot = host.boot
         self.world.at(self.world.now + self.world.rng.uniform(1, host.timeouts.host_dead_s),
                       lambda: self._reboot(host, boot))
@@ -704,36 +715,54 @@ class PaxosCluster:
         for task in host.tasks:
             self.world.pause(task, seconds)
 
+    def suspend(self, host: DaemonHost, seconds: float) -> None:
+        """The machine is suspended: its daemon's tasks and its processes freeze; lease time
+        (the daemon's clock counts suspend) runs on, and so does its watchdog unless the
+        configuration says it stops while suspended."""
+        self._count("suspend")
+        self._stall(host, seconds)
+        host.suspended_until_s = max(host.suspended_until_s, self.world.now + seconds)
+        if not self.config.watchdog_counts_in_suspend and host.watchdog_deadline_s is not None:
+            host.watchdog_deadline_s += seconds
+
+    def _suspended(self, host: DaemonHost) -> bool:
+        return self.world.now < host.suspended_until_s
+
     def _chaos(self, end_s: float, gap_s: float) -> None:
         world, rng = self.world, self.world.rng
         if world.now >= end_s:
             return
         host = rng.choice(self.hosts)
         action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process",
-                             "corrupt", "kill_daemon", "rem_lockspace"])
+                             "corrupt", "kill_daemon", "rem_lockspace", "suspend"])
         if action == "corrupt":
             self._corrupt_a_resource_sector()
         elif action == "outage":
             self._count("storage_outage")
             seconds = rng.uniform(0, 2 * host.timeouts.host_dead_s)
             world.outages[host.machine] = (world.now + seconds, rng.random() < 0.5)
-        elif host.lockspace is not None:
-            if action == "crash":
-                self._count("machine_crash")
-                self._reset(host)
-            elif action == "stall":
-                self._count("daemon_stall")
-                self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
-            elif action == "kill_daemon":
-                self.kill_daemon(host)
-            elif action == "rem_lockspace":
-                self.remove_lockspace(host)
-            else:
-                live = [p for p in host.processes.values() if p.alive]
-                if live:
-                    self._count("process_exit")
-                    process = rng.choice(live)
-                    self._exit(host, process, host.boot)
+        elif host.lockspace is None:
+            pass  # down, rebooting, or its daemon is starting again
+        elif action == "crash":
+            self._count("machine_crash")
+            self._reset(host)
+        elif self._suspended(host):
+            pass  # nobody can run a command on it, and its processes cannot exit
+        elif action == "suspend":
+            self.suspend(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
+        elif action == "stall":
+            self._count("daemon_stall")
+            self._stall(host, rng.uniform(0, 2 * host.timeouts.host_dead_s))
+        elif action == "kill_daemon":
+            self.kill_daemon(host)
+        elif action == "rem_lockspace":
+            self.remove_lockspace(host)
+        else:
+            live = [p for p in host.processes.values() if p.alive]
+            if live:
+                self._count("process_exit")
+                process = rng.choice(live)
+                self._exit(host, process, host.boot)
         world.at(world.now + rng.expovariate(1 / gap_s), lambda: self._chaos(end_s, gap_s))
 
     def _corrupt_a_resource_sector(self) -> None:
