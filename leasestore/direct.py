@@ -330,7 +330,21 @@ def dump(path: str, offset_b: int = 0, length_b: int | None = None) -> list[Dump
         if offset_b >= device.size_b:
             raise DeviceTooSmall(f"{path} is {device.size_b} bytes; offset {offset_b} is beyond")
         length = device.size_b - offset_b if length_b is None else length_b
-        return list(scan_range(device, offset_b, length))
+        return _named(list(scan_range(device, offset_b, length)))
+
+
+def _named(records: list[DumpRecord]) -> list[DumpRecord]:
+    """The records, with the host name (from the lockspace's delta records among them) added as
+    `owner_name` to each resource leader's owner and each dblock's host."""
+    names = {(r.lockspace, r.host_id): r.host_name for r in records
+             if r.kind == "delta" and r.error is None and r.host_name and r.acquired}
+    for record in records:
+        host_id = record.owner_id if record.kind.startswith("paxos") else (
+            record.host_id if record.kind == "dblock" else None)
+        name = names.get((record.lockspace, host_id)) if host_id else None
+        if name:
+            record.extra["owner_name"] = name
+    return records
 
 
 

@@ -57,6 +57,9 @@ class HostStatus:
     host_name: str
     last_live_s: float
     error: str | None = None
+    renewed_ago_s: float | None = None
+    """Seconds since we saw its timestamp change (ourselves: since our last renewal read);
+    None while we have seen no change."""
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -71,6 +74,8 @@ class HostStatus:
         }
         if self.error:
             data["error"] = self.error
+        if self.renewed_ago_s is not None:
+            data["renewed_ago_s"] = round(self.renewed_ago_s, 3)
         return data
 
 
@@ -243,4 +248,13 @@ class HostTable:
             host_name=decode_name(bytes(row["resource_name"])),
             last_live_s=float(self.last_live_s[index]),
             error=self.error_of(index),
+            renewed_ago_s=self._renewed_ago(index, now_s),
         )
+
+    def _renewed_ago(self, index: int, now_s: float) -> float | None:
+        assert self._rows is not None
+        seen_change = self.first_check_s[index] != self.last_live_s[index]
+        if int(self._rows[index]["timestamp"]) == 0 or not (
+                seen_change or index + 1 == self.own_host_id):
+            return None
+        return max(0.0, now_s - float(self.last_live_s[index]))

@@ -136,8 +136,11 @@ class Lockspace(HostLeaseObserver):
         on_request: Callable[[Lockspace], None] | None = None,
         open_device: Callable[[str], DirectDevice] = DirectDevice,
         now: Callable[[], float] = lease_now_s,
+        on_renewal: Callable[[RenewalRecord], None] | None = None,
     ) -> None:
         self._open_device = open_device
+        self.on_renewal = on_renewal
+        """Hears of every renewal attempt's record (successful or failed), after it is kept."""
         self._now = now
         self.spec = spec
         self.host_name = host_name
@@ -272,15 +275,19 @@ class Lockspace(HostLeaseObserver):
             if self.table is not None:
                 self.table.observe(outcome.area, outcome.read_done_s)
                 requested = self._requests_for_us(outcome.area)
+        if self.on_renewal is not None:
+            self.on_renewal(record)
         if requested and self.on_request is not None:
             self.on_request(self)
         self._on(LockspaceEvent.RENEWED)
 
     def renewal_failed(self, error: LeasestoreError, started_s: float, elapsed_s: float) -> None:
         log.warning("lockspace %s: renewal failed: %s", self.name, error)
+        record = RenewalRecord(started_s, 0, 0, 0, round(elapsed_s * 1e6), str(error))
         with self._lock:
-            self._history.append(RenewalRecord(started_s, 0, 0, 0, round(elapsed_s * 1e6),
-                                               str(error)))
+            self._history.append(record)
+        if self.on_renewal is not None:
+            self.on_renewal(record)
         self._on(LockspaceEvent.RENEWAL_FAILED)
 
     def mismatch(self, message: str) -> None:

@@ -46,6 +46,34 @@ CASES: list[tuple[str, int, str]] = [
     ("client --run-dir {missing} add_lockspace -s LS:1:{file}:x", USAGE,
      "offset must be a non-negative integer"),
     ("client --run-dir {missing} request -r LS:r:{file}:0 -f 3", USAGE, "invalid choice"),
+    ("bench {file} --count 0", USAGE, "--count and --seconds must be above 0"),
+    ("bench {file} --count 3 --seconds 1", USAGE, "not allowed with argument"),
+    ("bench {file} --seconds nan", USAGE, "invalid decimal_float value: 'nan'"),
+    ("bench {file} --interval -1", USAGE, "invalid decimal_float value: '-1'"),
+    ("bench {file}:0:1M", USAGE, "expected PATH[:OFFSET]"),
+    ("bench {file}:٣", USAGE, "not a size"),
+    ("bench {file} -Z 512", USAGE, "must be given together"),
+    ("bench {file} --plot out.jpg", USAGE, "--plot writes PNG"),
+    ("bench {file} --run-dir {missing}", USAGE, "--run-dir goes with --lockspace"),
+    ("bench {file} --lockspace LS --run-dir {missing}", FAILURE,
+     "cannot reach the leasestore daemon"),
+    ("bench {missing}", FAILURE, "no such file"),
+    ("bench {file}:1", FAILURE, "not a multiple of 512"),
+    ("bench {file}:4M", FAILURE, "is beyond"),
+    ("bench {file}:3M -Z 4096 -A 2M", FAILURE, "does not fit"),
+    ("client --run-dir {missing} status --bogus", USAGE,
+     "leasestore client status: error: unrecognized arguments: --bogus"),
+    ("client --run-dir {missing} command -r LS:r:{file}:0 -c {missing}/prog", USAGE,
+     "is not found or not executable; nothing was acquired"),
+    ("dump {file} --bogus", USAGE, "leasestore dump: error: unrecognized arguments"),
+    ("who-holds {file}:٣", USAGE, "not a size"),
+    ("who-holds -r LS:r:{file}:0:SH", USAGE, "one disk, no :LVER or :SH"),
+    ("who-holds {file} --no-daemon --run-dir {missing}", USAGE, "contradict"),
+    ("who-holds {file} --watch -1", USAGE, "invalid decimal_float value"),
+    ("who-holds {missing}", FAILURE, "no such file"),
+    ("who-holds -r LS:r:{file}:0", FAILURE, "magic 0x00000000, expected 0x06152010"),
+    ("daemon --metrics-address 9127", USAGE, "metrics address must be HOST:PORT"),
+    ("systemd", USAGE, "one of the arguments --unit --config is required"),
     ("demo --bogus", USAGE, "unrecognized arguments"),
     ("nosuchcommand", USAGE, "invalid choice"),
 ]
@@ -68,3 +96,10 @@ def test_bad_input_is_one_clear_line_and_an_exit_code(
     last = err.strip().splitlines()[-1]
     assert last.startswith("leasestore") and message in last, err
     assert hashlib.sha256(Path(lease_file).read_bytes()).digest() == before, "input was written"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith("leasestore 0.")

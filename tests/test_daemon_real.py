@@ -7,10 +7,14 @@ Each test also passes alone: the `joined` fixture joins whatever the tests befor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from leasestore import client
+from leasestore.cli.main import main
 from leasestore.daemon import sanlock_proto as sp
 from leasestore.daemon.sanlock_proto import Cmd, Header
-from leasestore.direct import dump, format_lockspace
+from leasestore.direct import dump, format_lockspace, format_resource, resource_owners
 from leasestore.errors import HostIdBusy, LockspaceExists, LockspaceNotJoined, UsageError
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
@@ -36,9 +41,17 @@ T = Timeouts(IO_TIMEOUT, WATCHDOG)
 class Cluster:
     devices: list[str]
     daemons: list[DaemonProc]
+    metrics_url: str
+    """Daemon a serves its Prometheus metrics here."""
 
     def add(self, index: int, host_id: int) -> None:
         self.daemons[index].call(client.add_lockspace, LS, host_id, self.devices[index], 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +67,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         devices = [loops.attach(backing) for _ in range(3)]
         format_lockspace(devices[0], LS, 0, io_timeout_s=IO_TIMEOUT)
-        daemons = [DaemonProc(base, f"host-{c}", IO_TIMEOUT, WATCHDOG) for c in "abc"]
-        yield Cluster(devices, daemons)
+        port = _free_port()
+        daemons = [DaemonProc(base, f"host-{c}", IO_TIMEOUT, WATCHDOG,
+                              extra_args=["--metrics-address", f"127.0.0.1:{port}"]
+                              if c == "a" else ()) for c in "abc"]
+        yield Cluster(devices, daemons, f"http://127.0.0.1:{port}/metrics")
     finally:
         for daemon in daemons:
             daemon.stop()
@@ -91,6 +107,45 @@ def test_two_daemons_join_and_see_each_other_live(cluster: Cluster) -> None:
         (LS, 1, "held")]
     history = a.call(client.renewal_history, LS)
     assert history and all(r["error"] is None and r["read_us"] > 0 for r in history)
+
+
+def test_bench_times_a_live_lockspace_read_only_beside_the_daemons_renewals(
+        joined: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    a = joined.daemons[0]
+    poll(lambda: len(a.call(client.renewal_history, LS)) >= 2, 15, what="two renewals")
+    before = dump(joined.devices[0])
+    argv = ["bench", joined.devices[0], "--read-only", "--count", "10", "--lockspace", LS,
+            "--run-dir", a.run_dir, "--json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["read_only"] is True and "write" not in document
+    assert "lockspace 'real-ls'" in document["area_holds"]
+    assert document["daemon"]["write"]["count"] >= 2
+    assert document["daemon"]["read"]["p50_ms"] > 0
+    after = dump(joined.devices[0])
+    assert [(r.offset, r.kind, r.owner_id) for r in after] == \
+        [(r.offset, r.kind, r.owner_id) for r in before]
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Each sample line of the metrics page as {name{labels}: value}."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_count_renewals_hosts_and_lockspace_states(joined: Cluster) -> None:
+    poll(lambda: joined.daemons[0].hosts(LS).get(2, {}).get("state") == "live", 15,
+         what="a sees b live")
+    first = _scrape(joined.metrics_url)
+    renewals = f'leasestore_renewal_seconds_count{{io="total",lockspace="{LS}"}}'
+    assert first[renewals] >= 1
+    assert first[f'leasestore_lockspaces{{lockspace="{LS}",state="held"}}'] == 1
+    assert first[f'leasestore_hosts{{lockspace="{LS}",state="live"}}'] >= 2
+    assert first["leasestore_watchdog_armed"] == 0
+    poll(lambda: _scrape(joined.metrics_url)[renewals] > first[renewals], 10,
+         what="another renewal counted")
 
 
 def test_duplicate_host_id_is_refused(joined: Cluster) -> None:
@@ -154,6 +209,32 @@ def test_rem_lockspace_releases_the_sector(joined: Cluster) -> None:
          what="a sees host 2 free")
     cluster.add(1, 2)  # the same host name re-joins at once
     assert b.call(client.inq_lockspace, LS, 2, cluster.devices[1], 0) is True
+
+
+def test_who_holds_names_the_holder_as_a_daemon_and_the_disk_see_it(
+        joined: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = joined.daemons[0], joined.daemons[1]
+    device, at = joined.devices[0], 1 << 20
+    format_resource(device, LS, "vm-who", at, force=True)
+    spec = f"{LS}:vm-who:{device}:{at}"
+    holder = subprocess.Popen([sys.executable, "-m", "leasestore.cli.main", "client",
+                               "--run-dir", a.run_dir, "command", "-r", spec, "-c", "sleep",
+                               "60"])
+    try:
+        poll(lambda: bool(resource_owners(device, at)), 15, what="the lease is held")
+        poll(lambda: b.hosts(LS).get(1, {}).get("state") == "live", 15, what="b sees a live")
+        for source, argv in (("daemon", ["--run-dir", b.run_dir]), ("disk", ["--no-daemon"])):
+            assert main(["who-holds", "-r", spec, *argv, "--json"]) == 0
+            lease, = json.loads(capsys.readouterr().out)
+            owner, = lease["holders"]
+            assert (owner["host_id"], owner["shared"], owner["gone"]) == (1, False, None)
+            assert owner["host"]["host_name"] == "host-a" and owner["host"]["source"] == source
+            assert owner["host"]["state"] == "live", owner
+            renewed = owner["host"]["renewed_ago_s"]
+            assert renewed is not None and 0 <= renewed <= T.id_renewal_s + 2, owner
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_killed_host_is_dead_no_sooner_than_host_dead(joined: Cluster) -> None:

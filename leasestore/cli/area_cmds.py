@@ -85,7 +85,8 @@ def run_dump(args: argparse.Namespace) -> int:
 
 def print_table(records: list[direct.DumpRecord]) -> None:
     print(f"{'offset':>10} {'kind':<8} {'lockspace':<20} {'name':<24} {'id':>5} "
-          f"{'own':>5} {'gen':>5} {'lver':>6} {'timestamp':>10} {'io':>3} {'flags':>5}")
+          f"{'own':>5} {'gen':>5} {'lver':>6} {'timestamp':>10} {'io':>3} {'flags':>5} "
+          "host")
     for r in records:
         name = r.resource if r.resource is not None else (r.host_name or "")
         ident = "" if r.host_id is None else str(r.host_id)
@@ -95,4 +96,4 @@ def print_table(records: list[direct.DumpRecord]) -> None:
             continue
         print(f"{r.offset:>10} {r.kind:<8} {r.lockspace:<20} {name:<24} {ident:>5} "
               f"{r.owner_id:>5} {r.owner_generation:>5} {r.lver:>6} {r.timestamp:>10} "
-              f"{r.io_timeout:>3} {r.flags:>#5x}")
+              f"{r.io_timeout:>3} {r.flags:>#5x} {r.extra.get('owner_name', '')}".rstrip())

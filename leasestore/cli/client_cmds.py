@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -79,7 +80,9 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 def _host_lines(hosts: list[dict[str, Any]]) -> str:
     return "\n".join(
         f"h {h['host_id']} gen {h['generation']} timestamp {h['timestamp']} "
-        f"{h['state'].upper()} {h['host_name']}" + (f" ERROR {h['error']}" if 'error' in h else "")
+        f"{h['state'].upper()} {h['host_name']}"
+        + (f" renewed {h['renewed_ago_s']:.1f} s ago" if "renewed_ago_s" in h else "")
+        + (f" ERROR {h['error']}" if 'error' in h else "")
         for h in hosts
     )
 
@@ -177,6 +180,9 @@ def _command(args: argparse.Namespace, specs: list[ResourceSpec]) -> int:
     """Like sanlock's `client command`: the exec'd program inherits the registration."""
     if not args.argv:
         raise UsageError("command needs -c PATH [ARGS...]")
+    if shutil.which(args.argv[0]) is None:
+        raise UsageError(f"program {args.argv[0]!r} is not found or not executable; nothing "
+                         "was acquired")
     fd = client.register()
     _acquire_each(specs, fd, None, False)
     os.set_inheritable(fd, True)

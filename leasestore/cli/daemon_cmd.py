@@ -24,6 +24,10 @@ def register(sub: Any) -> None:
     daemon.add_argument("--watchdog", help="none or a watchdog device such as /dev/watchdog")
     daemon.add_argument("--watchdog-fire-timeout", type=decimal_float,
                         help="seconds from the last pet to reset (60; same on every host)")
+    daemon.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
+    daemon.add_argument("--metrics-textfile", metavar="FILE",
+                        help="write Prometheus metrics to FILE every 15 s (node exporter)")
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(handler=run_daemon)
 
@@ -55,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         args.config, run_dir=args.run_dir, host_name=args.host_name,
         io_timeout=args.io_timeout, watchdog=args.watchdog,
         watchdog_fire_timeout=args.watchdog_fire_timeout,
+        metrics_address=args.metrics_address, metrics_textfile=args.metrics_textfile,
     )
     daemon = Daemon(config)
     daemon.open()

@@ -7,7 +7,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from leasestore.cli import area_cmds, client_cmds, daemon_cmd, demo_cmd
+from leasestore import __version__
+from leasestore.cli import (
+    area_cmds,
+    bench_cmd,
+    client_cmds,
+    daemon_cmd,
+    demo_cmd,
+    systemd_cmd,
+    who_holds_cmd,
+)
 from leasestore.errors import LeasestoreError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -20,15 +29,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     area_cmds.register(sub)
+    bench_cmd.register(sub)
+    who_holds_cmd.register(sub)
     daemon_cmd.register(sub)
     client_cmds.register(sub)
     demo_cmd.register(sub)
+    systemd_cmd.register(sub)
+    parser.add_argument("--version", action="version", version=f"leasestore {__version__}")
+    _name_parsers(parser)
     return parser
+
+
+def _name_parsers(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command's parser find itself in the parsed arguments, so that an
+    unknown option is reported with that subcommand's usage rather than the top level's."""
+    parser.set_defaults(parser_of_command=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _name_parsers(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.parser_of_command.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -1,8 +1,9 @@
 """Daemon configuration: defaults, a TOML file, then command-line overrides.
 
 Keys (all optional): run_dir, host_name, io_timeout, watchdog ("none" or a device path),
-watchdog_fire_timeout, renewal_history_size, reacquire_needs_same_version. Unknown keys are an
-error, so typos surface.
+watchdog_fire_timeout, renewal_history_size, reacquire_needs_same_version, metrics_address
+(HOST:PORT to serve Prometheus metrics on), metrics_textfile (a file to write them to). Unknown
+keys are an error, so typos surface.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leasestore.daemon.commands import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from leasestore.daemon.metrics import parse_address
 from leasestore.errors import UsageError
 from leasestore.timeouts import (
     DEFAULT_IO_TIMEOUT_S,
@@ -44,6 +46,11 @@ class DaemonConfig:
     released at. This keeps a VM paused on one host, run and stopped on another meanwhile, from
     resuming over a disk someone else wrote (libvirt resumes with lver 0). A process acquiring
     for itself (vdsm's pattern: one registration, acquire and release in turn) is not affected."""
+    metrics_address: str = ""
+    """HOST:PORT on which /metrics is served; empty: not served."""
+    metrics_textfile: str = ""
+    """A file the metrics are written to every 15 s (the node exporter's textfile collector);
+    empty: none."""
 
     @classmethod
     def load(cls, path: str | None, **overrides: Any) -> DaemonConfig:
@@ -59,12 +66,14 @@ class DaemonConfig:
         """Every value of the right type and range (a TOML file can hold anything)."""
         checked_io_timeout(self.io_timeout, "io_timeout")
         checked_fire_timeout(self.watchdog_fire_timeout, "watchdog_fire_timeout")
-        for name in ("run_dir", "host_name", "watchdog"):
+        for name in ("run_dir", "host_name", "watchdog", "metrics_address", "metrics_textfile"):
             if not isinstance(getattr(self, name), str):
                 raise UsageError(f"{name} must be a string, not {getattr(self, name)!r}")
         checked_whole(self.renewal_history_size, "renewal_history_size", 1, 100_000)
         if not isinstance(self.reacquire_needs_same_version, bool):
             raise UsageError("reacquire_needs_same_version must be true or false, not "
                              f"{self.reacquire_needs_same_version!r}")
+        if self.metrics_address:
+            parse_address(self.metrics_address)
         if not self.host_name or len(self.host_name.encode()) > 48:
             raise UsageError("host_name must be 1..48 bytes")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from leasestore.clock import lease_now_s
 from leasestore.daemon import commands, sanlock_proto
 from leasestore.daemon import holders as holder_record
 from leasestore.daemon.config import DaemonConfig
+from leasestore.daemon.metrics import DaemonMetrics, Snapshot, host_state_counts
 from leasestore.daemon.sanlock_server import SanlockFrontEnd, sanlock_socket_path
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
@@ -43,7 +45,7 @@ from leasestore.errors import (
     PermissionDenied,
     UsageError,
 )
-from leasestore.lockspace import Lockspace, LockspaceState
+from leasestore.lockspace import Lockspace, LockspaceState, RenewalRecord
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.odirect import DirectDevice
@@ -151,6 +153,7 @@ class Daemon:
         self._record_lock = threading.Lock()
         self.resources = ResourceService(open_device, on_holders_changed=self._record_holders)
         self.supervisor = Supervisor(self._stop_pid)
+        self.metrics = DaemonMetrics(self._metrics_snapshot)
         self._registered: dict[int, list[Session]] = {}
         """Each registered pid's live registrations, oldest first."""
         self._listener: socket.socket | None = None
@@ -188,6 +191,27 @@ class Daemon:
             self._listener = _listen(self.socket_path)
         except OSError as exc:
             raise UsageError(f"socket {self.socket_path}: {exc.strerror or exc}") from None
+        if self.config.metrics_address:
+            self.metrics.serve(self.config.metrics_address)
+        if self.config.metrics_textfile:
+            self.metrics.keep_textfile(self.config.metrics_textfile)
+
+    def _metrics_snapshot(self) -> Snapshot:
+        with self._lock:
+            lockspaces = list(self.lockspaces.values())
+        held = list(self.resources.held.values())
+        return Snapshot(
+            lockspace_states={ls.name: str(ls.state) for ls in lockspaces},
+            leases=[(h.key[0], h.lease.shared) for h in held],
+            host_states={ls.name: host_state_counts(h.state.label for h in ls.hosts())
+                         for ls in lockspaces if ls.table is not None},
+            watchdog_armed=not isinstance(self.watchdog, NoWatchdog))
+
+    def _renewal_recorded(self, lockspace: str, record: RenewalRecord) -> None:
+        if record.error:
+            self.metrics.renewal_failed(lockspace)
+        else:
+            self.metrics.renewed(lockspace, record.read_us / 1e6, record.write_us / 1e6)
 
     def _end_previous_holders(self) -> None:
         """Kill the lease holders an earlier daemon on this run dir left running (it died
@@ -258,6 +282,10 @@ class Daemon:
             self._holder_record.close()
         if self._pid_file is not None:
             os.close(self._pid_file)
+        self.metrics.stop()
+        if self.config.metrics_textfile:
+            with contextlib.suppress(OSError):
+                self.metrics.write_textfile(self.config.metrics_textfile)
         log.info("leasestore daemon stopped")
         self.stopped.set()
 
@@ -327,7 +355,9 @@ class Daemon:
             self.resources.gate.reopen(cmd.lockspace)
             lockspace = Lockspace(spec, self.config.host_name, timeouts,
                                   history_size=self.config.renewal_history_size,
-                                  on_request=self._on_request, open_device=self._open_device)
+                                  on_request=self._on_request, open_device=self._open_device,
+                                  on_renewal=functools.partial(self._renewal_recorded,
+                                                               spec.name))
             self.lockspaces[cmd.lockspace] = lockspace
         log.info("add_lockspace %s (pid %d uid %d)", spec, peer.pid, peer.uid)
         lockspace.start()
@@ -506,6 +536,16 @@ class Daemon:
         return target
 
     def _acquire(self, cmd: commands.Acquire, session: Session) -> dict[str, object]:
+        started = time.monotonic()
+        try:
+            result = self._acquiring(cmd, session)
+        except LeasestoreError as exc:
+            self.metrics.lease_done("acquire", cmd.lockspace, time.monotonic() - started, exc)
+            raise
+        self.metrics.lease_done("acquire", cmd.lockspace, time.monotonic() - started, None)
+        return result
+
+    def _acquiring(self, cmd: commands.Acquire, session: Session) -> dict[str, object]:
         target = self._target(session, cmd.pid)
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
@@ -554,6 +594,15 @@ class Daemon:
         return released, True
 
     def _release(self, cmd: commands.Release, session: Session) -> None:
+        started = time.monotonic()
+        try:
+            self._releasing(cmd, session)
+        except LeasestoreError as exc:
+            self.metrics.lease_done("release", cmd.lockspace, time.monotonic() - started, exc)
+            raise
+        self.metrics.lease_done("release", cmd.lockspace, time.monotonic() - started, None)
+
+    def _releasing(self, cmd: commands.Release, session: Session) -> None:
         target = self._target(session, cmd.pid)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
         held = self.resources.holding(key, target.peer.pid)
@@ -613,6 +662,7 @@ class Daemon:
             with contextlib.suppress(OSError):
                 subprocess.Popen([*session.killpath, *pid_arg],
                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            self.metrics.holder_signalled("killpath")
             return
         sig = signal.SIGTERM if graceful else signal.SIGKILL
         if sig == signal.SIGKILL and session.restrict & sanlock_proto.RESTRICT_SIGKILL:
@@ -621,6 +671,7 @@ class Daemon:
             sig = signal.SIGKILL
         with contextlib.suppress(ProcessLookupError):
             os.kill(session.peer.pid, sig)
+            self.metrics.holder_signalled(sig.name)
 
     def _release_quietly(self, key: ResourceKey, pid: int) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,7 +99,7 @@ class DaemonProc:
 
     def __init__(self, base: Path, name: str, io_timeout_s: int = 1,
                  watchdog_fire_timeout_s: float = 5, watchdog: str = "none",
-                 run_dir_name: str | None = None) -> None:
+                 run_dir_name: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.name = name
         self.run_dir = str(base / (run_dir_name or f"run-{name}"))
         self.log_path = base / f"{run_dir_name or name}.log"
@@ -107,7 +107,8 @@ class DaemonProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "leasestore.cli.main", "daemon", "--run-dir", self.run_dir,
              "--host-name", name, "--io-timeout", str(io_timeout_s),
-             "--watchdog", watchdog, "--watchdog-fire-timeout", str(watchdog_fire_timeout_s)],
+             "--watchdog", watchdog, "--watchdog-fire-timeout", str(watchdog_fire_timeout_s),
+             *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         socket_path = os.path.join(self.run_dir, SOCKET_NAME)
