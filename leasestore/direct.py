@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from leasestore.errors import (
     NotAligned,
     UsageError,
 )
-from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
+from leasestore.ondisk.areas import lockspace_area_image, resource_area_head, resource_area_image
 from leasestore.ondisk.bulk import scan_dblocks
 from leasestore.ondisk.dblock import decode_dblock, decode_mode_block
 from leasestore.ondisk.geometry import Geometry
@@ -39,6 +39,7 @@ from leasestore.ondisk.leader import (
     encode_delta_sector,
     new_delta_leader,
 )
+from leasestore.ondisk.names import encode_name
 from leasestore.ondisk.request import decode_request
 from leasestore.storage.odirect import DirectDevice
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, checked_io_timeout
@@ -130,8 +131,61 @@ def format_resource(
     return geometry
 
 
-def _refuse_if_in_use(device: DirectDevice, offset_b: int, geometry: Geometry) -> None:
-    found = [r for r in scan_range(device, offset_b, geometry.area_size) if r.error is None]
+FORMAT_BATCH_B = 16 * MiB
+"""Resource areas formatted together go to the device in writes of up to this many bytes."""
+
+
+def format_resources(
+    path: str,
+    lockspace: str,
+    names: Sequence[str],
+    offset_b: int = 0,
+    *,
+    sector_size: int | None = None,
+    align: int | None = None,
+    num_hosts: int = 0,
+    force: bool = False,
+    on_written: Callable[[int], object] = lambda _: None,
+) -> Geometry:
+    """Initialise one resource area per name in consecutive slots from offset_b, as
+    `format_resource` would one by one. The whole range is checked first: if any area holds a
+    valid record (and not `force`), nothing is written. `on_written(n)` hears that n more areas
+    were written."""
+    if not names:
+        raise UsageError("no resource names to format")
+    for name in names:  # every name checked before anything is written
+        encode_name(name)
+    if len(set(names)) < len(names):
+        raise UsageError("resource names repeat; each lease needs its own")
+    with DirectDevice(path) as device:
+        geometry = resolve_geometry(device, sector_size, align)
+        _check_area(device, offset_b, geometry)
+        span = geometry.area_size * len(names)
+        if offset_b + span > device.size_b:
+            raise DeviceTooSmall(f"{device.path} is {device.size_b} bytes; {len(names)} areas "
+                                 f"of {geometry.area_size} from {offset_b} do not fit")
+        if not 0 <= num_hosts <= geometry.max_hosts:
+            raise UsageError(f"num_hosts must be 0..{geometry.max_hosts}")
+        if not force:
+            _refuse_if_in_use(device, offset_b, geometry, span)
+        per_write = max(1, FORMAT_BATCH_B // geometry.area_size)
+        area = geometry.area_size
+        image = bytearray(min(per_write, len(names)) * area)  # zeros but for each area's head
+        for first in range(0, len(names), per_write):
+            batch = names[first:first + per_write]
+            for index, name in enumerate(batch):
+                head = resource_area_head(lockspace, name, geometry, num_hosts)
+                image[index * area:index * area + len(head)] = head
+            device.write(offset_b + first * area, memoryview(image)[:len(batch) * area],
+                         WRITE_INIT_IO_TIMEOUT_S)
+            on_written(len(batch))
+    return geometry
+
+
+def _refuse_if_in_use(device: DirectDevice, offset_b: int, geometry: Geometry,
+                      span_b: int | None = None) -> None:
+    found = [r for r in scan_range(device, offset_b, span_b or geometry.area_size)
+             if r.error is None]
     if found:
         raise AreaInUse(
             f"{device.path}:{offset_b} already holds {describe_records(found)}; "

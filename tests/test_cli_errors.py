@@ -13,8 +13,8 @@ from leasestore.testing.procs import make_file
 
 USAGE, FAILURE = 2, 1
 
-# (arguments, with {file} a 4 MiB file and {missing} a path that does not exist; exit code;
-#  what stderr's last line must say)
+# (arguments, with {file} a 4 MiB file, {missing} a path that does not exist and {{}} a
+#  literal {}; exit code; what stderr's last line must say)
 CASES: list[tuple[str, int, str]] = [
     ("dump {missing}", FAILURE, "no such file"),
     ("dump {file}:0:²M", USAGE, "not a size: '²M'"),
@@ -74,6 +74,12 @@ CASES: list[tuple[str, int, str]] = [
     ("who-holds -r LS:r:{file}:0", FAILURE, "magic 0x00000000, expected 0x06152010"),
     ("daemon --metrics-address 9127", USAGE, "metrics address must be HOST:PORT"),
     ("systemd", USAGE, "one of the arguments --unit --config is required"),
+    ("format -r LS:vm:{file}:0 --count 3", USAGE, "must hold {} once for the number"),
+    ("format -r LS:vm{{}}{{}}:{file}:0 --count 2", USAGE, "must hold {} once for the number"),
+    ("format -r LS:vm{{}}:{file}:0 --count 0", USAGE, "--count must be at least 1"),
+    ("format -r LS:vm{{}}:{file}:1048576 --count 4", FAILURE, "4 areas of 1048576 from 1048576 "
+     "do not fit"),
+    ("format -r LS:" + "n" * 47 + "{{}}:{file}:0 --count 11 -Z 512 -A 1M", USAGE, "longer than 48"),
     ("demo --bogus", USAGE, "unrecognized arguments"),
     ("nosuchcommand", USAGE, "invalid choice"),
 ]

@@ -115,3 +115,29 @@ def test_format_and_dump_on_a_loop_device(loop_device: str) -> None:
     records = dump(loop_device)
     assert [r.kind for r in records if r.kind != "delta"] == ["paxos"]
     assert sum(1 for r in records if r.kind == "delta") == 2000
+
+
+def test_many_leases_in_one_command_match_one_by_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bulk = make_file(tmp_path / "bulk.img", 24 * MiB)
+    single = make_file(tmp_path / "single.img", 24 * MiB)
+    assert main(["format", "-r", f"LS:vm{{}}:{bulk}:{MiB}", "--count", "20",
+                 "--num-hosts", "7"]) == 0
+    assert "formatted 20 resources 'vm0'..'vm19'" in capsys.readouterr().out
+    for i in range(20):
+        format_resource(single, "LS", f"vm{i}", (i + 1) * MiB, num_hosts=7)
+    assert Path(bulk).read_bytes() == Path(single).read_bytes()
+
+
+def test_many_leases_refuse_a_range_with_a_record_anywhere_and_write_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = make_file(tmp_path / "leases.img", 12 * MiB)
+    format_resource(image, "LS", "kept", 10 * MiB)  # the last slot of the range
+    before = Path(image).read_bytes()
+    assert main(["format", "-r", f"LS:vm{{}}:{image}:{MiB}", "--count", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "'kept'" in err and "nothing was written" in err
+    assert Path(image).read_bytes() == before
+    assert main(["format", "-r", f"LS:vm{{}}:{image}:{MiB}", "--count", "10", "--force"]) == 0
+    assert [r.resource for r in dump(image) if r.kind == "paxos"] == [
+        f"vm{i}" for i in range(10)]

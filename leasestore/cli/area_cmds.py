@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 from leasestore import direct
 from leasestore.errors import UsageError
 from leasestore.specs import LockspaceSpec, ResourceSpec, split_escaped
@@ -27,6 +29,9 @@ def register(sub: Any) -> None:
     fmt.add_argument("-o", "--io-timeout", type=decimal_int, default=DEFAULT_IO_TIMEOUT_S,
                      help="io_timeout written into lockspace sectors (default 10)")
     fmt.add_argument("--num-hosts", type=decimal_int, default=0, help="resource: dblocks in use")
+    fmt.add_argument("--count", type=decimal_int, default=1,
+                     help="resource: format this many leases in consecutive slots; NAME must "
+                          "hold {} for the number (0, 1, ...), e.g. -r LS:vm{}:PATH:OFFSET")
     fmt.add_argument("--force", action="store_true", help="overwrite an area holding records")
     fmt.set_defaults(handler=run_format)
 
@@ -47,15 +52,37 @@ def run_format(args: argparse.Namespace) -> int:
         print(f"formatted lockspace {ls.name!r} at {ls.path}:{ls.offset_b} ({geometry}, "
               f"{geometry.max_hosts} hosts)")
         return 0
-    res = ResourceSpec.parse(args.resource)
+    res = ResourceSpec.parse(args.resource.replace("{}", "0"))  # a valid name to parse
     if len(res.disks) != 1:
         raise UsageError("format takes one disk per resource")
+    if args.count != 1 or "{}" in args.resource:
+        return _format_many(args, res)
     geometry = direct.format_resource(
         res.path, res.lockspace, res.name, res.offset_b, sector_size=args.sector_size,
         align=args.align, num_hosts=args.num_hosts, force=args.force,
     )
     print(f"formatted resource {res.name!r} of lockspace {res.lockspace!r} at "
           f"{res.path}:{res.offset_b} ({geometry})")
+    return 0
+
+
+def _format_many(args: argparse.Namespace, res: ResourceSpec) -> int:
+    template = split_escaped(args.resource)[1]
+    if args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if template.count("{}") != 1:
+        raise UsageError(f"with --count, the resource name must hold {{}} once for the "
+                         f"number, not {template!r}")
+    names = [template.replace("{}", str(i)) for i in range(args.count)]
+    with tqdm(total=len(names), unit=" leases", file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as progress:
+        geometry = direct.format_resources(
+            res.path, res.lockspace, names, res.offset_b, sector_size=args.sector_size,
+            align=args.align, num_hosts=args.num_hosts, force=args.force,
+            on_written=progress.update)
+    last = res.offset_b + (len(names) - 1) * geometry.area_size
+    print(f"formatted {len(names)} resources {names[0]!r}..{names[-1]!r} of lockspace "
+          f"{res.lockspace!r} at {res.path}:{res.offset_b}..{last} ({geometry})")
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from leasestore import client
+from leasestore.cli.progress import while_waiting
 from leasestore.errors import UsageError
 from leasestore.specs import LockspaceSpec, ResourceSpec
 from leasestore.units import decimal_int
@@ -118,11 +119,15 @@ def run_client(args: argparse.Namespace) -> int:
     spec = LockspaceSpec.parse(args.lockspace)
     common = (spec.name, spec.host_id, spec.path, spec.offset_b)
     if name == "add_lockspace":
-        client.add_lockspace(*common, iotimeout=args.io_timeout, wait=not args.asynchronous)
+        with while_waiting(f"joining {spec.name} as host_id {spec.host_id}",
+                           quiet=args.asynchronous or args.json):
+            client.add_lockspace(*common, iotimeout=args.io_timeout,
+                                 wait=not args.asynchronous)
         _print(args, {"ok": True}, f"joined {spec.name} as host_id {spec.host_id}"
                if not args.asynchronous else f"adding {spec.name}")
     elif name == "rem_lockspace":
-        client.rem_lockspace(*common, wait=not args.asynchronous)
+        with while_waiting(f"leaving {spec.name}", quiet=args.asynchronous or args.json):
+            client.rem_lockspace(*common, wait=not args.asynchronous)
         _print(args, {"ok": True}, f"left {spec.name}")
     else:
         joined = client.inq_lockspace(*common, wait=args.wait)

@@ -29,10 +29,18 @@ def resource_area_image(
     """The whole resource area as `init -r` leaves it; with `cleared_at` (a monotonic
     timestamp, s), as `init -r -z 1` leaves it: the leader's magic says "cleared", so every
     read of the lease fails (LEADER_MAGIC) until it is initialised again."""
+    head = resource_area_head(lockspace, resource, geometry, num_hosts, cleared_at)
+    return head + bytes(geometry.area_size - len(head))
+
+
+def resource_area_head(
+    lockspace: str, resource: str, geometry: Geometry, num_hosts: int = 0,
+    cleared_at: int | None = None,
+) -> bytes:
+    """The sectors of `resource_area_image` before its zero dblocks: leader and request."""
     leader = new_paxos_leader(lockspace, resource, geometry, num_hosts)
     if cleared_at is not None:
         leader = dataclasses.replace(leader, magic=LeaderMagic.PAXOS_CLEAR,
                                      write_timestamp=cleared_at)
     head = pad_sector(leader.encode(), geometry.sector_size)
-    head += pad_sector(Request().encode(), geometry.sector_size)
-    return head + bytes(geometry.area_size - len(head))
+    return head + pad_sector(Request().encode(), geometry.sector_size)

@@ -27,7 +27,8 @@ class ReadOp:
 @dataclass(frozen=True)
 class WriteOp:
     offset_b: int
-    data: bytes
+    data: bytes | memoryview
+    """Copied into an aligned buffer before it is issued: a view of a caller's buffer does."""
 
 
 IOOp = ReadOp | WriteOp

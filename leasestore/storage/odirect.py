@@ -127,7 +127,7 @@ class DirectDevice:
         assert isinstance(outcome, memoryview)
         return outcome
 
-    def write(self, offset_b: int, data: bytes, timeout_s: float) -> None:
+    def write(self, offset_b: int, data: bytes | memoryview, timeout_s: float) -> None:
         self._one(WriteOp(offset_b, data), timeout_s)
 
     def _one(self, op: IOOp, timeout_s: float) -> IOOutcome:
