@@ -239,24 +239,40 @@ FIRE_S = 30
 at once and no killpath runs. host_dead = 8 × 1 + 30 = 38 s."""
 
 
-@pytest.fixture(params=["poweroff", "pause"])
+SANLOCK_FIRE_S = 60
+"""sanlock's fixed watchdog fire timeout: a cluster with a sanlock host has host_dead 68 s."""
+DYING = [("leasestore", "leasestore", "poweroff"), ("leasestore", "leasestore", "pause"),
+         ("leasestore", "sanlock", "poweroff"), ("sanlock", "leasestore", "poweroff")]
+
+
+@pytest.fixture(params=DYING, ids=["+".join(case) for case in DYING])
 def dying_cluster(request: pytest.FixtureRequest, tmp_path: Path, loop_devices: LoopDevices,
                   sanlock_bin: str) -> Iterator[Cluster]:
-    """Two leasestore hosts on two loop devices over one backing file (so host A's storage can
-    turn read-only alone). Host A's daemon runs in its libvirtd's namespace, where the
-    killpath libvirt registers (libvirt_sanlock_helper) can reach that libvirtd."""
+    """Two hosts on two loop devices over one backing file (so host A's storage can turn
+    read-only alone), each on leasestore or on the real sanlock as the case says. Host A's
+    daemon runs in its libvirtd's namespace, where the killpath libvirt registers
+    (libvirt_sanlock_helper) can reach that libvirtd."""
     _require_libvirt()
+    kind_a, kind_b, action = request.param
     backing = make_file(tmp_path / "shared.img", 4 * MiB, allocate=True)
     devices = {"host-a": loop_devices.attach(backing), "host-b": loop_devices.attach(backing)}
     direct.format_lockspace(devices["host-a"], LS, 0, io_timeout_s=1)
     direct.format_resource(devices["host-a"], LS, "vm1", VM1_AT)
     a_run = tmp_path / "run-host-a"
     a_log = tmp_path / "host-a.log"
-    companion = (f"{sys.executable} -m leasestore.cli.main daemon --run-dir {a_run} "
-                 f"--host-name host-a --io-timeout 1 --watchdog none "
-                 f"--watchdog-fire-timeout {FIRE_S} >> {a_log} 2>&1")
-    b_daemon = DaemonProc(tmp_path, "host-b", io_timeout_s=1, watchdog_fire_timeout_s=FIRE_S)
+    if kind_a == "leasestore":
+        companion = (f"{sys.executable} -m leasestore.cli.main daemon --run-dir {a_run} "
+                     f"--host-name host-a --io-timeout 1 --watchdog none "
+                     f"--watchdog-fire-timeout {FIRE_S} >> {a_log} 2>&1")
+    else:  # SANLOCK_RUN_DIR comes from the namespace's environment (LibvirtHost.start)
+        a_run.mkdir()
+        companion = (f"SANLOCK_PRIVILEGED=0 {sanlock_bin} daemon -D -w 0 -l 0 -e host-a "
+                     f">> {a_log} 2>&1")
+    b_daemon: DaemonProc | SanlockProc = (
+        DaemonProc(tmp_path, "host-b", io_timeout_s=1, watchdog_fire_timeout_s=FIRE_S)
+        if kind_b == "leasestore" else SanlockProc(tmp_path, "host-b", sanlock_bin))
     hosts: dict[str, LibvirtHost] = {}
+    pid_file = "leasestore.pid" if kind_a == "leasestore" else "sanlock.pid"
     try:
         hosts["host-a"] = LibvirtHost(tmp_path, "host-a", str(a_run))
         hosts["host-a"].start(companion=companion)
@@ -265,23 +281,63 @@ def dying_cluster(request: pytest.FixtureRequest, tmp_path: Path, loop_devices: 
         shutil.copytree(hosts["host-a"].dir / "cache", hosts["host-b"].dir / "cache",
                         dirs_exist_ok=True)
         hosts["host-b"].start()
-        with client.using(str(a_run)):
-            client.add_lockspace(LS, 1, devices["host-a"], 0)
-        b_daemon.call(client.add_lockspace, LS, 2, devices["host-b"], 0)
+        for host_id, (name, kind, run_dir) in enumerate(
+                (("host-a", kind_a, str(a_run)), ("host-b", kind_b, b_daemon.run_dir)), 1):
+            _join(kind, run_dir, host_id, devices[name], sanlock_bin)
         for name, host in hosts.items():
             disk = make_file(tmp_path / f"{name}-vm1.img", MiB)
             host.define(domain_xml("vm1", disk, (LS, "vm1", devices[name], VM1_AT),
-                                   on_lockfailure=request.param))
-        a_daemon = _InNamespace(str(a_run), a_log)
-        yield Cluster(devices["host-a"], dict.fromkeys(hosts, "leasestore"),
+                                   on_lockfailure=action))
+        a_daemon = _InNamespace(str(a_run), a_log, pid_file)
+        yield Cluster(devices["host-a"], {"host-a": kind_a, "host-b": kind_b},
                       {"host-a": a_daemon, "host-b": b_daemon}, hosts, sanlock_bin,
-                      on_lockfailure=request.param)
+                      on_lockfailure=action)
     finally:
         subprocess.run(["blockdev", "--setrw", devices["host-a"]], check=False)
         for host in reversed(list(hosts.values())):
             host.stop()
-        _InNamespace(str(a_run), a_log).stop()
+        _InNamespace(str(a_run), a_log, pid_file).stop()
         b_daemon.stop()
+
+
+def _join(kind: str, run_dir: str, host_id: int, device: str, sanlock_bin: str) -> None:
+    if kind == "leasestore":
+        with client.using(run_dir):
+            client.add_lockspace(LS, host_id, device, 0)
+        return
+    done = subprocess.run([sanlock_bin, "client", "add_lockspace", "-s",
+                           f"{LS}:{host_id}:{device}:0", "-o", "1"],
+                          env={**os.environ, "SANLOCK_RUN_DIR": run_dir},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _sees_host_1_live(kind: str, run_dir: str) -> bool:
+    """Whether this daemon's host table has host 1 live (python3-sanlock for sanlock)."""
+    if kind == "leasestore":
+        with client.using(run_dir):
+            return any(h["host_id"] == 1 and h["state"] == "live"
+                       for h in client.get_hosts(LS))
+    probe = ("import sanlock, sys\n"
+             "hosts = sanlock.get_hosts(sys.argv[1], 1)\n"
+             "sys.exit(0 if hosts and hosts[0]['flags'] == sanlock.HOST_LIVE else 1)\n")
+    return subprocess.run(["/usr/bin/python3", "-c", probe, LS],
+                          env={**os.environ, "SANLOCK_RUN_DIR": run_dir}, capture_output=True,
+                          timeout=30, check=False).returncode == 0
+
+
+def _last_renewal_s(kind: str, daemon: LeaseDaemon, sanlock_bin: str) -> float:
+    """When host A last renewed, on CLOCK_MONOTONIC (both daemons' renewal clocks here)."""
+    if kind == "leasestore":
+        with client.using(daemon.run_dir):
+            history = client.renewal_history(LS)
+        return float(max(h["time"] for h in history if not h.get("error")))
+    out = subprocess.run([sanlock_bin, "client", "renewal", "-s", LS],
+                         env={**os.environ, "SANLOCK_RUN_DIR": daemon.run_dir},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    stamps = [int(t) for t in re.findall(r"timestamp=(\d+) read_ms=", out) if t != "0"]
+    assert stamps, out
+    return float(max(stamps))
 
 
 @dataclass
@@ -290,11 +346,12 @@ class _InNamespace:
 
     run_dir: str
     log_path: Path
+    pid_file: str
 
     def stop(self) -> None:
-        pid_file = Path(self.run_dir) / "leasestore.pid"
+        pid_file = Path(self.run_dir) / self.pid_file
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            pid = int(pid_file.read_text().strip())
+            pid = int(pid_file.read_text().split()[0])
             os.kill(pid, signal.SIGTERM)
             poll(lambda: not Path(f"/proc/{pid}").exists(), 30, what="host A's daemon exit")
 
@@ -304,28 +361,27 @@ def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_i
     """Host A's storage turns read-only while its VM runs: A's daemon fails the lockspace and
     runs the VM's killpath (libvirt_sanlock_helper ... poweroff), which has libvirt destroy the
     VM, well before host_dead; host B is refused while A is live, and starts the VM only once
-    host_dead has passed (its acquire may wait for that instead of refusing)."""
-    a, b = dying_cluster.hosts["host-a"], dying_cluster.hosts["host-b"]
-    action = dying_cluster.on_lockfailure
+    host_dead has passed (its acquire may wait for that instead of refusing). Both hosts on
+    leasestore, and mixed with the real sanlock either way round."""
+    cluster = dying_cluster
+    a, b = cluster.hosts["host-a"], cluster.hosts["host-b"]
+    kind_a, kind_b = cluster.kinds["host-a"], cluster.kinds["host-b"]
+    action = cluster.on_lockfailure
     a.virsh("start", "vm1")
     qemu = a.qemu_pid("vm1")
-    with client.using(dying_cluster.daemons["host-a"].run_dir):
-        assert [h["pid"] for h in client.status()["leases"]] == [qemu]
-    b_sees_a = dying_cluster.daemons["host-b"]
-    with client.using(b_sees_a.run_dir):  # B has seen A renew: A is live to it, not unknown
-        poll(lambda: any(h["host_id"] == 1 and h["state"] == "live"
-                         for h in client.get_hosts(LS)), 20, what="B sees A live")
+    assert cluster.held_by("host-a") == [("vm1", qemu)]
+    poll(lambda: _sees_host_1_live(kind_b, cluster.daemons["host-b"].run_dir), 30,
+         what="B sees A live")  # so that A is live to it, not unknown
     assert b.virsh("start", "vm1", check=False).returncode != 0  # held by a live host
-    subprocess.run(["blockdev", "--setro", dying_cluster.lease_file], check=True)
+    subprocess.run(["blockdev", "--setro", cluster.lease_file], check=True)
     failed_at = time.monotonic()
     while b.virsh("start", "vm1", check=False).returncode != 0:  # refused, or it waits
-        assert time.monotonic() - failed_at < 120, "B never got the lease"
+        assert time.monotonic() - failed_at < 150, "B never got the lease"
         time.sleep(1)
     started_b = time.monotonic()
-    with client.using(dying_cluster.daemons["host-a"].run_dir):
-        history = client.renewal_history(LS)
-    last_renewal = max(h["time"] for h in history if not h.get("error"))
-    host_dead_s = 8 * 1 + FIRE_S
+    last_renewal = _last_renewal_s(kind_a, cluster.daemons["host-a"], cluster.sanlock_bin)
+    fire_s = SANLOCK_FIRE_S if "sanlock" in (kind_a, kind_b) else FIRE_S
+    host_dead_s = 8 * 1 + fire_s
     assert started_b - last_renewal >= host_dead_s - 1  # B waited for host_dead (1 s: poll)
     reason = a.virsh("domstate", "vm1", "--reason").stdout.strip()
     if action == "poweroff":
@@ -333,8 +389,9 @@ def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_i
         assert reason == "shut off (destroyed)", reason  # by the helper, not a signal
     else:  # paused by the helper (libvirt says "user"), its lease released: it may live on
         assert reason == "paused (user)", reason
-        assert dying_cluster.held_by("host-a") == []
-    log = dying_cluster.daemons["host-a"].log_path.read_text()
-    assert f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system" in log, \
-        log[-2000:]
+        assert cluster.held_by("host-a") == []
+    if kind_a == "leasestore":
+        log = cluster.daemons["host-a"].log_path.read_text()
+        assert f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system" in log, \
+            log[-2000:]
     b.virsh("destroy", "vm1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 
@@ -21,7 +22,7 @@ def _wait_for_ticks(stream: io.StringIO, ticks: int) -> None:
 
 def test_a_wait_on_a_terminal_shows_what_and_how_long(monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = _Terminal()
-    monkeypatch.setattr(progress.sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
     with progress.while_waiting("joining LS as host_id 1"):
         _wait_for_ticks(terminal, 3)
     assert "joining LS as host_id 1: 00:00" in terminal.getvalue()
@@ -29,11 +30,11 @@ def test_a_wait_on_a_terminal_shows_what_and_how_long(monkeypatch: pytest.Monkey
 
 def test_no_progress_when_not_a_terminal_or_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     pipe = io.StringIO()
-    monkeypatch.setattr(progress.sys, "stderr", pipe)
+    monkeypatch.setattr(sys, "stderr", pipe)
     with progress.while_waiting("joining LS"):
         pass
     terminal = _Terminal()
-    monkeypatch.setattr(progress.sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
     with progress.while_waiting("joining LS", quiet=True):
         pass
     assert pipe.getvalue() == "" and terminal.getvalue() == ""
