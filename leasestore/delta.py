@@ -76,6 +76,15 @@ class DeltaParams:
     host_id: int
     host_name: str
     timeouts: Timeouts
+    publish_fire_timeout: bool = True
+    """False: write no fire timeout into our delta leader, as a sanlock host writes none (the
+    simulator's model of one)."""
+
+    @property
+    def fire_timeout_word(self) -> int:
+        """What our delta leader's `unused1` carries."""
+        return fire_timeout_word(self.timeouts.watchdog_fire_timeout_s) \
+            if self.publish_fire_timeout else 0
 
     @property
     def sector_offset_b(self) -> int:
@@ -203,7 +212,7 @@ def _acquire(p: DeltaParams) -> Algorithm[tuple[Leader, Leader]]:
         resource_name=p.host_name,
         timestamp=_now_stamp(now_s),
         io_timeout=p.timeouts.io_timeout_s,
-        unused1=fire_timeout_word(p.timeouts.watchdog_fire_timeout_s),
+        unused1=p.fire_timeout_word,
     )
     yield from _write_own(p, mine, b"", p.io_timeout_s)
     other = p.timeouts.for_peer(seen)
@@ -264,7 +273,7 @@ def renew(
     # write therefore depends on nothing the read returns, and is encoded before the read is
     # issued: between the two I/Os there is only the check of what was read.
     mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s,
-                        unused1=fire_timeout_word(p.timeouts.watchdog_fire_timeout_s))
+                        unused1=p.fire_timeout_word)
     sector = encode_delta_sector(mine, p.geometry.sector_size, bitmap)
     read_issued_s: float = yield Now()
     area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s, view=True)

@@ -137,7 +137,10 @@ class Lockspace(HostLeaseObserver):
         open_device: Callable[[str], DirectDevice] = DirectDevice,
         now: Callable[[], float] = lease_now_s,
         on_renewal: Callable[[RenewalRecord], None] | None = None,
+        publish_fire_timeout: bool = True,
     ) -> None:
+        self._publish_fire_timeout = publish_fire_timeout
+        """False only in the simulator, for a host that behaves as a sanlock host."""
         self._open_device = open_device
         self.on_renewal = on_renewal
         """Hears of every renewal attempt's record (successful or failed), after it is kept."""
@@ -340,7 +343,8 @@ class Lockspace(HostLeaseObserver):
             geometry = yield from probe_geometry(
                 device, self.spec.offset_b, self.spec.name, self.spec.host_id, self.timeouts)
             params = DeltaParams(device, self.spec.offset_b, geometry, self.spec.name,
-                                 self.spec.host_id, self.host_name, self.timeouts)
+                                 self.spec.host_id, self.host_name, self.timeouts,
+                                 self._publish_fire_timeout)
             with self._lock:
                 self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
                                        self.timeouts)

@@ -26,6 +26,9 @@ from leasestore.units import checked_whole
 DEFAULT_IO_TIMEOUT_S = 10
 DEFAULT_WATCHDOG_FIRE_TIMEOUT_S = 60
 DEFAULT_KILL_GRACE_S = 40
+UNPUBLISHED_FIRE_TIMEOUT_S = 60.0
+"""The fire timeout assumed of a peer that publishes none: a sanlock host, whose watchdog
+fires 60 s after its last pet."""
 MAX_OWN_IO_TIMEOUT_S = 0xFF
 MAX_PEER_IO_TIMEOUT_S = 0xFFFF
 
@@ -114,11 +117,12 @@ class Timeouts:
                   ) -> Timeouts:
         """The rules by which we judge a peer whose delta leader says `other_io_timeout_s`
         (0: as ours) and publishes `other_fire_timeout_s` (0: nothing published, as sanlock
-        hosts). Its watchdog fires after its own fire timeout, which we know only if it
-        published one: we count the longer of that and ours, so a peer with a longer fire
-        timeout is never judged dead while its watchdog may still be counting."""
+        hosts, whose watchdogs fire after UNPUBLISHED_FIRE_TIMEOUT_S). We count the longer of
+        its fire timeout and ours, so a peer with a longer fire timeout is never judged dead
+        while its watchdog may still be counting."""
         io_s = other_io_timeout_s if other_io_timeout_s > 0 else self.io_timeout_s
-        fire_s = max(self.watchdog_fire_timeout_s, other_fire_timeout_s)
+        theirs_s = other_fire_timeout_s if other_fire_timeout_s > 0 else UNPUBLISHED_FIRE_TIMEOUT_S
+        fire_s = max(self.watchdog_fire_timeout_s, theirs_s)
         if (io_s, fire_s) == (self.io_timeout_s, self.watchdog_fire_timeout_s):
             return self
         return Timeouts(io_s, fire_s)

@@ -386,5 +386,5 @@ def test_a_join_whose_first_renewal_fails_leaves_the_slot_free() -> None:
 
 def test_a_peer_io_timeout_beyond_our_range_is_taken_as_written() -> None:
     """A peer's 16-bit io_timeout above 255 is a longer wait for it, never a crash."""
-    t = Timeouts(1, 5).for_other(1000)
+    t = Timeouts(1, 5).for_other(1000, 5.0)
     assert t.host_dead_s == 8 * 1000 + 5

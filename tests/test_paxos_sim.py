@@ -749,6 +749,36 @@ def test_a_peer_with_a_longer_fire_timeout_is_judged_dead_by_its_own() -> None:
     assert cluster.counts.get("watchdog_reset"), cluster.counts
 
 
+def test_a_sanlock_host_that_publishes_no_fire_timeout_is_judged_by_sanlocks_60_s() -> None:
+    """Found in the libvirt mixed-cluster test: a sanlock host (which publishes no fire
+    timeout; its watchdog fires 60 s after the last pet) was judged dead by our own fire
+    timeout, here 5 s, so its lease was taken 55 s before its watchdog could reset it. A peer
+    that publishes none is now judged by the longer of ours and sanlock's 60 s."""
+    cluster, violation = _stranded_holder(fire_timeouts_s=(60.0, 5.0), silent_hosts=(True, False),
+                                          ignores_sigterm=1.0, ignores_sigkill=1.0)
+    assert violation is None, violation
+    assert cluster.counts.get("watchdog_reset"), cluster.counts
+
+
+def test_checker_catches_judging_a_silent_peer_by_our_own_fire_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def ours_when_unpublished(self: Timeouts, other_io_timeout_s: int,
+                              other_fire_timeout_s: float = 0.0) -> Timeouts:
+        return Timeouts(other_io_timeout_s or self.io_timeout_s,
+                        max(self.watchdog_fire_timeout_s, other_fire_timeout_s))
+
+    monkeypatch.setattr(Timeouts, "for_other", ours_when_unpublished)
+    _, violation = _stranded_holder(fire_timeouts_s=(60.0, 5.0), silent_hosts=(True, False),
+                                    ignores_sigterm=1.0, ignores_sigkill=1.0)
+    assert violation is not None and "held by live processes" in str(violation)
+
+
+def test_a_peer_without_a_published_fire_timeout_counts_as_60_s() -> None:
+    assert Timeouts(1, 30).for_other(1).host_dead_s == 8 + 60
+    assert Timeouts(1, 90).for_other(1).host_dead_s == 8 + 90  # ours is longer: ours
+    assert Timeouts(1, 30).for_other(2, 10.0).host_dead_s == 16 + 30  # published: the longer
+
+
 def test_checker_catches_a_supervisor_that_lets_holders_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Supervisor, "tick", _supervisor_that_never_stops_holders)

@@ -236,5 +236,6 @@ def test_a_delta_leader_publishes_its_fire_timeout_and_peers_wait_for_the_longer
     assert published_fire_timeout_s(12345) == 0.0  # no tag: not ours
     ours = Timeouts(1, 5)
     assert ours.for_other(10, 60.0).host_dead_s == 8 * 10 + 60
-    assert ours.for_other(10, 0.0).host_dead_s == 8 * 10 + 5
+    # Nothing published (a sanlock host): its watchdog fires after sanlock's 60 s, not our 5.
+    assert ours.for_other(10, 0.0).host_dead_s == 8 * 10 + 60
     assert ours.for_other(0, 2.0) is ours  # a shorter published timeout changes nothing

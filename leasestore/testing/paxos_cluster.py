@@ -57,7 +57,7 @@ from leasestore.specs import LockspaceSpec
 from leasestore.testing.cluster import Violation
 from leasestore.testing.scheduler import Faults, SimTask, SimWorld
 from leasestore.testing.simdisk import SimDisk
-from leasestore.timeouts import Timeouts
+from leasestore.timeouts import UNPUBLISHED_FIRE_TIMEOUT_S, Timeouts
 
 SPACE = "paxos-space"
 DEVICE = "/dev/shared"
@@ -93,6 +93,9 @@ class ClusterConfig:
     ignores_sigterm: float = 0.3
     ignores_sigkill: float = 0.03
     """How often a process ignores SIGTERM, or even SIGKILL (stuck in the kernel)."""
+    silent_hosts: tuple[bool, ...] = ()
+    """Hosts that publish no fire timeout in their delta leader, as sanlock hosts do (their
+    fire timeouts are sanlock's 60 s); none if empty."""
     watchdog_counts_in_suspend: bool = True
     """A watchdog outside the suspended OS (a BMC's) runs on; False: it stops while the host is
     suspended, as a software or chipset watchdog does, the gap the README names."""
@@ -120,6 +123,10 @@ class ClusterConfig:
         fires = tuple(fire if rng.random() < 0.7 else float(rng.choice((60, 30, 10, 5)))
                       for _ in range(n))
         resources_n = resources if resources is not None else rng.randint(1, 6)
+        silent = tuple(rng.random() < 0.3 for _ in range(n)) if rng.random() < 0.2 else ()
+        if any(silent):  # as sanlock hosts: their watchdogs fire 60 s after the last pet
+            fires = tuple(UNPUBLISHED_FIRE_TIMEOUT_S if quiet else fire
+                          for quiet, fire in zip(silent, fires, strict=True))
         return cls(n, resources_n, host_ids,
                    io_timeouts, format_io, fires, sector_size, align_size,
                    processes=rng.randint(1, 3), shared_fraction=rng.choice((0.0, 0.2, 0.5)),
@@ -127,7 +134,8 @@ class ClusterConfig:
                    if (drift := rng.choice((0.0, 1e-4, 1e-3))) else (),
                    num_hosts=tuple(rng.choice((0, rng.choice(host_ids)))
                                    for _ in range(resources_n))
-                   if rng.random() < 0.3 else ())
+                   if rng.random() < 0.3 else (),
+                   silent_hosts=silent if any(silent) else ())
 
     @property
     def geometry(self) -> Geometry:
@@ -146,7 +154,10 @@ class ClusterConfig:
                 f"{list(self.io_timeouts_s)}, formatted with {self.format_io_timeout_s}), "
                 f"{self.resources} resources, {self.processes} processes/host, "
                 f"{self.sector_size}/{self.align_size >> 20}M, "
-                f"fire timeouts {list(self.fire_timeouts_s)} s")
+                f"fire timeouts {list(self.fire_timeouts_s)} s"
+                + (f", sanlock-like (unpublished fire timeout) hosts "
+                   f"{[i for i, quiet in enumerate(self.silent_hosts) if quiet]}"
+                   if any(self.silent_hosts) else ""))
 
 
 @dataclass
@@ -466,6 +477,9 @@ class PaxosCluster:
             self._count("daemon_restart")
             self._spawn(host, "start", self._start_daemon(host))
 
+    def _silent(self, host: DaemonHost) -> bool:
+        return bool(self.config.silent_hosts) and self.config.silent_hosts[host.index]
+
     def _live(self, host: DaemonHost) -> list[SimProcess]:
         return [p for p in host.processes.values() if p.alive]
 
@@ -474,7 +488,8 @@ class PaxosCluster:
         host.lockspace = Lockspace(spec, f"host{host.host_id}-{host.incarnation}", host.timeouts,
                                    now=lambda: self._host_clock(host),
                                    on_request=lambda _: self._spawn(host, "examine",
-                                                                    self._examine(host)))
+                                                                    self._examine(host)),
+                                   publish_fire_timeout=not self._silent(host))
         assert host.resources is not None
         host.resources.gate.reopen(SPACE)  # as add_lockspace does after a removal
         host.membership_task = self._spawn_task(host, "lockspace", host.lockspace.membership())
