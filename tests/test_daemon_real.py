@@ -255,3 +255,16 @@ def test_killed_host_is_dead_no_sooner_than_host_dead(joined: Cluster) -> None:
     assert seen["dead"] - last_stamp >= T.host_dead_s
     assert seen["dead"] - last_stamp < T.host_dead_s + 1 + T.id_renewal_s + 1.5
     assert "fail" in seen and seen["fail"] - last_stamp >= T.id_renewal_fail_s
+
+
+def test_the_daemon_warns_at_start_of_what_its_configuration_leaves_open(
+        tmp_path: Path) -> None:
+    """--watchdog none, and a fire timeout above sanlock's 60 s (sanlock peers would judge this
+    host dead before its watchdog fires), are each logged as a warning when the daemon starts."""
+    daemon = DaemonProc(tmp_path, "warned", io_timeout_s=1, watchdog_fire_timeout_s=90)
+    try:
+        poll(lambda: "watchdog none: nothing resets this host" in daemon.log()
+             and "watchdog_fire_timeout 90 s is above sanlock's 60 s" in daemon.log(), 10,
+             what="both warnings")
+    finally:
+        daemon.stop()

@@ -50,7 +50,7 @@ from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.odirect import DirectDevice
 from leasestore.storage.runner import DeviceRunner
-from leasestore.timeouts import Timeouts
+from leasestore.timeouts import UNPUBLISHED_FIRE_TIMEOUT_S, Timeouts
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1000
@@ -241,6 +241,10 @@ class Daemon:
         monitor.start()
         log.info("leasestore daemon %s: host name %s, socket %s, watchdog %s", __version__,
                  self.config.host_name, self.socket_path, self.watchdog.describe())
+        if self.config.watchdog_fire_timeout > UNPUBLISHED_FIRE_TIMEOUT_S:
+            log.warning("watchdog_fire_timeout %g s is above sanlock's %g s: sanlock hosts in "
+                        "these lockspaces would judge this host dead before its watchdog fires",
+                        self.config.watchdog_fire_timeout, UNPUBLISHED_FIRE_TIMEOUT_S)
         if isinstance(self.watchdog, NoWatchdog):
             log.warning("watchdog none: nothing resets this host if the daemon hangs or dies, "
                         "or its storage stalls while a holder ignores SIGKILL; such holders may "
