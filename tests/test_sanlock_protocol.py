@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from leasestore import client, direct
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.daemon.server import Daemon, Peer, Session
-from leasestore.errors import AcquireLver, BadMagic, LeaseNotHeld
+from leasestore.errors import AcquireLver, BadMagic, LeaseNotHeld, LockspaceBusy
 from leasestore.testing.procs import make_file, poll
 
 LS = "proto-ls"
@@ -203,3 +204,52 @@ def test_a_lease_comes_back_only_at_the_version_it_was_released(serving: Serving
         vm.kill()
         vm.wait()
     poll(lambda: not _held(serving), 10, what="r1 released when the VM exited")
+
+
+def test_a_second_command_for_a_process_while_one_runs_is_refused_busy(
+        serving: Serving, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sanlock keeps one command active per target process: while an ACQUIRE by pid runs (held
+    up here), an INQUIRE, RELEASE or KILLPATH for the same process from another connection gets
+    -EBUSY; once it has ended they work again."""
+    disk = _disk(serving, 1)
+    run_dir = serving.daemon.config.run_dir
+    vm = subprocess.Popen([sys.executable, "-c", VM], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, client.RUN_DIR_ENV: run_dir})
+    entered, go_on = threading.Event(), threading.Event()
+    acquire = serving.daemon._acquire
+
+    def held_up(cmd: Any, session: Session) -> dict[str, object]:
+        entered.set()
+        assert go_on.wait(30)
+        return acquire(cmd, session)
+
+    monkeypatch.setattr(serving.daemon, "_acquire", held_up)
+    outcome: list[object] = []
+    try:
+        assert vm.stdout is not None and vm.stdout.readline() == "registered\n"
+        with client.using(run_dir):
+            def acquire_by_pid() -> None:
+                with client.using(run_dir):
+                    try:
+                        outcome.append(client.acquire(LS, "r1", disk, pid=vm.pid)["lver"])
+                    except Exception as exc:  # reported to the test thread below
+                        outcome.append(exc)
+
+            worker = threading.Thread(target=acquire_by_pid)
+            worker.start()
+            assert entered.wait(30)
+            with pytest.raises(LockspaceBusy, match=f"pid {vm.pid} has another command active"):
+                client.inquire(pid=vm.pid)
+            with pytest.raises(LockspaceBusy, match="another command active"):
+                client.release(LS, "r1", disk, pid=vm.pid)
+            go_on.set()
+            worker.join(30)
+            assert not worker.is_alive() and isinstance(outcome[0], int), outcome
+            assert [h["resource"] for h in client.inquire(pid=vm.pid)] == [b"r1"]
+            client.release(LS, "r1", disk, pid=vm.pid)
+    finally:
+        go_on.set()
+        vm.kill()
+        vm.wait()
+    poll(lambda: not _held(serving), 10, what="r1 released")

@@ -18,13 +18,14 @@ codes sanlock replies with, and encodes. Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -241,12 +242,28 @@ class SanlockFrontEnd:
 
     def _killpath(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         path, args = sp.decode_killpath(payload.take(sp.KILLPATH_B))
-        target = self._target(header, session)
-        if not path:
-            raise _refuse(-sp.EINVAL, UsageError, "killpath: empty program path")
-        target.killpath = [path, *args]
-        target.killpath_pid = bool(header.cmd_flags & sp.KILLPATH_PID)
+        with self._acting_for(header, session) as target:
+            if not path:
+                raise _refuse(-sp.EINVAL, UsageError, "killpath: empty program path")
+            target.killpath = [path, *args]
+            target.killpath_pid = bool(header.cmd_flags & sp.KILLPATH_PID)
         return _Reply()
+
+    @contextlib.contextmanager
+    def _acting_for(self, header: Header, session: Session) -> Iterator[Session]:
+        """The target registration (as `_target`), marked busy while the command runs: a
+        second lease command for it meanwhile is refused with -EBUSY."""
+        target = self._target(header, session)
+        with self.daemon._lock:
+            if target.command_active:
+                raise _refuse(-sp.EBUSY, LockspaceBusy, f"pid {target.peer.pid} has another "
+                              "command active")
+            target.command_active = True
+        try:
+            yield target
+        finally:
+            with self.daemon._lock:
+                target.command_active = False
 
     def _target(self, header: Header, session: Session) -> Session:
         """The registration a lease command acts for: this connection's (data2 SELF), or the
@@ -442,7 +459,12 @@ class SanlockFrontEnd:
                           f"at most {sp.MAX_RESOURCES} resources per acquire, not {count}")
         wanted = self._resources_with_disks(payload, count)
         owner_name = sp.decode_options(payload.take(sp.OPTIONS_B))
-        target = self._target(header, session)
+        with self._acting_for(header, session) as target:
+            return self._acquire_for(target, header, wanted, owner_name, session)
+
+    def _acquire_for(self, target: Session, header: Header,
+                     wanted: list[tuple[sp.Resource, list[sp.Disk]]], owner_name: str,
+                     session: Session) -> _Reply:
         target.owner_name = owner_name
         if header.cmd_flags & sp.ACQUIRE_ORPHAN_ONLY:
             raise _refuse(-sp.ENOENT, LeaseNotHeld, "no orphan lease to adopt")
@@ -488,7 +510,11 @@ class SanlockFrontEnd:
         if header.cmd_flags & (sp.REL_RENAME | sp.REL_ORPHAN):
             raise _refuse(-sp.EOPNOTSUPP, UsageError,
                           "release with rename or of orphans is not implemented")
-        target = self._target(header, session)
+        with self._acting_for(header, session) as target:
+            return self._release_for(target, named, release_all, session)
+
+    def _release_for(self, target: Session, named: list[sp.Resource], release_all: bool,
+                     session: Session) -> _Reply:
         held = self._held_through(target)
         chosen = list(held) if release_all else []
         missing = []
@@ -519,8 +545,8 @@ class SanlockFrontEnd:
                 if h.key in registration.keys]
 
     def _inquire(self, header: Header, payload: _Payload, session: Session) -> _Reply:
-        target = self._target(header, session)
-        held = self._held_through(target)
+        with self._acting_for(header, session) as target:
+            held = self._held_through(target)
         detail = [h.to_json() for h in held]
         if not held:
             return _Reply(detail=detail)

@@ -94,6 +94,9 @@ class Session:
     """The leases acquired through this registration: released when it ends. (The lease table
     knows holders by pid; a process may register more than one connection.)"""
     process: holder_record.HolderProcess | None = None
+    command_active: bool = False
+    """A lease command (ACQUIRE, RELEASE, INQUIRE, KILLPATH) for this registration is running;
+    another one for it, sent on another connection, is refused with -EBUSY as sanlock does."""
 
 
 def notify_systemd(message: str) -> None:
