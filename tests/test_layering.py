@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "leasestore"
 L0 = {"errors", "units", "timeouts", "ondisk", "specs", "tomlfile"}
 L1 = {"effects", "delta", "paxos", "liveness", "latency"}
 L2 = {"storage", "clock"}
-L3 = {"direct", "lockspace", "resource", "hoststate", "removal", "renewal_timing",
+L3 = {"direct", "daemonless", "lockspace", "resource", "hoststate", "removal", "renewal_timing",
       "ownership"}
 L4 = {"daemon", "client", "plugin"}
 L5 = {"cli"}

@@ -21,6 +21,14 @@ def register(sub: Any) -> None:
         "format",
         help="initialise a lockspace or resource area (byte-identical to sanlock direct init)",
     )
+    add_format_arguments(fmt)
+    fmt.set_defaults(handler=run_format)
+    dmp = sub.add_parser("dump", help="list the lease records in a range of a device or file")
+    add_dump_arguments(dmp)
+    dmp.set_defaults(handler=run_dump)
+
+
+def add_format_arguments(fmt: argparse.ArgumentParser) -> None:
     target = fmt.add_mutually_exclusive_group(required=True)
     target.add_argument("-s", dest="lockspace", metavar="NAME:0:PATH:OFFSET")
     target.add_argument("-r", dest="resource", metavar="LOCKSPACE:NAME:PATH:OFFSET")
@@ -33,13 +41,12 @@ def register(sub: Any) -> None:
                      help="resource: format this many leases in consecutive slots; NAME must "
                           "hold {} for the number (0, 1, ...), e.g. -r LS:vm{}:PATH:OFFSET")
     fmt.add_argument("--force", action="store_true", help="overwrite an area holding records")
-    fmt.set_defaults(handler=run_format)
 
-    dmp = sub.add_parser("dump", help="list the lease records in a range of a device or file")
+
+def add_dump_arguments(dmp: argparse.ArgumentParser) -> None:
     dmp.add_argument("target", metavar="PATH[:OFFSET[:LENGTH]]")
     dmp.add_argument("--json", action="store_true", help="print one JSON array")
     dmp.add_argument("--all", action="store_true", help="also list never-acquired host sectors")
-    dmp.set_defaults(handler=run_dump)
 
 
 def run_format(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from leasestore.cli import (
     client_cmds,
     daemon_cmd,
     demo_cmd,
+    direct_cmd,
     systemd_cmd,
     who_holds_cmd,
 )
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     area_cmds.register(sub)
+    direct_cmd.register(sub)
     bench_cmd.register(sub)
     who_holds_cmd.register(sub)
     daemon_cmd.register(sub)

@@ -1,0 +1,248 @@
+"""Lease operations without a daemon, as `sanlock direct` offers them: read a leader or a host's
+delta record, find a free host_id, and acquire, renew or release a host lease or a resource
+lease by running the shipped algorithms (delta.py, paxos.py) once on the device.
+
+Invariants:
+- every write goes through the same algorithm the daemon runs, so a daemon-less acquire obeys
+  the same waits (host_dead, the short delay) and can never take a lease a live host holds;
+- nothing is renewed afterwards and no watchdog fences a holder: a host lease taken here
+  expires id_renewal_fail_s after its last renewal, and a resource lease taken here is free to
+  others once its host lease has been dead for host_dead. These verbs are for inspection,
+  repair and tests, not for protecting data;
+- a resource is acquired only for a host whose host lease is held (timestamp set) at the
+  generation named, and released only if its leader names that host and generation;
+- a record that does not verify is an error, never free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from leasestore import delta, paxos
+from leasestore.errors import (
+    CorruptRecord,
+    HostIdInvalid,
+    LeaseMismatch,
+    LeaseNotHeld,
+    LockspaceNotJoined,
+    ReleaseOwner,
+    UsageError,
+    WrongLockspace,
+    WrongResource,
+)
+from leasestore.ondisk.dblock import decode_dblock
+from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
+from leasestore.specs import LockspaceSpec, ResourceSpec
+from leasestore.storage.odirect import DirectDevice
+from leasestore.storage.runner import DeviceRunner
+from leasestore.timeouts import Timeouts
+
+READ_TIMEOUT_S = 60.0
+"""Bound on each read of the inspection verbs (sanlock's write_init_io_timeout)."""
+
+
+@dataclass(frozen=True)
+class LeaderRead:
+    """What read_leader found: the leader as decoded (None if it did not decode) and the error
+    that makes it unusable for the lease named (None if it is that lease's)."""
+
+    leader: Leader | None
+    error: CorruptRecord | LeaseMismatch | None
+
+
+@contextmanager
+def _runner(*paths: str) -> Iterator[DeviceRunner]:
+    with ExitStack() as stack:
+        yield DeviceRunner({path: stack.enter_context(DirectDevice(path))
+                            for path in dict.fromkeys(paths)})
+
+
+def _read(path: str, offset_b: int, length_b: int | None = None) -> bytes:
+    """length_b bytes at offset_b (default: one of the device's sectors, which holds a leader)."""
+    with DirectDevice(path, readonly=True) as device:
+        return device.read(offset_b, length_b or device.sector_size, READ_TIMEOUT_S)
+
+
+def read_leader(path: str, offset_b: int, lockspace: str, *, host_id: int | None = None,
+                resource: str | None = None) -> LeaderRead:
+    """The delta leader of `host_id` in the lockspace area at offset_b (host_id given), or the
+    paxos leader of `resource` there; a leader of another lockspace or resource is returned
+    with the mismatch as its error."""
+    if (host_id is None) == (resource is None):
+        raise UsageError("read_leader takes a host_id or a resource name")
+    if host_id is not None:
+        first = _read(path, offset_b)
+        try:
+            geometry = decode_leader(first, (LeaderMagic.DELTA,)).geometry()
+        except CorruptRecord as exc:
+            return LeaderRead(None, exc.at(offset_b))
+        if not 1 <= host_id <= geometry.max_hosts:
+            raise HostIdInvalid(f"host_id {host_id} is outside 1..{geometry.max_hosts}")
+        at = offset_b + geometry.delta_offset(host_id)
+        magics: tuple[int, ...] = (LeaderMagic.DELTA,)
+    else:
+        at, magics = offset_b, (LeaderMagic.PAXOS, LeaderMagic.PAXOS_CLEAR)
+    try:
+        leader = decode_leader(_read(path, at), magics)
+    except CorruptRecord as exc:
+        return LeaderRead(None, exc.at(at))
+    if leader.space_name != lockspace:
+        return LeaderRead(leader, WrongLockspace(
+            f"the leader at {path}:{at} is lockspace {leader.space_name!r}, not {lockspace!r}"))
+    if resource is not None and leader.resource_name != resource:
+        return LeaderRead(leader, WrongResource(
+            f"the leader at {path}:{at} is resource {leader.resource_name!r}, not {resource!r}"))
+    return LeaderRead(leader, None)
+
+
+def host_record(spec: LockspaceSpec) -> Leader:
+    """The verified delta record of spec.host_id (CorruptRecord, WrongLockspace if not)."""
+    found = read_leader(spec.path, spec.offset_b, spec.name, host_id=spec.host_id)
+    if found.error is not None:
+        raise found.error
+    assert found.leader is not None
+    return found.leader
+
+
+def next_free_host_id(spec: LockspaceSpec) -> int | None:
+    """The lowest host_id whose delta record is free (timestamp 0), or None if all are in
+    use. A record that does not verify is neither free nor skipped: it is an error."""
+    first = host_record(LockspaceSpec(spec.name, 1, spec.path, spec.offset_b))
+    geometry = first.geometry()
+    area = _read(spec.path, spec.offset_b, geometry.area_size)
+    for host_id in range(1, geometry.max_hosts + 1):
+        at = geometry.delta_offset(host_id)
+        leader = delta.verify_delta(area[at:at + geometry.sector_size], spec.name,
+                                    spec.offset_b + at)
+        if leader.timestamp == 0:
+            return host_id
+    return None
+
+
+def alignment(path: str) -> Geometry:
+    """The geometry sanlock's align call gives a device: its sector size, the legacy align."""
+    with DirectDevice(path, readonly=True) as device:
+        return Geometry.default_for(device.sector_size)
+
+
+def _delta_params(spec: LockspaceSpec, host_name: str, timeouts: Timeouts,
+                  runner: DeviceRunner) -> delta.DeltaParams:
+    if spec.host_id < 1:
+        raise HostIdInvalid("a host lease needs a host_id of 1 or more")
+    geometry = runner.run(delta.probe_geometry(spec.path, spec.offset_b, spec.name,
+                                               spec.host_id, timeouts))
+    return delta.DeltaParams(spec.path, spec.offset_b, geometry, spec.name, spec.host_id,
+                             host_name, timeouts)
+
+
+def acquire_host_id(spec: LockspaceSpec, host_name: str, io_timeout_s: int) -> Leader:
+    """Take spec.host_id as a join does (waiting out a previous holder, then the short delay);
+    returns the record written. Nothing renews it afterwards."""
+    timeouts = Timeouts(io_timeout_s)
+    with _runner(spec.path) as runner:
+        params = _delta_params(spec, host_name, timeouts, runner)
+        return runner.run(delta.acquire(params))
+
+
+def renew_host_id(spec: LockspaceSpec, io_timeout_s: int) -> Leader:
+    """Renew spec.host_id's lease once, as the daemon's renewal does, if its record is held
+    and not yet expired (id_renewal_fail_s after its timestamp, on this host's lease clock:
+    run it on the host that holds the lease)."""
+    timeouts = Timeouts(io_timeout_s)
+    with _runner(spec.path) as runner:
+        last = host_record(spec)
+        if last.timestamp == 0:
+            raise LeaseNotHeld(f"host_id {spec.host_id} of {spec.name!r} is free: acquire "
+                               "it first")
+        params = _delta_params(spec, last.resource_name, timeouts, runner)
+        expires_at_s = last.timestamp + Timeouts(max(1, last.io_timeout)).id_renewal_fail_s
+        return runner.run(delta.renew(params, last, False, expires_at_s=expires_at_s)).leader
+
+
+def release_host_id(spec: LockspaceSpec) -> Leader:
+    """Release spec.host_id (timestamp 0, name and generation kept); returns the record it
+    released. A free record is left as it is."""
+    with _runner(spec.path) as runner:
+        last = host_record(spec)
+        if last.timestamp == 0:
+            return last
+        params = _delta_params(spec, last.resource_name, Timeouts(max(1, last.io_timeout)),
+                               runner)
+        runner.run(delta.release(params, last))
+        return last
+
+
+@dataclass(frozen=True)
+class ResourceHost:
+    """The host a daemon-less resource operation acts for, and its lockspace's area."""
+
+    lockspace: LockspaceSpec
+    generation: int
+    io_timeout_s: int
+
+
+def resource_host(lockspace: LockspaceSpec, generation: int | None) -> ResourceHost:
+    """The host named by lockspace.host_id, whose host lease must be held (at `generation`,
+    if given): a lease owned by a host whose host lease is free would be anyone's at once."""
+    record = host_record(lockspace)
+    if record.timestamp == 0:
+        raise LockspaceNotJoined(f"host_id {lockspace.host_id} of {lockspace.name!r} holds no "
+                                 "host lease (acquire_id it first)")
+    if generation is not None and generation != record.owner_generation:
+        raise LeaseMismatch(f"host_id {lockspace.host_id} is at generation "
+                         f"{record.owner_generation}, not {generation}")
+    return ResourceHost(lockspace, record.owner_generation, max(1, record.io_timeout))
+
+
+def _check_names(resource: ResourceSpec, host: ResourceHost) -> None:
+    if len(resource.disks) != 1:
+        raise UsageError("daemon-less verbs take one disk per resource")
+    if resource.lockspace != host.lockspace.name:
+        raise UsageError(f"resource {resource.name!r} is in lockspace {resource.lockspace!r}, "
+                         f"not {host.lockspace.name!r}")
+
+
+def _resource_params(resource: ResourceSpec, host: ResourceHost,
+                     runner: DeviceRunner) -> paxos.PaxosParams:
+    found = read_leader(resource.path, resource.offset_b, resource.lockspace,
+                        resource=resource.name)
+    if found.error is not None:
+        raise found.error
+    assert found.leader is not None
+    ls = host.lockspace
+    timeouts = Timeouts(host.io_timeout_s)
+    delta_geometry = runner.run(delta.probe_geometry(ls.path, ls.offset_b, ls.name, ls.host_id,
+                                                     timeouts))
+    return paxos.PaxosParams(resource.path, resource.offset_b, found.leader.geometry(),
+                             resource.lockspace, resource.name, ls.host_id, host.generation,
+                             timeouts, ls.path, ls.offset_b, delta_geometry)
+
+
+def acquire_resource(resource: ResourceSpec, host: ResourceHost, *, shared: bool = False,
+                     lver: int | None = None) -> paxos.HeldLease:
+    """One acquire of the resource for `host` by the daemon's Disk Paxos ballot."""
+    _check_names(resource, host)
+    with _runner(resource.path, host.lockspace.path) as runner:
+        params = _resource_params(resource, host, runner)
+        return runner.run(paxos.acquire(params, shared=shared, lver=lver))
+
+
+def release_resource(resource: ResourceSpec, host: ResourceHost) -> Leader:
+    """Release the resource if its leader says `host` holds it; returns that leader."""
+    _check_names(resource, host)
+    with _runner(resource.path, host.lockspace.path) as runner:
+        params = _resource_params(resource, host, runner)
+        leader = runner.run(paxos.read_leader(params))
+        owner = (leader.owner_id, leader.owner_generation)
+        if leader.timestamp == 0 or owner != (params.host_id, params.generation):
+            raise ReleaseOwner(f"lease {resource.name!r} is not held by host {params.host_id} "
+                               f"generation {params.generation} (owner {owner[0]} generation "
+                               f"{owner[1]}, lver {leader.lver}"
+                               f"{', free' if leader.timestamp == 0 else ''})")
+        raw = _read(resource.path, params.dblock_at, params.geometry.sector_size)
+        held = paxos.HeldLease(leader, decode_dblock(raw), leader.lver)
+        runner.run(paxos.release(params, held))
+        return leader
