@@ -291,14 +291,33 @@ def _resource(lockspace: str | bytes, resource: str | bytes,
 
 def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
             slkfd: int | None = None, pid: int | None = None, shared: bool = False,
-            version: int | None = None) -> dict[str, Any]:
+            version: int | None = None, lvb: bool = False) -> dict[str, Any]:
     """Acquire a resource lease for this process (or `slkfd`'s, or, as root, `pid`'s).
-    `version`: the lease must be at exactly that lver now (a migration's fencing check)."""
+    `version`: the lease must be at exactly that lver now (a migration's fencing check).
+    `lvb`: read its lock value block, for set_lvb / get_lvb."""
     flags = (sp.RES_SHARED if shared else 0) | (0 if version is None else sp.RES_LVER)
     payload = (_resource(lockspace, resource, disks, flags, version or 0)
                + bytes(sp.OPTIONS_B))
-    held: list[dict[str, Any]] = _call_for(Cmd.ACQUIRE, payload, slkfd, pid, data=1)
+    held: list[dict[str, Any]] = _call_for(Cmd.ACQUIRE, payload, slkfd, pid, data=1,
+                                           flags=sp.ACQUIRE_LVB if lvb else 0)
     return held[0]
+
+
+def set_lvb(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            data: bytes) -> None:
+    """Copy `data` over the start of the lease's lock value block (held here with the LVB
+    flag); it is written to disk when the exclusive holding is released."""
+    call(Cmd.SET_LVB, _resource(lockspace, resource, disks, with_disks=False) + data)
+
+
+def get_lvb(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            size: int = 0) -> bytes:
+    """The first `size` bytes of the lease's lock value block (0: its whole sector)."""
+    if not 0 <= size <= 4096:
+        raise UsageError(f"an LVB read is 0..4096 bytes, not {size}")
+    found: dict[str, str] = call(Cmd.GET_LVB, _resource(lockspace, resource, disks,
+                                                        with_disks=False), data2=size)
+    return bytes.fromhex(found["lvb"])
 
 
 def release(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],

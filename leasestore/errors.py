@@ -254,6 +254,19 @@ class LeaseAlreadyHeld(LeasestoreError):
     code = -17
 
 
+class LvbUnavailable(LeasestoreError):
+    """The lease has no lock value block to use: it is not held here with the LVB flag, or
+    its area has no LVB sector (sanlock: -EINVAL)."""
+
+    code = -22
+
+
+class LvbTooLarge(LeasestoreError):
+    """More bytes than the lock value block's one sector holds (sanlock: -E2BIG)."""
+
+    code = -7
+
+
 class HostLeaseExpired(LeasestoreError):
     """Our host lease went id_renewal_fail_seconds without renewal; it must not be renewed."""
 

@@ -27,6 +27,10 @@ leader back under the new holder.
 and waits for those admitted, so that afterwards the set of holders it must stop is final
 (removal.py).
 
+A holding acquired with the LVB flag keeps the lease's lock value block (lvb.py): read after
+the grant (a grant whose read fails is given back), written back by the exclusive release of a
+holding that set it, before the leader is freed.
+
 A release whose I/O fails leaves the lease owned by this live host on disk, where no other
 host could ever take it; so does a failed acquire whose claim could not be withdrawn
 (ClaimNotWithdrawn). Either is retried every io_timeout in the background until it succeeds,
@@ -53,9 +57,12 @@ from leasestore.errors import (
     LeaseNotHeld,
     LeasestoreError,
     LockspaceNotJoined,
+    LvbTooLarge,
+    LvbUnavailable,
     StorageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
+from leasestore.lvb import lvb_offset, read_lvb, write_lvb
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
 from leasestore.ondisk.request import Request
@@ -86,6 +93,11 @@ class HeldResource:
     pid: int
     sharers: set[int] = field(default_factory=set)
     """Local pids holding this shared lease; the disk lease is released with the last one."""
+    lvb: bytearray | None = None
+    """The lock value block as read after the grant (acquired with the LVB flag), with what
+    holders set since; None without the flag (lvb.py)."""
+    lvb_set: bool = False
+    """A holder set the LVB: an exclusive release writes it back first."""
 
     @property
     def pids(self) -> frozenset[int]:
@@ -184,8 +196,8 @@ class ResourceService:
         threading.Thread(target=self._run, args=(algorithm,), name=name, daemon=True).start()
 
     def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
-                lver: int | None = None) -> HeldResource:
-        return self._run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver))
+                lver: int | None = None, lvb: bool = False) -> HeldResource:
+        return self._run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver, lvb=lvb))
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
         self._run(self.releasing(lockspace, key, pid))
@@ -239,14 +251,15 @@ class ResourceService:
         )
 
     def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,
-                  shared: bool = False, lver: int | None = None) -> Algorithm[HeldResource]:
+                  shared: bool = False, lver: int | None = None, lvb: bool = False
+                  ) -> Algorithm[HeldResource]:
         with self.gate.admit(key[0]):
             with self._lock:
                 self._acquiring_pids[pid] += 1
             try:
                 self._holders_changed()  # before the first I/O
                 return (yield from self._acquiring(lockspace, key, pid, shared=shared,
-                                                   lver=lver))
+                                                   lver=lver, lvb=lvb))
             finally:
                 with self._lock:
                     self._acquiring_pids[pid] -= 1
@@ -255,7 +268,7 @@ class ResourceService:
                 self._holders_changed()
 
     def _acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
-                   lver: int | None) -> Algorithm[HeldResource]:
+                   lver: int | None, lvb: bool) -> Algorithm[HeldResource]:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
@@ -270,6 +283,8 @@ class ResourceService:
         retrying = False
         try:
             params = yield from self._params(lockspace, key)
+            if lvb:
+                lvb_offset(params.geometry)  # refused before any write if there is none
             try:
                 lease = yield from acquire(params, shared=shared, lver=lver)
             except ClaimNotWithdrawn as exc:
@@ -284,7 +299,14 @@ class ResourceService:
                 # other hosts may already have taken the lease over.
                 raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired while "
                                          f"acquiring {key[1]!r}")
-            held = HeldResource(key, lease, params, pid, {pid} if shared else set())
+            value = None
+            if lvb:
+                try:
+                    value = yield from read_lvb(params)
+                except StorageError:
+                    retrying = yield from self._give_back(lockspace, key, params, lease)
+                    raise
+            held = HeldResource(key, lease, params, pid, {pid} if shared else set(), value)
             with self._lock:
                 self.held[key] = held
             return held
@@ -292,6 +314,50 @@ class ResourceService:
             if not retrying:
                 with self._lock:
                     self._busy.discard(key)
+
+    def _give_back(self, lockspace: Lockspace, key: ResourceKey, params: PaxosParams,
+                   lease: HeldLease) -> Algorithm[bool]:
+        """Release a grant the acquire cannot hand out after all; returns whether the release
+        went on in the background (it failed: the key stays busy until it is done)."""
+        try:
+            yield from release(params, lease)
+        except StorageError:
+            self._retry_in_background(lockspace, key, "release",
+                                      lambda: release(params, lease))
+            return True
+        return False
+
+    def lvb_holding(self, lockspace: str, resource: str) -> HeldResource:
+        """The holding of that lease on this host whose LVB set and get use (whichever
+        process holds it, as sanlock finds it). LeaseNotHeld, or LvbUnavailable without the
+        LVB flag."""
+        with self._lock:
+            found = [h for h in self.held.values() if h.key[:2] == (lockspace, resource)]
+        if not found:
+            raise LeaseNotHeld(f"lease {resource!r} of {lockspace!r} is not held on this host")
+        if found[0].lvb is None:
+            raise LvbUnavailable(f"lease {resource!r} was not acquired with the LVB flag")
+        return found[0]
+
+    def set_lvb(self, held: HeldResource, data: bytes) -> None:
+        """Copy data over the start of the holding's LVB (LvbTooLarge beyond its sector)."""
+        with self._lock:
+            if held.lvb is None:
+                raise LvbUnavailable(f"lease {held.key[1]!r} was not acquired with the LVB "
+                                     "flag")
+            if len(data) > len(held.lvb):
+                raise LvbTooLarge(f"an LVB holds at most {len(held.lvb)} bytes, not "
+                                  f"{len(data)}")
+            held.lvb[:len(data)] = data
+            held.lvb_set = True
+
+    def get_lvb(self, held: HeldResource, size: int) -> bytes:
+        """The first `size` bytes of the holding's LVB (all of its sector for 0)."""
+        with self._lock:
+            if held.lvb is None:
+                raise LvbUnavailable(f"lease {held.key[1]!r} was not acquired with the LVB "
+                                     "flag")
+            return bytes(held.lvb[:size or len(held.lvb)])
 
     def _unhold(self, key: ResourceKey, pid: int, releasing: bool) -> HeldResource | None:
         """Drop pid's hold; returns the lease if that was its last holder (else None). With
@@ -326,6 +392,11 @@ class ResourceService:
         try:
             # While our host lease outlasts the write's deadline no host can have taken the
             # lease over, so the leader need not be read first (sanlock reads it).
+            if held.lvb is not None and held.lvb_set and not held.lease.shared:
+                try:  # before the leader is freed: the next holder reads it after its grant
+                    yield from write_lvb(held.params, bytes(held.lvb))
+                except StorageError as exc:
+                    log.warning("the LVB of %s could not be written back: %s", key[1], exc)
             now_s = yield Now()
             unchanged = lockspace.valid_at(now_s + lockspace.timeouts.io_timeout_s)
             yield from release(held.params, held.lease, leader_unchanged=unchanged)

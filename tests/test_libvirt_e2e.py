@@ -241,11 +241,13 @@ at once and no killpath runs. host_dead = 8 × 1 + 30 = 38 s."""
 
 SANLOCK_FIRE_S = 60
 """sanlock's fixed watchdog fire timeout: a cluster with a sanlock host has host_dead 68 s."""
-DYING = [("leasestore", "leasestore", "poweroff"), ("leasestore", "leasestore", "pause"),
-         ("leasestore", "sanlock", "poweroff"), ("sanlock", "leasestore", "poweroff")]
+DYING: list[tuple[str, str, str | None]] = [
+    ("leasestore", "leasestore", "poweroff"), ("leasestore", "leasestore", "pause"),
+    ("leasestore", "leasestore", None),  # no <on_lockfailure>: no killpath, signals
+    ("leasestore", "sanlock", "poweroff"), ("sanlock", "leasestore", "poweroff")]
 
 
-@pytest.fixture(params=DYING, ids=["+".join(case) for case in DYING])
+@pytest.fixture(params=DYING, ids=["+".join(str(part) for part in case) for case in DYING])
 def dying_cluster(request: pytest.FixtureRequest, tmp_path: Path, loop_devices: LoopDevices,
                   sanlock_bin: str) -> Iterator[Cluster]:
     """Two hosts on two loop devices over one backing file (so host A's storage can turn
@@ -359,10 +361,11 @@ class _InNamespace:
 def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_it(
         dying_cluster: Cluster) -> None:
     """Host A's storage turns read-only while its VM runs: A's daemon fails the lockspace and
-    runs the VM's killpath (libvirt_sanlock_helper ... poweroff), which has libvirt destroy the
-    VM, well before host_dead; host B is refused while A is live, and starts the VM only once
-    host_dead has passed (its acquire may wait for that instead of refusing). Both hosts on
-    leasestore, and mixed with the real sanlock either way round."""
+    runs the VM's killpath (libvirt_sanlock_helper ... poweroff or pause), which has libvirt
+    destroy or pause the VM, or without <on_lockfailure> signals QEMU, well before host_dead;
+    host B is refused while A is live, and starts the VM only once host_dead has passed (its
+    acquire may wait for that instead of refusing). Both hosts on leasestore, and mixed with
+    the real sanlock either way round."""
     cluster = dying_cluster
     a, b = cluster.hosts["host-a"], cluster.hosts["host-b"]
     kind_a, kind_b = cluster.kinds["host-a"], cluster.kinds["host-b"]
@@ -387,11 +390,15 @@ def test_a_host_whose_storage_fails_powers_its_vm_off_before_another_may_start_i
     if action == "poweroff":
         assert not Path(f"/proc/{qemu}").exists()
         assert reason == "shut off (destroyed)", reason  # by the helper, not a signal
-    else:  # paused by the helper (libvirt says "user"), its lease released: it may live on
+    elif action == "pause":  # paused by the helper (libvirt says "user"), lease released
         assert reason == "paused (user)", reason
         assert cluster.held_by("host-a") == []
+    else:  # no killpath: SIGTERM within the kill grace, SIGKILL after it
+        assert not Path(f"/proc/{qemu}").exists()
+        assert reason.startswith("shut off"), reason
     if kind_a == "leasestore":
         log = cluster.daemons["host-a"].log_path.read_text()
-        assert f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system" in log, \
-            log[-2000:]
+        killpath = f"running the killpath of pid {qemu}: {libvirt.HELPER} qemu:///system"
+        assert (killpath in log) == (action is not None), log[-2000:]
+        assert f"lockspace {LS} failed: stopping pid {qemu}" in log, log[-2000:]
     b.virsh("destroy", "vm1")

@@ -224,12 +224,16 @@ def test_reference_py_run_complete(py_runs: dict[str, PyRun]) -> None:
     assert results["lockspace"]["add_lockspace"] == {"ok": None}
     assert results["leases"]["acquire_wrong_version"]["errno"] == -240
     assert results["errors"]["inquire_unknown_pid"]["errno"] == 3
+    # The LVB is written back at an exclusive release, set copies over its start:
+    assert results["lvb"]["lvb_on_disk_before_release"] == {"ok": "b:" + "\0" * 16}
+    assert results["lvb"]["lvb_on_disk_after_release"] == {"ok": "b:hello" + "q" * 11}
+    assert results["lvb"]["set_lvb_larger_than_sector"]["errno"] == 7
 
 
 def test_py_groups_found() -> None:
     """PY_GROUPS is read from PY_SCRIPT: every group has steps, each named once."""
     assert list(PY_GROUPS) == ["lockspace", "leases", "restrict", "hangup", "bypid", "disk",
-                               "errors", "same_pid", "teardown"]
+                               "errors", "same_pid", "lvb", "teardown"]
     for group, names in PY_GROUPS.items():
         assert names and len(names) == len(set(names)), group
         assert f"def group_{group}():" in PY_SCRIPT

@@ -208,6 +208,43 @@ def test_the_leasestore_host_driven_only_through_python3_sanlock(
     assert read_paxos_leader(devices[0], RES_OURS).lver == lver + 1
 
 
+RES_LVB = 3 << 20
+LVB_TURN = r"""
+import sanlock, sys
+ls, disks = sys.argv[1].encode(), [(sys.argv[2], int(sys.argv[3]))]
+fd = sanlock.register()
+sanlock.acquire(ls, b"lvb", disks, slkfd=fd, lvb=True)
+print(sanlock.get_lvb(ls, b"lvb", disks, 16).rstrip(b"\0").decode(), flush=True)
+sanlock.set_lvb(ls, b"lvb", disks, sys.argv[4].encode().ljust(16, b"\0"))
+sanlock.release(ls, b"lvb", disks, slkfd=fd)
+"""
+
+
+def test_the_lvb_passes_between_sanlock_and_leasestore_holders(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """Each host in turn (python3-sanlock against its own daemon) acquires with the LVB flag,
+    reads what the previous holder left, sets its own value and releases: sanlock's value is
+    read by leasestore's holder, and leasestore's by sanlock's."""
+    theirs, ours, devices = mixed
+    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
+        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
+        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    format_resource(devices[0], LS, "lvb", RES_LVB)
+
+    def turn(run_dir: str, device: str, value: str) -> str:
+        done = subprocess.run(["/usr/bin/python3", "-c", LVB_TURN, LS, device, str(RES_LVB),
+                               value], env={**os.environ, "SANLOCK_RUN_DIR": run_dir},
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert turn(theirs.run_dir, devices[0], "from-sanlock") == ""
+    assert turn(ours.run_dir, devices[1], "from-leasestore") == "from-sanlock"
+    assert turn(theirs.run_dir, devices[0], "sanlock-again") == "from-leasestore"
+    assert turn(ours.run_dir, devices[1], "x") == "sanlock-again"
+
+
 # --- takeover across implementations after host_dead ----------------------------------------
 
 DEAD_LS = "mixed-dead"

@@ -24,7 +24,14 @@ from leasestore import client, direct
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.daemon.server import Daemon, Peer, Session
-from leasestore.errors import AcquireLver, BadMagic, LeaseNotHeld, LockspaceBusy
+from leasestore.errors import (
+    AcquireLver,
+    BadMagic,
+    LeaseNotHeld,
+    LockspaceBusy,
+    LvbTooLarge,
+    LvbUnavailable,
+)
 from leasestore.testing.procs import make_file, poll
 
 LS = "proto-ls"
@@ -253,3 +260,58 @@ def test_a_second_command_for_a_process_while_one_runs_is_refused_busy(
         vm.kill()
         vm.wait()
     poll(lambda: not _held(serving), 10, what="r1 released")
+
+
+def _lvb_sector(serving: Serving, offset: int) -> bytes:
+    with open(serving.path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        f.seek(offset + 2002 * 512)
+        return f.read(512)
+
+
+def test_the_lvb_passes_from_one_exclusive_holder_to_the_next(serving: Serving) -> None:
+    """Through leasestore's own client: set works on the holding's copy, the release writes it
+    back (before the leader is freed), the next holder with the flag reads it; a shared
+    holder's set is not written; without the flag, or not held, set and get are refused."""
+    disk = _disk(serving, 3)
+    with client.using(serving.daemon.config.run_dir):
+        fd = client.register()
+        with pytest.raises(LeaseNotHeld):
+            client.set_lvb(LS, "r3", disk, b"x")
+        client.acquire(LS, "r3", disk, slkfd=fd)
+        with pytest.raises(LvbUnavailable, match="not acquired with the LVB flag"):
+            client.get_lvb(LS, "r3", disk)
+        client.release(LS, "r3", disk, slkfd=fd)
+        client.acquire(LS, "r3", disk, slkfd=fd, lvb=True)
+        assert client.get_lvb(LS, "r3", disk) == bytes(512)
+        with pytest.raises(LvbTooLarge):
+            client.set_lvb(LS, "r3", disk, b"y" * 513)
+        client.set_lvb(LS, "r3", disk, b"abcdef")
+        client.set_lvb(LS, "r3", disk, b"XY")  # over the start, the rest kept
+        assert client.get_lvb(LS, "r3", disk, 8) == b"XYcdef\0\0"
+        assert _lvb_sector(serving, 3 * MiB) == bytes(512)  # not before the release
+        client.release(LS, "r3", disk, slkfd=fd)
+        assert _lvb_sector(serving, 3 * MiB)[:8] == b"XYcdef\0\0"
+        client.acquire(LS, "r3", disk, slkfd=fd, lvb=True, shared=True)
+        assert client.get_lvb(LS, "r3", disk, 6) == b"XYcdef"
+        client.set_lvb(LS, "r3", disk, b"shared")
+        client.release(LS, "r3", disk, slkfd=fd)
+        assert _lvb_sector(serving, 3 * MiB)[:8] == b"XYcdef\0\0"  # a shared set stays local
+        client._registrations.pop(fd).close()
+
+
+def test_an_area_without_an_lvb_sector_refuses_the_lvb_flag(serving: Serving) -> None:
+    """A 4K/1M area has 256 sectors: sector 2002 would lie in the next area (sanlock writes
+    there). The acquire is refused before any write; without the flag the lease works."""
+    at = 5 * MiB
+    direct.format_resource(serving.path, LS, "r4k", at, sector_size=4096, align=MiB)
+    before = direct.read_paxos_leader(serving.path, at)
+    with client.using(serving.daemon.config.run_dir):
+        fd = client.register()
+        with pytest.raises(LvbUnavailable, match="no lock value block"):
+            client.acquire(LS, "r4k", [(serving.path, at)], slkfd=fd, lvb=True)
+        assert direct.read_paxos_leader(serving.path, at) == before
+        assert not _held(serving)
+        client.acquire(LS, "r4k", [(serving.path, at)], slkfd=fd)
+        client.release(LS, "r4k", [(serving.path, at)], slkfd=fd)
+        client._registrations.pop(fd).close()

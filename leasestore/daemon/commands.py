@@ -126,6 +126,8 @@ class Acquire(ResourceCommand):
     shared: bool = False
     lver: int = -1
     """-1: any version; otherwise the lease must be at exactly this lver (holding lver + 1)."""
+    lvb: bool = False
+    """Read the lease's lock value block after the grant, for set_lvb / get_lvb (lvb.py)."""
 
     def validate(self) -> None:
         super().validate()

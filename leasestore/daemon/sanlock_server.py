@@ -45,6 +45,7 @@ from leasestore.errors import (
     LockspaceBusy,
     LockspaceExists,
     LockspaceNotJoined,
+    LvbTooLarge,
     NotRegistered,
     ProtocolError,
     StorageError,
@@ -98,6 +99,10 @@ class _Refused(Exception):
         self.error = error
 
 
+MAX_LVB_B = 4096
+"""The most bytes SET_LVB takes at all (sanlock's bound; a 512-byte sector holds fewer)."""
+
+
 def _refuse(code: int, error: type[LeasestoreError], message: str) -> _Refused:
     return _Refused(code, error(message))
 
@@ -149,6 +154,8 @@ class SanlockFrontEnd:
             Cmd.VERSION: self._version,
             Cmd.SHUTDOWN_WAIT: self._shutdown_wait,
             Cmd.RENEWAL: self._renewal,
+            Cmd.SET_LVB: self._set_lvb,
+            Cmd.GET_LVB: self._get_lvb,
         }
 
     # -- framing -------------------------------------------------------------------------------
@@ -468,8 +475,6 @@ class SanlockFrontEnd:
         target.owner_name = owner_name
         if header.cmd_flags & sp.ACQUIRE_ORPHAN_ONLY:
             raise _refuse(-sp.ENOENT, LeaseNotHeld, "no orphan lease to adopt")
-        if header.cmd_flags & sp.ACQUIRE_LVB:
-            raise _refuse(-sp.EOPNOTSUPP, UsageError, "lock value blocks are not implemented")
         if any(r.flags & sp.RES_PERSISTENT for r, _ in wanted):
             raise _refuse(-sp.EOPNOTSUPP, UsageError,
                           "persistent leases are not implemented")
@@ -483,7 +488,7 @@ class SanlockFrontEnd:
                                        disk.offset, pid=pid,
                                        shared=bool(resource.flags & sp.RES_SHARED),
                                        lver=resource.lver if resource.flags & sp.RES_LVER
-                                       else -1)
+                                       else -1, lvb=bool(header.cmd_flags & sp.ACQUIRE_LVB))
                 _validated(command)
                 results.append(self.daemon._acquire(command, session))
                 acquired.append(commands.Release(resource.lockspace, resource.name, disk.path,
@@ -552,6 +557,26 @@ class SanlockFrontEnd:
             return _Reply(detail=detail)
         text = " ".join(_state_string(h) for h in held).encode() + b"\0"
         return _Reply(payload=text, data2=len(held), detail=detail)
+
+    def _set_lvb(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """The resource struct (no disks), then the bytes: copied over the holding's LVB."""
+        resource = sp.Resource.decode(payload.take(sp.RESOURCE_B))
+        size = header.length - sp.HEADER_B - sp.RESOURCE_B
+        if size > MAX_LVB_B:
+            raise _refuse(-sp.E2BIG, LvbTooLarge, f"an LVB holds at most {MAX_LVB_B} bytes, "
+                          f"not {size}")
+        data = payload.take(size) if size > 0 else b""
+        resources = self.daemon.resources
+        resources.set_lvb(resources.lvb_holding(resource.lockspace, resource.name), data)
+        return _Reply()
+
+    def _get_lvb(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """data2: how many bytes (0: the whole sector, which is what libsanlock asks)."""
+        resource = sp.Resource.decode(payload.take(sp.RESOURCE_B))
+        resources = self.daemon.resources
+        value = resources.get_lvb(resources.lvb_holding(resource.lockspace, resource.name),
+                                  min(header.data2, MAX_LVB_B))
+        return _Reply(payload=value, detail={"lvb": value.hex()})
 
     def _request(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         resource, disk = self._one_resource(payload)

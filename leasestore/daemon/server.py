@@ -570,7 +570,7 @@ class Daemon:
             # stops the holders.
             try:
                 held = self.resources.acquire(lockspace, key, target.peer.pid,
-                                              shared=cmd.shared, lver=lver)
+                                              shared=cmd.shared, lver=lver, lvb=cmd.lvb)
             except AcquireLver as exc:
                 if not implied:
                     raise

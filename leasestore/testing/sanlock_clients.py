@@ -699,6 +699,58 @@ def group_same_pid():
     step("release", lambda: sanlock.release(LS, b"R1", R1, slkfd=fd))
 
 
+def _lvb_on_disk(offset):
+    """The first 16 bytes of the LVB sector (2002) of the 512/1M area at offset, as stored."""
+    with open(F, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # no stale cached page
+        f.seek(offset + 2002 * 512)
+        return f.read(16)
+
+
+LVB_CHILD = ("import sanlock, sys, os; d = [(sys.argv[1], int(sys.argv[2]))]; "
+             "fd = sanlock.register(); sanlock.acquire(b'LS', b'R1', d, slkfd=fd, lvb=True); "
+             "sanlock.set_lvb(b'LS', b'R1', d, b'at-exit'); os._exit(0)")
+
+
+def group_lvb():
+    g = {}
+    step("register", lambda: g.setdefault("fd", sanlock.register()) >= 0)
+    fd = g["fd"]
+    step("set_lvb_not_held", lambda: sanlock.set_lvb(LS, b"R1", R1, b"x"))
+    step("get_lvb_not_held", lambda: sanlock.get_lvb(LS, b"R1", R1, 16))
+    step("acquire_without_lvb", lambda: sanlock.acquire(LS, b"R1", R1, slkfd=fd))
+    step("get_lvb_without_flag", lambda: sanlock.get_lvb(LS, b"R1", R1, 16))
+    step("set_lvb_without_flag", lambda: sanlock.set_lvb(LS, b"R1", R1, b"x"))
+    step("release_without_lvb", lambda: sanlock.release(LS, b"R1", R1, slkfd=fd))
+    step("acquire_lvb", lambda: sanlock.acquire(LS, b"R1", R1, slkfd=fd, lvb=True))
+    step("get_lvb_fresh", lambda: sanlock.get_lvb(LS, b"R1", R1, 16))
+    step("set_lvb_larger_than_sector", lambda: sanlock.set_lvb(LS, b"R1", R1, b"y" * 513))
+    step("set_lvb_larger_than_4096", lambda: sanlock.set_lvb(LS, b"R1", R1, b"y" * 4097))
+    step("set_lvb_whole_sector", lambda: sanlock.set_lvb(LS, b"R1", R1, b"q" * 512))
+    step("set_lvb", lambda: sanlock.set_lvb(LS, b"R1", R1, b"hello"))
+    step("get_lvb_after_set", lambda: sanlock.get_lvb(LS, b"R1", R1, 20))
+    step_other("get_lvb_from_another_process", "sanlock.get_lvb(LS, b'R1', R1, 8)")
+    step("lvb_on_disk_before_release", lambda: _lvb_on_disk(M))
+    step("release_lvb", lambda: sanlock.release(LS, b"R1", R1, slkfd=fd))
+    step("lvb_on_disk_after_release", lambda: _lvb_on_disk(M))
+    step("acquire_lvb_again", lambda: sanlock.acquire(LS, b"R1", R1, slkfd=fd, lvb=True))
+    step("get_lvb_again", lambda: sanlock.get_lvb(LS, b"R1", R1, 8))
+    step("get_lvb_larger_than_sector", lambda: len(sanlock.get_lvb(LS, b"R1", R1, 700)))
+    step("release_lvb_unset", lambda: sanlock.release(LS, b"R1", R1, slkfd=fd))
+    step("lvb_on_disk_after_unset_release", lambda: _lvb_on_disk(M))
+    step("acquire_shared_lvb",
+         lambda: sanlock.acquire(LS, b"R2", R2, slkfd=fd, shared=True, lvb=True))
+    step("set_lvb_shared", lambda: sanlock.set_lvb(LS, b"R2", R2, b"shared"))
+    step("get_lvb_shared", lambda: sanlock.get_lvb(LS, b"R2", R2, 8))
+    step("release_shared_lvb", lambda: sanlock.release(LS, b"R2", R2, slkfd=fd))
+    step("lvb_on_disk_after_shared_release", lambda: _lvb_on_disk(2 * M))
+    step("holder_sets_lvb_and_exits",
+         lambda: subprocess.run([sys.executable, "-c", LVB_CHILD, F, str(M)],
+                                timeout=15).returncode)
+    step("lvb_on_disk_after_holder_exit",
+         lambda: until(lambda: _lvb_on_disk(M), lambda v: v.startswith(b"at-exit"), 8))
+
+
 def group_teardown():
     step("rem_lockspace", lambda: sanlock.rem_lockspace(LS, 1, F, 0))
     step("inq_lockspace_removed", lambda: sanlock.inq_lockspace(LS, 1, F, 0))
