@@ -180,6 +180,24 @@ def rem_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offse
     call(Cmd.REM_LOCKSPACE, _lockspace(lockspace, host_id, path, offset), flags=flags)
 
 
+def set_config(lockspace: str | bytes, used: bool | None = None,
+               used_by_orphans: bool | None = None) -> None:
+    """Mark the lockspace used by an application (its removal waits until marked unused) or
+    unused; `used_by_orphans` is accepted as sanlock's is and has no effect (no orphans)."""
+    if (used is None) == (used_by_orphans is None):
+        raise UsageError("set_config takes one of used, used_by_orphans")
+    command = ({True: sp.CONFIG_USED, False: sp.CONFIG_UNUSED}[used] if used is not None else
+               {True: sp.CONFIG_USED_BY_ORPHANS,
+                False: sp.CONFIG_UNUSED_BY_ORPHANS}[bool(used_by_orphans)])
+    call(Cmd.SET_CONFIG, _lockspace(lockspace), data=command)
+
+
+def log_dump() -> str:
+    """The daemon's recent log lines (at most 1 MiB), oldest first."""
+    found: dict[str, str] = call(Cmd.LOG_DUMP)
+    return found["log"]
+
+
 def inq_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offset: int = 0,
                   wait: bool = False) -> bool | None:
     """True: joined; False: not; None: being added or removed (as the sanlock binding)."""

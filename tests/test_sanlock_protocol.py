@@ -21,6 +21,8 @@ import pytest
 
 import leasestore.daemon.sanlock_proto as sp
 from leasestore import client, direct
+from leasestore.clock import lease_now_s
+from leasestore.daemon import recent_log
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.daemon.server import Daemon, Peer, Session
@@ -29,6 +31,7 @@ from leasestore.errors import (
     BadMagic,
     LeaseNotHeld,
     LockspaceBusy,
+    LockspaceNotJoined,
     LvbTooLarge,
     LvbUnavailable,
 )
@@ -315,3 +318,33 @@ def test_an_area_without_an_lvb_sector_refuses_the_lvb_flag(serving: Serving) ->
         client.acquire(LS, "r4k", [(serving.path, at)], slkfd=fd)
         client.release(LS, "r4k", [(serving.path, at)], slkfd=fd)
         client._registrations.pop(fd).close()
+
+
+def test_a_lockspace_marked_used_is_removed_only_once_marked_unused(serving: Serving) -> None:
+    """set_config USED (lvmlockd's way to keep a lockspace): a rem_lockspace meanwhile waits,
+    the host lease renewing on, until set_config UNUSED lets it finish. Unknown lockspace:
+    -ENOENT; the log the daemon kept is served by LOG_DUMP."""
+    at = 8 * MiB
+    direct.format_lockspace(serving.path, "used-ls", at, io_timeout_s=1)
+    run_dir = serving.daemon.config.run_dir
+    with client.using(run_dir):
+        client.add_lockspace("used-ls", 1, serving.path, at)
+        with pytest.raises(LockspaceNotJoined):
+            client.set_config("never-added", used=True)
+        client.set_config("used-ls", used=True)
+        client.rem_lockspace("used-ls", 1, serving.path, at, wait=False)
+        removal_began = lease_now_s()
+        lockspace = serving.daemon.lockspaces["used-ls"]
+        poll(lambda: any(r.time_s > removal_began + 0.5 for r in lockspace.history()), 10,
+             what="a renewal after the removal began")
+        assert client.inq_lockspace("used-ls", 1, serving.path, at) is None  # in progress
+        assert "used-ls" in serving.daemon.lockspaces
+        client.set_config("used-ls", used=False)
+        poll(lambda: "used-ls" not in serving.daemon.lockspaces, 20, what="the removal")
+        assert client.inq_lockspace("used-ls", 1, serving.path, at) is False
+    recent_log.add("a line the daemon logged")
+    try:
+        with client.using(run_dir):
+            assert client.log_dump().endswith("a line the daemon logged\n")
+    finally:
+        recent_log.clear()

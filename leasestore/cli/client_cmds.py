@@ -42,6 +42,11 @@ def register(sub: Any) -> None:
     inq.add_argument("--wait", action="store_true")
     action("host_status", "every host's liveness as this host sees it")
     action("renewal", "this host's renewal history")
+    config = action("set_config", "mark a lockspace used (its removal waits) or unused")
+    config.add_argument("-u", dest="used", type=decimal_int, choices=(0, 1))
+    config.add_argument("-O", dest="used_by_orphans", type=decimal_int, choices=(0, 1),
+                        help="accepted as sanlock's; no effect (no orphans)")
+    action("log_dump", "print the daemon's recent log lines", lockspace=False)
 
     def resource_action(name: str, helptext: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=helptext)
@@ -106,6 +111,19 @@ def run_client(args: argparse.Namespace) -> int:
         lines += [f"s {ls['lockspace']}:{ls['host_id']}:{ls['path']}:{ls['offset']} "
                   f"{ls['state']} gen {ls['generation']}" for ls in data["lockspaces"]]
         _print(args, data, "\n".join(lines))
+        return 0
+    if name == "log_dump":
+        text = client.log_dump()
+        _print(args, {"log": text}, text.rstrip("\n"))
+        return 0
+    if name == "set_config":
+        if (args.used is None) == (args.used_by_orphans is None):
+            raise UsageError("set_config takes one of -u 0|1, -O 0|1")
+        client.set_config(args.lockspace.split(":", 1)[0],
+                          used=None if args.used is None else bool(args.used),
+                          used_by_orphans=(None if args.used_by_orphans is None
+                                           else bool(args.used_by_orphans)))
+        _print(args, {"ok": True}, f"set_config {args.lockspace.split(':', 1)[0]} done")
         return 0
     if name in ("host_status", "renewal"):
         lockspace = args.lockspace.split(":", 1)[0]

@@ -9,6 +9,7 @@ import queue
 import signal
 from typing import Any
 
+from leasestore.daemon import recent_log
 from leasestore.daemon.config import DaemonConfig
 from leasestore.daemon.server import Daemon
 from leasestore.units import decimal_float, decimal_int
@@ -32,11 +33,20 @@ def register(sub: Any) -> None:
     daemon.set_defaults(handler=run_daemon)
 
 
+class _ToStderrAndRecent(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, and each formatted line also kept for LOG_DUMP (daemon/recent_log.py)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        recent_log.add(line)
+        return line
+
+
 def _log_through_a_queue(verbose: bool) -> logging.handlers.QueueListener:
     """Log to stderr from one thread: request and renewal threads only enqueue a record, so
     none waits on the log's I/O or on the others' writes (the stdlib's QueueHandler does it)."""
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    to_stderr = logging.StreamHandler()
+    to_stderr = _ToStderrAndRecent()
     to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

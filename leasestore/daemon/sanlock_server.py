@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import leasestore.daemon.sanlock_proto as sp
 from leasestore import direct
 from leasestore.clock import lease_now_s
-from leasestore.daemon import commands
+from leasestore.daemon import commands, recent_log
 from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.errors import (
     AreaInUse,
     BadMagic,
     CorruptRecord,
     DeviceMissing,
+    HostLeaseExpired,
     LeaseAlreadyHeld,
     LeaseNotHeld,
     LeasestoreError,
@@ -154,6 +155,8 @@ class SanlockFrontEnd:
             Cmd.VERSION: self._version,
             Cmd.SHUTDOWN_WAIT: self._shutdown_wait,
             Cmd.RENEWAL: self._renewal,
+            Cmd.SET_CONFIG: self._set_config,
+            Cmd.LOG_DUMP: self._log_dump,
             Cmd.SET_LVB: self._set_lvb,
             Cmd.GET_LVB: self._get_lvb,
         }
@@ -346,6 +349,30 @@ class SanlockFrontEnd:
                               wait=not header.cmd_flags & sp.REM_ASYNC,
                               unused=bool(header.cmd_flags & sp.REM_UNUSED)), session)
         return _Reply()
+
+    def _set_config(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """data: USED / UNUSED (a removal waits while used), or USED_BY_ORPHANS /
+        UNUSED_BY_ORPHANS (no effect: leasestore keeps no orphans)."""
+        name = self._lockspace_payload(payload).name
+        self.daemon._require_admin(session.peer, "set_config")
+        if header.data not in (sp.CONFIG_USED, sp.CONFIG_UNUSED, sp.CONFIG_USED_BY_ORPHANS,
+                               sp.CONFIG_UNUSED_BY_ORPHANS):
+            raise _refuse(-sp.EINVAL, UsageError, f"unknown set_config command {header.data}")
+        with self.daemon._lock:
+            known = name in self.daemon.lockspaces
+        if not known:
+            raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {name!r} is not added")
+        if header.data in (sp.CONFIG_USED, sp.CONFIG_UNUSED):
+            try:
+                self.daemon.set_used(name, header.data == sp.CONFIG_USED)
+            except HostLeaseExpired as exc:
+                raise _Refused(-sp.ENOSPC, exc) from None
+        return _Reply()
+
+    def _log_dump(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """data: the byte count of the recent log text that follows (not counted in length)."""
+        text = recent_log.text().encode(errors="replace")
+        return _Reply(len(text), payload=text, counted=False, detail={"log": text.decode()})
 
     def _inq_lockspace(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         lockspace = self._existing(self._lockspace_payload(payload))

@@ -36,6 +36,7 @@ from leasestore.daemon.watchdog import NoWatchdog, Watchdog, open_watchdog
 from leasestore.effects import Algorithm
 from leasestore.errors import (
     AcquireLver,
+    HostLeaseExpired,
     LeaseNotHeld,
     LeasestoreError,
     LockspaceBusy,
@@ -54,6 +55,8 @@ from leasestore.timeouts import UNPUBLISHED_FIRE_TIMEOUT_S, Timeouts
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1000
+USED_LOG_INTERVAL_S = 200.0
+"""How often a removal waiting for a lockspace marked used says so (sanlock: about 200 s)."""
 SOCKET_MODE = 0o660
 LSFLAG_ADD = 1
 LSFLAG_REM = 2
@@ -147,6 +150,10 @@ class Daemon:
         self.lockspaces: dict[str, Lockspace] = {}
         self._removing: set[str] = set()
         self._lock = threading.Lock()
+        self._used: set[str] = set()
+        """Lockspaces an application marked used (sanlock's set_config USED): their removal
+        waits until they are marked unused again."""
+        self._used_changed = threading.Condition(self._lock)
         self._shutdown = threading.Event()
         self._connections = 0
         self.started_s = time.monotonic()
@@ -261,6 +268,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self._shutdown.set()
+        with self._used_changed:
+            self._used_changed.notify_all()
 
     def _close(self) -> None:
         notify_systemd("STOPPING=1")
@@ -379,6 +388,7 @@ class Daemon:
         with self._lock:
             if self.lockspaces.get(lockspace.name) is lockspace:
                 del self.lockspaces[lockspace.name]
+                self._used.discard(lockspace.name)
 
     def _find(self, cmd: commands.LockspaceCommand) -> Lockspace:
         """The named lockspace, which must have been added with the same host_id/path/offset."""
@@ -410,6 +420,7 @@ class Daemon:
 
         def remove() -> None:
             try:
+                self._wait_until_unused(lockspace.name)
                 if self._remove_holders(lockspace):
                     lockspace.stop(wait=True)
                     self._forget(lockspace)
@@ -426,6 +437,28 @@ class Daemon:
             remove()
         else:
             threading.Thread(target=remove, daemon=True).start()
+
+    def set_used(self, name: str, used: bool) -> None:
+        """Mark lockspace `name` used by an application (its removal waits) or unused.
+        LockspaceNotJoined if it is not added; HostLeaseExpired if marking used a lockspace
+        whose host lease is gone."""
+        lockspace = self._named(name)
+        if used and lockspace.state not in (LockspaceState.JOINING, LockspaceState.HELD,
+                                            LockspaceState.RENEWAL_FAILING):
+            raise HostLeaseExpired(f"lockspace {name!r} is {lockspace.state}")
+        with self._used_changed:
+            if used:
+                self._used.add(name)
+            else:
+                self._used.discard(name)
+            self._used_changed.notify_all()
+
+    def _wait_until_unused(self, name: str) -> None:
+        with self._used_changed:
+            while name in self._used and not self._shutdown.is_set():
+                if self._used_changed.wait(USED_LOG_INTERVAL_S) or self._shutdown.is_set():
+                    continue
+                log.warning("lockspace %s is marked used: its removal waits", name)
 
     def _remove_holders(self, lockspace: Lockspace) -> bool:
         """Both steps of removal.py for `lockspace`: False if holders remain (the host lease

@@ -196,6 +196,13 @@ CLI_STEPS: list[tuple[str, list[str]]] = [
     ("inquire_unknown_pid", ["inquire", "-p", str(UNKNOWN_PID)]),
     ("acquire_unknown_pid", ["acquire", "-r", "{R1}", "-p", str(UNKNOWN_PID)]),
     ("release_unknown_pid", ["release", "-r", "{R1}", "-p", str(UNKNOWN_PID)]),
+    ("set_config_used", ["set_config", "-s", LOCKSPACE, "-u", "1"]),
+    ("set_config_not_joined", ["set_config", "-s", "NOLS", "-u", "1"]),
+    ("set_config_no_command", ["set_config", "-s", LOCKSPACE]),
+    ("set_config_used_by_orphans", ["set_config", "-s", LOCKSPACE, "-O", "1"]),
+    ("set_config_unused_by_orphans", ["set_config", "-s", LOCKSPACE, "-O", "0"]),
+    ("set_config_unused", ["set_config", "-s", LOCKSPACE, "-u", "0"]),
+    ("log_dump", ["log_dump"]),
     # convert (SH <-> EX) comes with issue 17; until then leasestore answers -EOPNOTSUPP
     ("shutdown_busy", ["shutdown", "-w", "1"]),
     ("rem_lockspace", ["rem_lockspace", "-s", "{LS}"]),
