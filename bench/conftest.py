@@ -75,6 +75,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
                     f"{'':<8} {side:<24} {ours['median_us']:8.0f} us (p99 "
                     f"{ours['p99_us']:8.0f})  ratio {ours['ratio_median']:5.2f} "
                     f"(p99 {ours['ratio_p99']:5.2f})")
+        floor = report["floor_six_ios"]
+        terminalreporter.write_line(
+            f"{'':<8} the six I/Os raw from Python {floor['median_us']:8.0f} us: acquire "
+            f"(python3-sanlock → leasestore) / floor {floor['acquire_ratio_median']:5.2f}")
     for report in STORM_REPORTS:
         terminalreporter.section(f"boot storm: {report['processes']} processes at once "
                                  "(python3-sanlock, median of rounds)")
