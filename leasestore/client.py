@@ -16,6 +16,7 @@ import contextvars
 import json
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,10 @@ LSFLAG_ADD = sp.LSF_ADD
 LSFLAG_REM = sp.LSF_REM
 RES_LVER = sp.RES_LVER
 RES_SHARED = sp.RES_SHARED
+SETEV_CUR_GENERATION = sp.SETEV_CUR_GENERATION
+SETEV_REPLACE_EVENT = sp.SETEV_REPLACE_EVENT
+SETEV_CLEAR_EVENT = sp.SETEV_CLEAR_EVENT
+SETEV_ALL_HOSTS = sp.SETEV_ALL_HOSTS
 REQ_FORCE = 1
 REQ_GRACEFUL = 2
 MAX_REPLY_B = 64 << 20
@@ -190,6 +195,18 @@ def set_config(lockspace: str | bytes, used: bool | None = None,
                {True: sp.CONFIG_USED_BY_ORPHANS,
                 False: sp.CONFIG_UNUSED_BY_ORPHANS}[bool(used_by_orphans)])
     call(Cmd.SET_CONFIG, _lockspace(lockspace), data=command)
+
+
+def set_event(lockspace: str | bytes, host_id: int, generation: int, event: int,
+              data: int = 0, flags: int = 0) -> None:
+    """Send host `host_id` an event (sanlock's set_event; flags SETEV_*): our next renewals
+    carry it, and its daemon hands it to that lockspace's event listeners."""
+    for what, value in (("host_id", host_id), ("generation", generation), ("event", event),
+                        ("data", data)):
+        if not 0 <= value < 1 << 64:
+            raise UsageError(f"{what} out of range: {value}")
+    call(Cmd.SET_EVENT, _lockspace(lockspace) + struct.pack("=QQQQ", host_id, generation,
+                                                            event, data), flags=flags)
 
 
 def log_dump() -> str:

@@ -257,13 +257,29 @@ def join(p: DeltaParams, observer: HostLeaseObserver, bitmap: bytes = b"") -> Al
     return outcome.leader
 
 
+@dataclass(frozen=True)
+class HostEvent:
+    """A host event as it rides in the sender's delta leader (sanlock's layout): write_id holds
+    the target's generation (0: any), write_generation the event, write_timestamp its data.
+    The target is named by the sender's bitmap bits, not here."""
+
+    generation: int
+    event: int
+    data: int
+
+    @classmethod
+    def carried_by(cls, leader: Leader) -> HostEvent:
+        return cls(leader.write_id, leader.write_generation, leader.write_timestamp)
+
+
 def renew(
     p: DeltaParams, last: Leader, last_ok: bool, bitmap: bytes = b"",
-    expires_at_s: float | None = None,
+    expires_at_s: float | None = None, event: HostEvent | None = None,
 ) -> Algorithm[RenewOutcome]:
     """One renewal. RenewOwner / RenewDiff / CorruptRecord / HostLeaseExpired mean the lease is
     lost for good. `expires_at_s` (our clock): past it the lease must not be renewed at all,
-    however long we were paused before getting here."""
+    however long we were paused before getting here. `event`: the host event our record
+    carries from now on (None: the one it carried)."""
     read_started_s: float = yield Now()
     if expires_at_s is not None and read_started_s >= expires_at_s:
         raise HostLeaseExpired(
@@ -272,8 +288,11 @@ def renew(
     # fresh as that read, so a pause between read and write must not extend the lease. What we
     # write therefore depends on nothing the read returns, and is encoded before the read is
     # issued: between the two I/Os there is only the check of what was read.
+    carried = {} if event is None else {"write_id": event.generation,
+                                        "write_generation": event.event,
+                                        "write_timestamp": event.data}
     mine = last.replace(timestamp=_now_stamp(read_started_s), io_timeout=p.timeouts.io_timeout_s,
-                        unused1=p.fire_timeout_word)
+                        unused1=p.fire_timeout_word, **carried)
     sector = encode_delta_sector(mine, p.geometry.sector_size, bitmap)
     read_issued_s: float = yield Now()
     area = yield Read(p.device, p.area_offset_b, p.geometry.area_size, p.io_timeout_s, view=True)
@@ -331,10 +350,15 @@ class HostLeaseObserver:
         return True
 
 
+def _no_event() -> HostEvent | None:
+    return None
+
+
 def host_lease_loop(
     p: DeltaParams,
     observer: HostLeaseObserver,
     bitmap: Callable[[], bytes] = lambda: b"",
+    event: Callable[[], HostEvent | None] = _no_event,
 ) -> Algorithm[None]:
     """Acquire, then renew every id_renewal_s until cancelled (then release) or lost.
 
@@ -364,7 +388,7 @@ def host_lease_loop(
         started_s: float = yield Now()
         try:
             outcome = yield from renew(p, last, last_ok, bitmap(),
-                                       last_success_s + p.timeouts.id_renewal_fail_s)
+                                       last_success_s + p.timeouts.id_renewal_fail_s, event())
         except StorageError as exc:
             ended_s: float = yield Now()
             last_ok = False

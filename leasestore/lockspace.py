@@ -38,13 +38,22 @@ from enum import StrEnum
 from leasestore.clock import lease_now_s
 from leasestore.delta import (
     DeltaParams,
+    HostEvent,
     HostLeaseObserver,
     RenewOutcome,
     host_lease_loop,
     probe_geometry,
+    verify_delta,
 )
 from leasestore.effects import Algorithm
-from leasestore.errors import Cancelled, HostLeaseExpired, LeasestoreError
+from leasestore.errors import (
+    Cancelled,
+    CorruptRecord,
+    HostIdInvalid,
+    HostLeaseExpired,
+    LeasestoreError,
+    LockspaceBusy,
+)
 from leasestore.liveness import HostStatus, HostTable, OwnerView
 from leasestore.ondisk.bitmap import host_bit_is_set, set_host_bits
 from leasestore.ondisk.leader import Leader
@@ -125,6 +134,16 @@ class RenewalRecord:
                 "total_us": self.total_us, "error": self.error}
 
 
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """A host event another host sent us: for our host_id, carried by sender's record."""
+
+    host_id: int
+    event: HostEvent
+    from_host_id: int
+    from_generation: int
+
+
 class Lockspace(HostLeaseObserver):
     def __init__(
         self,
@@ -138,7 +157,13 @@ class Lockspace(HostLeaseObserver):
         now: Callable[[], float] = lease_now_s,
         on_renewal: Callable[[RenewalRecord], None] | None = None,
         publish_fire_timeout: bool = True,
+        on_event: Callable[[Lockspace, ReceivedEvent], None] | None = None,
     ) -> None:
+        self.on_event = on_event
+        """Hears, on the renewal thread, of each host event another host sent us."""
+        self._outgoing: HostEvent | None = None
+        """The event our delta leader carries (None: whatever it carried when we joined)."""
+        self._outgoing_until_s = 0.0
         self._publish_fire_timeout = publish_fire_timeout
         """False only in the simulator, for a host that behaves as a sanlock host."""
         self._open_device = open_device
@@ -232,20 +257,83 @@ class Lockspace(HostLeaseObserver):
         with self._lock:
             self._flags[host_id] = self._now() + self.timeouts.set_bitmap_s
 
+    def set_event(self, host_id: int, generation: int, event: int, data: int, *,
+                  cur_generation: bool = False, clear_host: bool = False,
+                  clear_event: bool = False, replace: bool = False,
+                  all_hosts: bool = False) -> None:
+        """Send a host event (sanlock's set_event): our next renewals carry it in our delta
+        leader and set the target's bit (every host's with all_hosts) for set_bitmap_seconds.
+        A different event (or data) still within that time is refused (LockspaceBusy) unless
+        `replace`; the same one may go to more hosts (the last generation named is carried).
+        cur_generation with generation 0 names the target's current generation; clear_host
+        only clears its bit, clear_event withdraws the event."""
+        if self.table is None:
+            raise LockspaceBusy(f"lockspace {self.name!r} has no host table yet")
+        max_hosts = self.table.geometry.max_hosts
+        if not 1 <= host_id <= max_hosts:
+            raise HostIdInvalid(f"host_id {host_id} is outside 1..{max_hosts}")
+        now_s = self._now()
+        with self._lock:
+            if clear_host or clear_event:
+                targets = range(1, max_hosts + 1) if all_hosts else (host_id,)
+                for target in targets:
+                    self._flags.pop(target, None)
+                if clear_event:
+                    self._outgoing = HostEvent(0, 0, max(1, int(now_s)))
+                    self._outgoing_until_s = 0.0
+                return
+            if cur_generation and generation == 0 and not all_hosts:
+                view = self.table.owner_view(host_id)
+                generation = view.generation if view is not None else 0
+            wanted = HostEvent(generation, event, data)
+            pending = self._outgoing
+            if (pending is not None and pending.event and now_s < self._outgoing_until_s
+                    and (pending.event, pending.data) != (event, data) and not replace):
+                raise LockspaceBusy(f"lockspace {self.name!r}: event {pending.event} is still "
+                                    "being sent (replace it with the REPLACE flag)")
+            self._outgoing = wanted
+            self._outgoing_until_s = now_s + self.timeouts.set_bitmap_s
+            until_s = now_s + self.timeouts.set_bitmap_s
+            for target in (range(1, max_hosts + 1) if all_hosts else (host_id,)):
+                if target != self.spec.host_id:
+                    self._flags[target] = until_s
+
+    def _event_to_carry(self) -> HostEvent | None:
+        with self._lock:
+            return self._outgoing
+
     def _bitmap(self) -> bytes:
         now_s = self._now()
         with self._lock:
             live = {h for h, until in self._flags.items() if until > now_s}
         return set_host_bits(live) if live else b""
 
-    def _requests_for_us(self, area: bytes | memoryview) -> bool:
-        """Did a host that renewed since our last read set our bit (a request for us)?"""
+    def _news_for_us(self, area: bytes | memoryview) -> list[int]:
+        """The slots of hosts that renewed since our last read with our bit set: each has a
+        request for us to look at, and may carry an event for us."""
         assert self.table is not None
         ss = self.table.geometry.sector_size
-        return any(
-            host_bit_is_set(area[i * ss:(i + 1) * ss], self.spec.host_id)
-            for i in self.table.changed_last if i + 1 != self.spec.host_id
-        )
+        return [i for i in self.table.changed_last if i + 1 != self.spec.host_id
+                and host_bit_is_set(area[i * ss:(i + 1) * ss], self.spec.host_id)]
+
+    def _events_for_us(self, area: bytes | memoryview, senders: list[int]
+                       ) -> list[ReceivedEvent]:
+        """The non-zero events those senders carry. Delivered whatever generation they name
+        (the listener gets it and judges, as sanlock's listeners do)."""
+        assert self.table is not None
+        ss = self.table.geometry.sector_size
+        found = []
+        for index in senders:
+            try:
+                leader = verify_delta(area[index * ss:(index + 1) * ss], self.name,
+                                      self.spec.offset_b + index * ss)
+            except CorruptRecord:
+                continue
+            event = HostEvent.carried_by(leader)
+            if event.event:
+                found.append(ReceivedEvent(self.spec.host_id, event, index + 1,
+                                           leader.owner_generation))
+        return found
 
     def owner_view(self, host_id: int) -> OwnerView | None:
         with self._lock:
@@ -274,14 +362,20 @@ class Lockspace(HostLeaseObserver):
         with self._lock:
             self.last_success_s = float(outcome.leader.timestamp)
             self._history.append(record)
-            requested = False
+            senders: list[int] = []
+            events: list[ReceivedEvent] = []
             if self.table is not None:
                 self.table.observe(outcome.area, outcome.read_done_s)
-                requested = self._requests_for_us(outcome.area)
+                senders = self._news_for_us(outcome.area)
+                if senders and self.on_event is not None:
+                    events = self._events_for_us(outcome.area, senders)
         if self.on_renewal is not None:
             self.on_renewal(record)
-        if requested and self.on_request is not None:
+        if senders and self.on_request is not None:
             self.on_request(self)
+        if self.on_event is not None:
+            for event in events:
+                self.on_event(self, event)
         self._on(LockspaceEvent.RENEWED)
 
     def renewal_failed(self, error: LeasestoreError, started_s: float, elapsed_s: float) -> None:
@@ -348,7 +442,7 @@ class Lockspace(HostLeaseObserver):
             with self._lock:
                 self.table = HostTable(geometry, self.spec.name, self.spec.host_id,
                                        self.timeouts)
-            yield from host_lease_loop(params, self, self._bitmap)
+            yield from host_lease_loop(params, self, self._bitmap, self._event_to_carry)
         except Cancelled:
             self._on(LockspaceEvent.RELEASED, Cancelled(f"join of {self.name!r} cancelled"))
         except LeasestoreError as exc:

@@ -101,7 +101,7 @@ def test_headers_sanlock_ignores_get_no_reply_and_the_connection_goes_on(
 
 
 def test_unimplemented_commands_answer_eopnotsupp(serving: Daemon) -> None:
-    for cmd in (Cmd.CONVERT, Cmd.REG_EVENT, Cmd.FORMAT_RINDEX):
+    for cmd in (Cmd.CONVERT, Cmd.FORMAT_RINDEX, Cmd.CREATE_RESOURCE):
         flags, data, data2, payload = BASELINES[cmd]
         raw = Header(sp.SM_MAGIC, 1, cmd, flags, 32 + len(payload), 0, data, data2).encode()
         reply = _one_shot(serving, raw + payload)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -243,6 +244,62 @@ def test_the_lvb_passes_between_sanlock_and_leasestore_holders(
     assert turn(ours.run_dir, devices[1], "from-leasestore") == "from-sanlock"
     assert turn(theirs.run_dir, devices[0], "sanlock-again") == "from-leasestore"
     assert turn(ours.run_dir, devices[1], "x") == "sanlock-again"
+
+
+EVENT_LISTENER = r"""
+import json, select, sys, time, sanlock
+ls = sys.argv[1].encode()
+fd = sanlock.reg_event(ls)
+print("listening", flush=True)
+deadline = time.monotonic() + 40
+events = []
+while not events and time.monotonic() < deadline:
+    select.select([fd], [], [], 1)
+    events = sanlock.get_event(fd)
+sanlock.end_event(fd, ls)
+print(json.dumps(events), flush=True)
+"""
+EVENT_SENDER = r"""
+import sys, sanlock
+sanlock.set_event(sys.argv[1].encode(), int(sys.argv[2]), 0, int(sys.argv[3]),
+                  data=int(sys.argv[4]), flags=sanlock.SETEV_CUR_GENERATION)
+"""
+
+
+def test_host_events_pass_between_sanlock_and_leasestore(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """python3-sanlock on each side: a listener registered with one daemon (reg_event) gets
+    the event the other host's daemon was asked to send it (set_event), with the sender's
+    host_id and generation, both ways; end_event then ends the listener."""
+    theirs, ours, devices = mixed
+    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
+        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
+        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    poll(lambda: ours.hosts(LS).get(1, {}).get("state") == "live", 20, what="sanlock live")
+    for listen_dir, send_dir, to_host, from_host, event in (
+            (ours.run_dir, theirs.run_dir, 2, 1, 5), (theirs.run_dir, ours.run_dir, 1, 2, 6)):
+        listener = subprocess.Popen(["/usr/bin/python3", "-c", EVENT_LISTENER, LS],
+                                    env={**os.environ, "SANLOCK_RUN_DIR": listen_dir},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout is not None
+            assert listener.stdout.readline().strip() == "listening"
+            sent = subprocess.run(["/usr/bin/python3", "-c", EVENT_SENDER, LS, str(to_host),
+                                   str(event), "77"],
+                                  env={**os.environ, "SANLOCK_RUN_DIR": send_dir},
+                                  capture_output=True, text=True, timeout=30, check=False)
+            assert sent.returncode == 0, sent.stderr
+            line = listener.stdout.readline()
+            assert listener.wait(30) == 0, listener.stderr.read() if listener.stderr else ""
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+        got = json.loads(line)
+        assert got, f"host {to_host}'s listener got no event"
+        assert {(e["host_id"], e["event"], e["data"], e["from_host_id"]) for e in got} == {
+            (to_host, event, 77, from_host)}
 
 
 # --- takeover across implementations after host_dead ----------------------------------------

@@ -35,6 +35,8 @@ from leasestore.errors import (
     LvbTooLarge,
     LvbUnavailable,
 )
+from leasestore.ondisk.bitmap import host_bit_is_set
+from leasestore.ondisk.leader import Leader, decode_leader
 from leasestore.testing.procs import make_file, poll
 
 LS = "proto-ls"
@@ -348,3 +350,28 @@ def test_a_lockspace_marked_used_is_removed_only_once_marked_unused(serving: Ser
             assert client.log_dump().endswith("a line the daemon logged\n")
     finally:
         recent_log.clear()
+
+
+def test_a_set_event_rides_in_our_delta_record_with_the_targets_bit(serving: Serving) -> None:
+    """sanlock's layout: the sender's leader carries the target generation, event and data in
+    write_id / write_generation / write_timestamp, and its bitmap has the target's bit; a
+    different event meanwhile is refused (-EBUSY) unless replacing."""
+    with client.using(serving.daemon.config.run_dir):
+        client.set_event(LS, 2, 9, 41, data=42)
+        with pytest.raises(LockspaceBusy, match="still being sent"):
+            client.set_event(LS, 2, 9, 43)
+        client.set_event(LS, 2, 9, 44, data=45, flags=client.SETEV_REPLACE_EVENT)
+
+        def ours() -> tuple[Leader, bytes]:
+            with open(serving.path, "rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                sector = f.read(512)
+            return decode_leader(sector), sector
+
+        poll(lambda: ours()[0].write_generation == 44, 10, what="the event on disk")
+        leader, sector = ours()
+        assert (leader.write_id, leader.write_generation, leader.write_timestamp) == (9, 44, 45)
+        assert host_bit_is_set(sector, 2) and not host_bit_is_set(sector, 3)
+        client.set_event(LS, 2, 0, 0, flags=client.SETEV_CLEAR_EVENT)
+        poll(lambda: ours()[0].write_generation == 0, 10, what="the event cleared")
+        assert not host_bit_is_set(ours()[1], 2)

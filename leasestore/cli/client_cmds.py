@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     config.add_argument("-O", dest="used_by_orphans", type=decimal_int, choices=(0, 1),
                         help="accepted as sanlock's; no effect (no orphans)")
     action("log_dump", "print the daemon's recent log lines", lockspace=False)
+    event = action("set_event", "send a host an event (its daemon's listeners get it)")
+    event.add_argument("-i", dest="host_id", type=decimal_int, required=True)
+    event.add_argument("-g", dest="generation", type=decimal_int, default=0,
+                       help="the host's generation (default: its current one)")
+    event.add_argument("-e", dest="event", type=decimal_int, required=True)
+    event.add_argument("-d", dest="data", type=decimal_int, default=0)
 
     def resource_action(name: str, helptext: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=helptext)
@@ -115,6 +121,12 @@ def run_client(args: argparse.Namespace) -> int:
     if name == "log_dump":
         text = client.log_dump()
         _print(args, {"log": text}, text.rstrip("\n"))
+        return 0
+    if name == "set_event":
+        lockspace = args.lockspace.split(":", 1)[0]
+        client.set_event(lockspace, args.host_id, args.generation, args.event, args.data,
+                         flags=client.SETEV_CUR_GENERATION if args.generation == 0 else 0)
+        _print(args, {"ok": True}, f"set_event {lockspace} host {args.host_id} done")
         return 0
     if name == "set_config":
         if (args.used is None) == (args.used_by_orphans is None):

@@ -94,6 +94,19 @@ CONFIG_UNUSED = 0x2
 CONFIG_USED_BY_ORPHANS = 0x4
 CONFIG_UNUSED_BY_ORPHANS = 0x8
 """SET_CONFIG commands (sent in the header's data)."""
+SETEV_CUR_GENERATION = 0x1
+SETEV_CLEAR_HOSTID = 0x2
+SETEV_CLEAR_EVENT = 0x4
+SETEV_REPLACE_EVENT = 0x8
+SETEV_ALL_HOSTS = 0x10
+"""SET_EVENT cmd_flags."""
+HOST_EVENT_B = 32
+SM_CB_PROTO = 1
+SM_CB_GET_EVENT = 1
+EVENT_CB_B = 80
+"""An event callback: a header (version SM_CB_PROTO, cmd SM_CB_GET_EVENT, length 80), the
+sanlk_host_event, then the sender's host_id and generation."""
+ENOCSI = 50
 ACQUIRE_ORPHAN = 0x2
 ACQUIRE_ORPHAN_ONLY = 0x4
 ACQUIRE_OWNER_NOWAIT = 0x8
@@ -138,6 +151,7 @@ _RESOURCE = struct.Struct(f"={NAME_LEN}s{NAME_LEN}sQQIIII")
 _LOCKSPACE_HEAD = struct.Struct(f"={NAME_LEN}sQI4x")
 _OPTIONS = struct.Struct(f"={NAME_LEN}sII")
 _HOST = struct.Struct("=QQQII")
+_HOST_EVENT = struct.Struct("=QQQQ")
 _STATE = struct.Struct(f"=IIIIQ{NAME_LEN}sII")
 
 HEADER_B = _HEADER.size
@@ -339,3 +353,17 @@ def flags_of_geometry(sector_size: int, align_b: int) -> int:
         if size == align_b:
             flags |= bit
     return flags
+
+
+def decode_host_event(raw: bytes) -> tuple[int, int, int, int]:
+    """sanlk_host_event: (host_id, generation, event, data)."""
+    host_id, generation, event, data = _HOST_EVENT.unpack(raw[:HOST_EVENT_B])
+    return host_id, generation, event, data
+
+
+def encode_event_cb(host_id: int, generation: int, event: int, data: int, from_host_id: int,
+                    from_generation: int) -> bytes:
+    """The 80 bytes a registered event listener receives."""
+    header = Header(SM_MAGIC, SM_CB_PROTO, SM_CB_GET_EVENT, 0, EVENT_CB_B, 0, 0, 0).encode()
+    return (header + _HOST_EVENT.pack(host_id, generation, event, data)
+            + struct.pack("=QQ", from_host_id, from_generation))

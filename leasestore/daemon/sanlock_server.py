@@ -39,6 +39,7 @@ from leasestore.errors import (
     BadMagic,
     CorruptRecord,
     DeviceMissing,
+    HostIdInvalid,
     HostLeaseExpired,
     LeaseAlreadyHeld,
     LeaseNotHeld,
@@ -114,8 +115,10 @@ QUIET_REFUSALS = frozenset({Cmd.INQUIRE, Cmd.INQ_LOCKSPACE, Cmd.GET_HOSTS, Cmd.R
 
 CLOSES_AFTER_REPLY = frozenset({Cmd.SHUTDOWN, Cmd.STATUS, Cmd.LOG_DUMP, Cmd.HOST_STATUS,
                                 Cmd.GET_LOCKSPACES, Cmd.GET_HOSTS, Cmd.SHUTDOWN_WAIT,
-                                Cmd.END_EVENT, Cmd.SET_CONFIG, Cmd.RENEWAL})
-"""Commands after whose reply sanlock's daemon closes a (one-shot) connection itself."""
+                                Cmd.END_EVENT, Cmd.SET_CONFIG, Cmd.RENEWAL, Cmd.REG_EVENT})
+"""Commands after whose reply sanlock's daemon closes a (one-shot) connection itself (after
+REG_EVENT its duplicate stays open as the event channel)."""
+MAX_EVENT_LISTENERS = 32
 
 
 def result_code(exc: LeasestoreError) -> int:
@@ -156,6 +159,9 @@ class SanlockFrontEnd:
             Cmd.SHUTDOWN_WAIT: self._shutdown_wait,
             Cmd.RENEWAL: self._renewal,
             Cmd.SET_CONFIG: self._set_config,
+            Cmd.REG_EVENT: self._reg_event,
+            Cmd.END_EVENT: self._end_event,
+            Cmd.SET_EVENT: self._set_event,
             Cmd.LOG_DUMP: self._log_dump,
             Cmd.SET_LVB: self._set_lvb,
             Cmd.GET_LVB: self._get_lvb,
@@ -367,6 +373,72 @@ class SanlockFrontEnd:
                 self.daemon.set_used(name, header.data == sp.CONFIG_USED)
             except HostLeaseExpired as exc:
                 raise _Refused(-sp.ENOSPC, exc) from None
+        return _Reply()
+
+    def _event_lockspace(self, name: str) -> Lockspace:
+        with self.daemon._lock:
+            found = self.daemon.lockspaces.get(name)
+        if found is None:
+            raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {name!r} is not added")
+        return found
+
+    def _reg_event(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """Keep a duplicate of this connection as an event channel of the lockspace."""
+        name = self._lockspace_payload(payload).name
+        payload.take(sp.HOST_EVENT_B)  # unused
+        self._event_lockspace(name)
+        with self.daemon._lock:
+            full = len(self.daemon.event_listeners.get(name, [])) >= MAX_EVENT_LISTENERS
+        if full:
+            self._close_ended_listeners(name)
+        with self.daemon._lock:
+            listeners = self.daemon.event_listeners.setdefault(name, [])
+            if len(listeners) >= MAX_EVENT_LISTENERS:
+                raise _refuse(-sp.ENOCSI, LockspaceBusy, f"lockspace {name!r} has "
+                              f"{MAX_EVENT_LISTENERS} event listeners already")
+            listeners.append(payload.conn.dup())
+        return _Reply()
+
+    def _end_event(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """libsanlock writes 1 on the event channel and closes it before it sends this."""
+        name = self._lockspace_payload(payload).name
+        self._event_lockspace(name)
+        self._close_ended_listeners(name)
+        return _Reply()
+
+    def _close_ended_listeners(self, name: str) -> None:
+        """Drop the listeners whose client ended them: 1 (END_EVENT's word) or EOF to read."""
+        with self.daemon._lock:
+            listeners = list(self.daemon.event_listeners.get(name, []))
+        ended = []
+        for listener in listeners:
+            try:
+                word = listener.recv(4, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                word = b""
+            if not word or int.from_bytes(word.ljust(4, b"\0"), "little") == 1:
+                ended.append(listener)
+        self.daemon.drop_event_listeners(name, ended)
+
+    def _set_event(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        name = self._lockspace_payload(payload).name
+        host_id, generation, event, data = sp.decode_host_event(payload.take(sp.HOST_EVENT_B))
+        self.daemon._require_admin(session.peer, "set_event")
+        lockspace = self._event_lockspace(name)
+        flags = header.cmd_flags
+        try:
+            lockspace.set_event(host_id, generation, event, data,
+                                cur_generation=bool(flags & sp.SETEV_CUR_GENERATION),
+                                clear_host=bool(flags & sp.SETEV_CLEAR_HOSTID),
+                                clear_event=bool(flags & sp.SETEV_CLEAR_EVENT),
+                                replace=bool(flags & sp.SETEV_REPLACE_EVENT),
+                                all_hosts=bool(flags & sp.SETEV_ALL_HOSTS))
+        except HostIdInvalid as exc:
+            raise _Refused(-sp.EINVAL, exc) from None
+        log.info("set_event %s host %d generation %d event %d data %d", name, host_id,
+                 generation, event, data)
         return _Reply()
 
     def _log_dump(self, header: Header, payload: _Payload, session: Session) -> _Reply:
@@ -894,6 +966,11 @@ class _Payload:
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
         self.taken_b = 0
+
+    @property
+    def conn(self) -> socket.socket:
+        """The connection the request came on (REG_EVENT keeps a duplicate of it)."""
+        return self._conn
 
     def take(self, size: int) -> bytes:
         self._conn.settimeout(PAYLOAD_TIMEOUT_S)

@@ -46,7 +46,7 @@ from leasestore.errors import (
     PermissionDenied,
     UsageError,
 )
-from leasestore.lockspace import Lockspace, LockspaceState, RenewalRecord
+from leasestore.lockspace import Lockspace, LockspaceState, ReceivedEvent, RenewalRecord
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.storage.odirect import DirectDevice
@@ -154,6 +154,9 @@ class Daemon:
         """Lockspaces an application marked used (sanlock's set_config USED): their removal
         waits until they are marked unused again."""
         self._used_changed = threading.Condition(self._lock)
+        self.event_listeners: dict[str, list[socket.socket]] = {}
+        """Per lockspace, the connections registered for host events (REG_EVENT), at most
+        MAX_EVENT_LISTENERS each."""
         self._shutdown = threading.Event()
         self._connections = 0
         self.started_s = time.monotonic()
@@ -373,7 +376,8 @@ class Daemon:
                                   history_size=self.config.renewal_history_size,
                                   on_request=self._on_request, open_device=self._open_device,
                                   on_renewal=functools.partial(self._renewal_recorded,
-                                                               spec.name))
+                                                               spec.name),
+                                  on_event=self._deliver_event)
             self.lockspaces[cmd.lockspace] = lockspace
         log.info("add_lockspace %s (pid %d uid %d)", spec, peer.pid, peer.uid)
         lockspace.start()
@@ -389,6 +393,11 @@ class Daemon:
             if self.lockspaces.get(lockspace.name) is lockspace:
                 del self.lockspaces[lockspace.name]
                 self._used.discard(lockspace.name)
+                listeners = self.event_listeners.pop(lockspace.name, [])
+            else:
+                listeners = []
+        for listener in listeners:
+            listener.close()
 
     def _find(self, cmd: commands.LockspaceCommand) -> Lockspace:
         """The named lockspace, which must have been added with the same host_id/path/offset."""
@@ -452,6 +461,34 @@ class Daemon:
             else:
                 self._used.discard(name)
             self._used_changed.notify_all()
+
+    def _deliver_event(self, lockspace: Lockspace, received: ReceivedEvent) -> None:
+        """Send an event another host sent us to this lockspace's listeners (non-blocking,
+        as sanlock does; a listener that cannot take it is dropped)."""
+        event = received.event
+        message = sanlock_proto.encode_event_cb(
+            received.host_id, event.generation, event.event, event.data,
+            received.from_host_id, received.from_generation)
+        with self._lock:
+            listeners = list(self.event_listeners.get(lockspace.name, []))
+        dropped = []
+        for listener in listeners:
+            try:
+                listener.send(message, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError:
+                dropped.append(listener)
+        log.info("lockspace %s: event %d (data %d) from host %d to %d listener(s)",
+                 lockspace.name, event.event, event.data, received.from_host_id,
+                 len(listeners) - len(dropped))
+        if dropped:
+            self.drop_event_listeners(lockspace.name, dropped)
+
+    def drop_event_listeners(self, name: str, listeners: list[socket.socket]) -> None:
+        with self._lock:
+            kept = self.event_listeners.get(name, [])
+            self.event_listeners[name] = [c for c in kept if c not in listeners]
+        for listener in listeners:
+            listener.close()
 
     def _wait_until_unused(self, name: str) -> None:
         with self._used_changed:

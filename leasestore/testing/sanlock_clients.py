@@ -758,6 +758,29 @@ def group_lvb():
          lambda: until(lambda: _lvb_on_disk(M), lambda v: v.startswith(b"at-exit"), 8))
 
 
+def group_events():
+    g = {}
+    step("reg_event", lambda: g.setdefault("fd", sanlock.reg_event(LS)) >= 0)
+    fd = g["fd"]
+    step("reg_event_not_joined", lambda: sanlock.reg_event(b"NOLS"))
+    step("set_event", lambda: sanlock.set_event(LS, 2, 0, 5, data=1))
+    step("set_event_other_event_pending", lambda: sanlock.set_event(LS, 2, 0, 6, data=1))
+    step("set_event_replace",
+         lambda: sanlock.set_event(LS, 2, 0, 6, data=1, flags=sanlock.SETEV_REPLACE_EVENT))
+    step("set_event_same_to_another_host", lambda: sanlock.set_event(LS, 3, 0, 6, data=1))
+    step("set_event_host_id_0", lambda: sanlock.set_event(LS, 0, 0, 6, data=1))
+    step("set_event_host_id_too_big", lambda: sanlock.set_event(LS, 2001, 0, 6, data=1))
+    step("set_event_not_joined", lambda: sanlock.set_event(b"NOLS", 2, 0, 6, data=1))
+    step("set_event_own_host", lambda: sanlock.set_event(
+        LS, 1, 0, 6, data=1, flags=sanlock.SETEV_CUR_GENERATION))
+    step("get_event_own_listener", lambda: pause(sanlock.get_event(fd), 3))
+    step("set_event_clear", lambda: sanlock.set_event(
+        LS, 2, 0, 0, flags=sanlock.SETEV_CLEAR_EVENT))
+    step("set_event_after_clear", lambda: sanlock.set_event(LS, 2, 0, 7, data=2))
+    step("end_event", lambda: sanlock.end_event(fd, LS))
+    step("end_event_not_joined", lambda: sanlock.end_event(-1, b"NOLS"))
+
+
 def group_teardown():
     step("rem_lockspace", lambda: sanlock.rem_lockspace(LS, 1, F, 0))
     step("inq_lockspace_removed", lambda: sanlock.inq_lockspace(LS, 1, F, 0))
