@@ -193,7 +193,7 @@ def resource_host(lockspace: LockspaceSpec, generation: int | None) -> ResourceH
                                  "host lease (acquire_id it first)")
     if generation is not None and generation != record.owner_generation:
         raise LeaseMismatch(f"host_id {lockspace.host_id} is at generation "
-                         f"{record.owner_generation}, not {generation}")
+                            f"{record.owner_generation}, not {generation}")
     return ResourceHost(lockspace, record.owner_generation, max(1, record.io_timeout))
 
 
