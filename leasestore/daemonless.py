@@ -182,6 +182,8 @@ class ResourceHost:
     lockspace: LockspaceSpec
     generation: int
     io_timeout_s: int
+    geometry: Geometry
+    """The lockspace area's, as the host's record says."""
 
 
 def resource_host(lockspace: LockspaceSpec, generation: int | None) -> ResourceHost:
@@ -194,7 +196,8 @@ def resource_host(lockspace: LockspaceSpec, generation: int | None) -> ResourceH
     if generation is not None and generation != record.owner_generation:
         raise LeaseMismatch(f"host_id {lockspace.host_id} is at generation "
                             f"{record.owner_generation}, not {generation}")
-    return ResourceHost(lockspace, record.owner_generation, max(1, record.io_timeout))
+    return ResourceHost(lockspace, record.owner_generation, max(1, record.io_timeout),
+                        record.geometry())
 
 
 def _check_names(resource: ResourceSpec, host: ResourceHost) -> None:
@@ -205,20 +208,16 @@ def _check_names(resource: ResourceSpec, host: ResourceHost) -> None:
                          f"not {host.lockspace.name!r}")
 
 
-def _resource_params(resource: ResourceSpec, host: ResourceHost,
-                     runner: DeviceRunner) -> paxos.PaxosParams:
+def _resource_params(resource: ResourceSpec, host: ResourceHost) -> paxos.PaxosParams:
     found = read_leader(resource.path, resource.offset_b, resource.lockspace,
                         resource=resource.name)
     if found.error is not None:
         raise found.error
     assert found.leader is not None
     ls = host.lockspace
-    timeouts = Timeouts(host.io_timeout_s)
-    delta_geometry = runner.run(delta.probe_geometry(ls.path, ls.offset_b, ls.name, ls.host_id,
-                                                     timeouts))
     return paxos.PaxosParams(resource.path, resource.offset_b, found.leader.geometry(),
                              resource.lockspace, resource.name, ls.host_id, host.generation,
-                             timeouts, ls.path, ls.offset_b, delta_geometry)
+                             Timeouts(host.io_timeout_s), ls.path, ls.offset_b, host.geometry)
 
 
 def acquire_resource(resource: ResourceSpec, host: ResourceHost, *, shared: bool = False,
@@ -226,7 +225,7 @@ def acquire_resource(resource: ResourceSpec, host: ResourceHost, *, shared: bool
     """One acquire of the resource for `host` by the daemon's Disk Paxos ballot."""
     _check_names(resource, host)
     with _runner(resource.path, host.lockspace.path) as runner:
-        params = _resource_params(resource, host, runner)
+        params = _resource_params(resource, host)
         return runner.run(paxos.acquire(params, shared=shared, lver=lver))
 
 
@@ -234,7 +233,7 @@ def release_resource(resource: ResourceSpec, host: ResourceHost) -> Leader:
     """Release the resource if its leader says `host` holds it; returns that leader."""
     _check_names(resource, host)
     with _runner(resource.path, host.lockspace.path) as runner:
-        params = _resource_params(resource, host, runner)
+        params = _resource_params(resource, host)
         leader = runner.run(paxos.read_leader(params))
         owner = (leader.owner_id, leader.owner_generation)
         if leader.timestamp == 0 or owner != (params.host_id, params.generation):

@@ -273,9 +273,9 @@ class Lockspace(HostLeaseObserver):
         if not 1 <= host_id <= max_hosts:
             raise HostIdInvalid(f"host_id {host_id} is outside 1..{max_hosts}")
         now_s = self._now()
+        targets = range(1, max_hosts + 1) if all_hosts else (host_id,)
         with self._lock:
             if clear_host or clear_event:
-                targets = range(1, max_hosts + 1) if all_hosts else (host_id,)
                 for target in targets:
                     self._flags.pop(target, None)
                 if clear_event:
@@ -293,10 +293,9 @@ class Lockspace(HostLeaseObserver):
                                     "being sent (replace it with the REPLACE flag)")
             self._outgoing = wanted
             self._outgoing_until_s = now_s + self.timeouts.set_bitmap_s
-            until_s = now_s + self.timeouts.set_bitmap_s
-            for target in (range(1, max_hosts + 1) if all_hosts else (host_id,)):
+            for target in targets:
                 if target != self.spec.host_id:
-                    self._flags[target] = until_s
+                    self._flags[target] = self._outgoing_until_s
 
     def _event_to_carry(self) -> HostEvent | None:
         with self._lock:

@@ -340,11 +340,10 @@ class ResourceService:
         return found[0]
 
     def set_lvb(self, held: HeldResource, data: bytes) -> None:
-        """Copy data over the start of the holding's LVB (LvbTooLarge beyond its sector)."""
+        """Copy data over the start of a holding `lvb_holding` gave (LvbTooLarge beyond its
+        sector)."""
         with self._lock:
-            if held.lvb is None:
-                raise LvbUnavailable(f"lease {held.key[1]!r} was not acquired with the LVB "
-                                     "flag")
+            assert held.lvb is not None  # lvb_holding checked; a holding keeps its LVB
             if len(data) > len(held.lvb):
                 raise LvbTooLarge(f"an LVB holds at most {len(held.lvb)} bytes, not "
                                   f"{len(data)}")
@@ -352,11 +351,10 @@ class ResourceService:
             held.lvb_set = True
 
     def get_lvb(self, held: HeldResource, size: int) -> bytes:
-        """The first `size` bytes of the holding's LVB (all of its sector for 0)."""
+        """The first `size` bytes of a holding's LVB, as `lvb_holding` gave it (all of its
+        sector for 0)."""
         with self._lock:
-            if held.lvb is None:
-                raise LvbUnavailable(f"lease {held.key[1]!r} was not acquired with the LVB "
-                                     "flag")
+            assert held.lvb is not None
             return bytes(held.lvb[:size or len(held.lvb)])
 
     def _unhold(self, key: ResourceKey, pid: int, releasing: bool) -> HeldResource | None:

@@ -267,11 +267,16 @@ def test_a_second_command_for_a_process_while_one_runs_is_refused_busy(
     poll(lambda: not _held(serving), 10, what="r1 released")
 
 
-def _lvb_sector(serving: Serving, offset: int) -> bytes:
+def _sector_on_disk(serving: Serving, offset: int) -> bytes:
+    """The 512 bytes at offset of the lease file as stored (no stale cached page)."""
     with open(serving.path, "rb") as f:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        f.seek(offset + 2002 * 512)
+        f.seek(offset)
         return f.read(512)
+
+
+def _lvb_sector(serving: Serving, offset: int) -> bytes:
+    return _sector_on_disk(serving, offset + 2002 * 512)
 
 
 def test_the_lvb_passes_from_one_exclusive_holder_to_the_next(serving: Serving) -> None:
@@ -363,9 +368,7 @@ def test_a_set_event_rides_in_our_delta_record_with_the_targets_bit(serving: Ser
         client.set_event(LS, 2, 9, 44, data=45, flags=client.SETEV_REPLACE_EVENT)
 
         def ours() -> tuple[Leader, bytes]:
-            with open(serving.path, "rb") as f:
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                sector = f.read(512)
+            sector = _sector_on_disk(serving, 0)
             return decode_leader(sector), sector
 
         poll(lambda: ours()[0].write_generation == 44, 10, what="the event on disk")

@@ -131,11 +131,11 @@ def run_client(args: argparse.Namespace) -> int:
     if name == "set_config":
         if (args.used is None) == (args.used_by_orphans is None):
             raise UsageError("set_config takes one of -u 0|1, -O 0|1")
-        client.set_config(args.lockspace.split(":", 1)[0],
-                          used=None if args.used is None else bool(args.used),
+        lockspace = args.lockspace.split(":", 1)[0]
+        client.set_config(lockspace, used=None if args.used is None else bool(args.used),
                           used_by_orphans=(None if args.used_by_orphans is None
                                            else bool(args.used_by_orphans)))
-        _print(args, {"ok": True}, f"set_config {args.lockspace.split(':', 1)[0]} done")
+        _print(args, {"ok": True}, f"set_config {lockspace} done")
         return 0
     if name in ("host_status", "renewal"):
         lockspace = args.lockspace.split(":", 1)[0]

@@ -364,10 +364,7 @@ class SanlockFrontEnd:
         if header.data not in (sp.CONFIG_USED, sp.CONFIG_UNUSED, sp.CONFIG_USED_BY_ORPHANS,
                                sp.CONFIG_UNUSED_BY_ORPHANS):
             raise _refuse(-sp.EINVAL, UsageError, f"unknown set_config command {header.data}")
-        with self.daemon._lock:
-            known = name in self.daemon.lockspaces
-        if not known:
-            raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {name!r} is not added")
+        self._added(name)
         if header.data in (sp.CONFIG_USED, sp.CONFIG_UNUSED):
             try:
                 self.daemon.set_used(name, header.data == sp.CONFIG_USED)
@@ -375,18 +372,18 @@ class SanlockFrontEnd:
                 raise _Refused(-sp.ENOSPC, exc) from None
         return _Reply()
 
-    def _event_lockspace(self, name: str) -> Lockspace:
-        with self.daemon._lock:
-            found = self.daemon.lockspaces.get(name)
-        if found is None:
-            raise _refuse(-sp.ENOENT, LockspaceNotJoined, f"lockspace {name!r} is not added")
-        return found
+    def _added(self, name: str) -> Lockspace:
+        """The added lockspace of that name; unknown is -ENOENT here (SET_CONFIG, events)."""
+        try:
+            return self.daemon._named(name)
+        except LockspaceNotJoined as exc:
+            raise _Refused(-sp.ENOENT, exc) from None
 
     def _reg_event(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """Keep a duplicate of this connection as an event channel of the lockspace."""
         name = self._lockspace_payload(payload).name
         payload.take(sp.HOST_EVENT_B)  # unused
-        self._event_lockspace(name)
+        self._added(name)
         with self.daemon._lock:
             full = len(self.daemon.event_listeners.get(name, [])) >= MAX_EVENT_LISTENERS
         if full:
@@ -402,7 +399,7 @@ class SanlockFrontEnd:
     def _end_event(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """libsanlock writes 1 on the event channel and closes it before it sends this."""
         name = self._lockspace_payload(payload).name
-        self._event_lockspace(name)
+        self._added(name)
         self._close_ended_listeners(name)
         return _Reply()
 
@@ -426,7 +423,7 @@ class SanlockFrontEnd:
         name = self._lockspace_payload(payload).name
         host_id, generation, event, data = sp.decode_host_event(payload.take(sp.HOST_EVENT_B))
         self.daemon._require_admin(session.peer, "set_event")
-        lockspace = self._event_lockspace(name)
+        lockspace = self._added(name)
         flags = header.cmd_flags
         try:
             lockspace.set_event(host_id, generation, event, data,
