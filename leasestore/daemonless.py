@@ -11,17 +11,20 @@ Invariants:
   repair and tests, not for protecting data;
 - a resource is acquired only for a host whose host lease is held (timestamp set) at the
   generation named, and released only if its leader names that host and generation;
-- a record that does not verify is an error, never free.
+- a record that does not verify is an error, never free;
+- `write_leader` (repair) writes one leader over a free one that verifies; over one that is
+  held, names another lease, or does not verify, only when forced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from leasestore import delta, paxos
 from leasestore.errors import (
+    AreaInUse,
     CorruptRecord,
     HostIdInvalid,
     LeaseMismatch,
@@ -34,7 +37,17 @@ from leasestore.errors import (
 )
 from leasestore.ondisk.dblock import decode_dblock
 from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
+from leasestore.ondisk.leader import (
+    DELTA_VERSION,
+    LEADER_SIZE,
+    PAXOS_VERSION,
+    Leader,
+    LeaderMagic,
+    decode_leader,
+    decode_leader_unverified,
+    new_delta_leader,
+    new_paxos_leader,
+)
 from leasestore.specs import LockspaceSpec, ResourceSpec
 from leasestore.storage.odirect import DirectDevice
 from leasestore.storage.runner import DeviceRunner
@@ -96,6 +109,95 @@ def read_leader(path: str, offset_b: int, lockspace: str, *, host_id: int | None
         return LeaderRead(leader, WrongResource(
             f"the leader at {path}:{at} is resource {leader.resource_name!r}, not {resource!r}"))
     return LeaderRead(leader, None)
+
+
+_FIELD_BITS = {"flags": 32, "io_timeout": 16} | {
+    name: 64 for name in ("num_hosts", "max_hosts", "owner_id", "owner_generation", "lver",
+                          "timestamp", "write_id", "write_generation", "write_timestamp")}
+WRITABLE_FIELDS = tuple(_FIELD_BITS)
+"""The leader fields write_leader may set (names and kind come from the lease named)."""
+
+
+@dataclass(frozen=True)
+class LeaderWritten:
+    before: Leader | None
+    """The leader that was there, if it verified."""
+    written: Leader
+    forced: str | None
+    """Why the write needed force (None if it did not)."""
+
+
+def write_leader(path: str, offset_b: int, lockspace: str, *, host_id: int | None = None,
+                 resource: str | None = None, changes: Mapping[str, int],
+                 geometry: Geometry | None = None, force: bool = False) -> LeaderWritten:
+    """Write the delta leader of `host_id` in the lockspace area at offset_b, or the paxos
+    leader of `resource` there, with `changes` (WRITABLE_FIELDS) over what is there: the
+    leader as it lies (even unverified), or, if it is no leader of that kind, a free one of
+    `geometry` (512/1M by default). The rest of the sector (a host's bitmap) is kept. Without
+    `force` it writes only over a leader that verifies, is free (timestamp 0) and names this
+    lease; AreaInUse otherwise, nothing written."""
+    if (host_id is None) == (resource is None):
+        raise UsageError("write_leader takes a host_id or a resource name")
+    unknown = sorted(set(changes) - set(WRITABLE_FIELDS))
+    if unknown:
+        raise UsageError(f"write_leader cannot set {', '.join(unknown)}; it sets "
+                         f"{', '.join(WRITABLE_FIELDS)}")
+    for name, value in changes.items():
+        if not 0 <= value < 1 << _FIELD_BITS[name]:
+            raise UsageError(f"{name} {value} does not fit its {_FIELD_BITS[name]} bits")
+    kind = LeaderMagic.DELTA if host_id is not None else LeaderMagic.PAXOS
+    at = offset_b
+    if host_id is not None:
+        area = geometry
+        if area is None:
+            try:
+                area = decode_leader(_read(path, offset_b), (LeaderMagic.DELTA,)).geometry()
+            except CorruptRecord as exc:
+                raise UsageError(f"the lockspace area's first record does not verify ({exc}); "
+                                 "give its geometry with -Z and -A") from None
+        at = offset_b + area.delta_offset(host_id)
+    with DirectDevice(path) as device:
+        sector = device.read(at, (geometry.sector_size if geometry else device.sector_size),
+                             READ_TIMEOUT_S)
+        found = read_leader(path, offset_b, lockspace, host_id=host_id, resource=resource)
+        before = found.leader if found.error is None else None
+        forced = _needs_force(found, kind)
+        if forced is not None and not force:
+            raise AreaInUse(f"{path}:{at}: {forced}; nothing was written (use --force to "
+                            "write anyway)")
+        base = _base_leader(sector, kind, lockspace, resource, geometry)
+        written = base.replace(space_name=lockspace, **(
+            {"resource_name": resource} if resource is not None else {}), **changes)
+        device.write(at, written.encode() + bytes(sector[LEADER_SIZE:]), READ_TIMEOUT_S)
+        check = decode_leader(device.read(at, len(sector), READ_TIMEOUT_S), (kind,))
+    return LeaderWritten(before, check, forced)
+
+
+def _needs_force(found: LeaderRead, kind: int) -> str | None:
+    if found.leader is None:
+        return f"the leader there does not verify ({found.error})"
+    if found.error is not None:
+        return str(found.error)
+    if found.leader.magic != kind:
+        return f"the record there is a {found.leader.kind} leader"
+    if found.leader.timestamp != 0:
+        return (f"the lease is held by host {found.leader.owner_id} generation "
+                f"{found.leader.owner_generation} (timestamp {found.leader.timestamp})")
+    return None
+
+
+def _base_leader(sector: bytes, kind: int, lockspace: str, resource: str | None,
+                 geometry: Geometry | None) -> Leader:
+    """What write_leader starts from: the leader in `sector` if it is one of `kind` (verified
+    or not), else a free leader of `geometry`."""
+    raw = decode_leader_unverified(sector)
+    if raw.magic == kind or (kind == LeaderMagic.PAXOS and raw.magic == LeaderMagic.PAXOS_CLEAR):
+        return raw.replace(magic=kind, version=DELTA_VERSION if kind == LeaderMagic.DELTA
+                           else PAXOS_VERSION)
+    fresh = geometry or Geometry(512, 1 << 20)
+    if resource is None:
+        return new_delta_leader(lockspace, fresh, 0)
+    return new_paxos_leader(lockspace, resource, fresh)
 
 
 def host_record(spec: LockspaceSpec) -> Leader:

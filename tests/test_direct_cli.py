@@ -136,3 +136,49 @@ def test_bad_input_is_one_line(area: str, args: list[str], message: str) -> None
     assert done.returncode in (1, 2), done
     assert message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_write_leader_repairs_a_leader_and_guards_a_held_one(area: str,
+                                                              sanlock_bin: str) -> None:
+    """write_leader sets fields over a free leader (sanlock reads the result); over a held one,
+    one whose checksum is bad, or another lease's, it writes nothing unless forced; forced, it
+    keeps the fields that lie there (a checksum repair) and, for a host, the rest of its
+    sector (the bitmap)."""
+    res = f"{LS}:res1:{area}:{MiB}"
+    done = _ours("write_leader", "-r", res, "--set", "lver=7", "--set", "num_hosts=10")
+    assert done.returncode == 0, done.stderr
+    theirs = _values(_theirs(sanlock_bin, "read_leader", "-r", res).stdout)
+    assert (theirs["lver"], theirs["num_hosts"], theirs["timestamp"]) == ("7", "10", "0")
+    assert _values(done.stdout) == theirs
+    assert _ours("write_leader", "-r", res, "--set", "owner_id=3", "--set", "owner_generation=2",
+                 "--set", "timestamp=99").returncode == 0  # still free before this write
+    before = Path(area).read_bytes()[MiB:MiB + 512]
+    refused = _ours("write_leader", "-r", res, "--set", "timestamp=0")
+    assert refused.returncode == 1 and refused.stdout == "write_leader done -17\n"
+    assert "held by host 3 generation 2" in refused.stderr and "Traceback" not in refused.stderr
+    assert Path(area).read_bytes()[MiB:MiB + 512] == before
+    with open(area, "r+b") as f:  # a flipped bit in the resource name: the checksum fails
+        f.seek(MiB + 72)
+        f.write(b"r")
+    assert _ours("read_leader", "-r", res).returncode == 1
+    assert "does not verify" in _ours("write_leader", "-r", res).stderr
+    forced = _ours("write_leader", "-r", res, "--set", "timestamp=0", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.startswith("forced: the leader there does not verify")
+    repaired = _values(_theirs(sanlock_bin, "read_leader", "-r", res).stdout)
+    assert (repaired["lver"], repaired["owner_id"], repaired["resource_name"],
+            repaired["timestamp"]) == ("7", "3", "res1", "0")
+    # A host's delta leader: the bitmap after it is kept.
+    host2 = f"{LS}:2:{area}:0"
+    with open(area, "r+b") as f:
+        f.seek(512 + 256)
+        f.write(b"\x05")
+    assert _ours("write_leader", "-s", host2, "--set", "io_timeout=3").returncode == 0
+    assert _values(_theirs(sanlock_bin, "read_leader", "-s", host2).stdout)["io_timeout"] == "3"
+    assert Path(area).read_bytes()[512 + 256] == 5
+    for change, message in (("space_name=x", "cannot set space_name"),
+                            ("io_timeout=65536", "does not fit its 16 bits"),
+                            ("lver=x", "not a decimal number")):
+        bad = _ours("write_leader", "-s", host2, "--set", change, "--force")
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") == 1

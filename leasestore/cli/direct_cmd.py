@@ -16,10 +16,11 @@ from typing import Any
 from leasestore import daemonless, ownership
 from leasestore.cli import area_cmds
 from leasestore.errors import LeasestoreError, UsageError
+from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET, Leader, LeaderMagic
 from leasestore.specs import LockspaceSpec, ResourceSpec
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, checked_io_timeout
-from leasestore.units import decimal_float, decimal_int
+from leasestore.units import decimal_float, decimal_int, parse_size
 
 LOCKSPACE_HELP = "LOCKSPACE:HOST_ID:PATH:OFFSET"
 RESOURCE_HELP = "LOCKSPACE:NAME:PATH:OFFSET"
@@ -45,6 +46,20 @@ def register(sub: Any) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP)
     target.add_argument("-r", dest="resource", metavar=RESOURCE_HELP)
+    p = verb("write_leader", "repair: write a host's delta leader (-s) or a resource's leader "
+                             "(-r), with fields set, over what is there", run_write_leader)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP)
+    target.add_argument("-r", dest="resource", metavar=RESOURCE_HELP)
+    p.add_argument("--set", dest="changes", action="append", default=[],
+                   metavar="FIELD=VALUE",
+                   help=f"a field to set: {', '.join(daemonless.WRITABLE_FIELDS)}")
+    p.add_argument("-Z", "--sector-size", type=decimal_int, choices=(512, 4096),
+                   help="the geometry, where the record there does not give it")
+    p.add_argument("-A", "--align", type=parse_size, metavar="1M|2M|4M|8M")
+    p.add_argument("--force", action="store_true",
+                   help="write over a held lease, another lease's record or one that does "
+                        "not verify")
     p = verb("read_id", "print who holds a host_id: generation, name, last renewal",
              run_read_id)
     p.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP, required=True)
@@ -138,6 +153,42 @@ def run_read_leader(args: argparse.Namespace) -> int:
     if found.error is not None:
         raise found.error
     return 0
+
+
+def run_write_leader(args: argparse.Namespace) -> int:
+    changes: dict[str, int] = {}
+    for text in args.changes:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise UsageError(f"--set {text!r}: expected FIELD=VALUE")
+        if name not in daemonless.WRITABLE_FIELDS:
+            raise UsageError(f"write_leader cannot set {name}; it sets "
+                             f"{', '.join(daemonless.WRITABLE_FIELDS)}")
+        try:
+            changes[name] = decimal_int(value)
+        except ValueError:
+            raise UsageError(f"--set {text!r}: {value!r} is not a decimal number") from None
+    if (args.sector_size is None) != (args.align is None):
+        raise UsageError("-Z and -A go together")
+    geometry = (Geometry(args.sector_size, args.align) if args.sector_size is not None
+                else None)
+
+    def write() -> list[tuple[str, str]]:
+        if args.lockspace:
+            ls = _lockspace(args.lockspace)
+            done = daemonless.write_leader(ls.path, ls.offset_b, ls.name, host_id=ls.host_id,
+                                           changes=changes, geometry=geometry,
+                                           force=args.force)
+        else:
+            res = _one_disk(args.resource)
+            done = daemonless.write_leader(res.path, res.offset_b, res.lockspace,
+                                           resource=res.name, changes=changes,
+                                           geometry=geometry, force=args.force)
+        if done.forced is not None:
+            print(f"forced: {done.forced}")
+        return _fields(done.written)
+
+    return _reported("write_leader", write)
 
 
 def _reported(verb: str, action: Callable[[], list[tuple[str, str]]]) -> int:

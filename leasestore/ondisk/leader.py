@@ -198,6 +198,21 @@ def decode_leader(data: bytes | memoryview, magics: tuple[int, ...] | None = Non
     return Leader(**parsed)
 
 
+def decode_leader_unverified(data: bytes | memoryview) -> Leader:
+    """The leader fields at the start of `data` as they lie, checksum and magic not verified
+    (for repair: `decode_leader` is the only reader whose result may be trusted)."""
+    raw = bytes(data[:LEADER_SIZE])
+    if len(raw) < LEADER_SIZE:
+        raise TruncatedRecord("leader", f"{len(raw)} bytes, need {LEADER_SIZE}")
+    parsed = _LEADER_PACKER.unpack(raw)
+    del parsed["checksum"]
+    parsed["space_name"] = bytes(parsed["space_name"]).split(b"\0", 1)[0].decode(
+        "utf-8", "replace")
+    parsed["resource_name"] = bytes(parsed["resource_name"]).split(b"\0", 1)[0].decode(
+        "utf-8", "replace")
+    return Leader(**parsed)
+
+
 def encode_delta_sector(leader: Leader, sector_size: int, bitmap: bytes = b"") -> bytes:
     """A whole delta-lease sector: leader, zeros, the host bitmap at byte 256, zeros."""
     head = leader.encode().ljust(BITMAP_OFFSET_B, b"\0")
