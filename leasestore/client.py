@@ -188,7 +188,7 @@ def rem_lockspace(lockspace: str | bytes, host_id: int, path: str | bytes, offse
 def set_config(lockspace: str | bytes, used: bool | None = None,
                used_by_orphans: bool | None = None) -> None:
     """Mark the lockspace used by an application (its removal waits until marked unused) or
-    unused; `used_by_orphans` is accepted as sanlock's is and has no effect (no orphans)."""
+    unused; `used_by_orphans`: whether its removal waits while it has orphan leases."""
     if (used is None) == (used_by_orphans is None):
         raise UsageError("set_config takes one of used, used_by_orphans")
     command = ({True: sp.CONFIG_USED, False: sp.CONFIG_UNUSED}[used] if used is not None else
@@ -326,16 +326,31 @@ def _resource(lockspace: str | bytes, resource: str | bytes,
 
 def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
             slkfd: int | None = None, pid: int | None = None, shared: bool = False,
-            version: int | None = None, lvb: bool = False) -> dict[str, Any]:
+            version: int | None = None, lvb: bool = False, persistent: bool = False,
+            orphan: bool = False) -> dict[str, Any]:
     """Acquire a resource lease for this process (or `slkfd`'s, or, as root, `pid`'s).
     `version`: the lease must be at exactly that lver now (a migration's fencing check).
-    `lvb`: read its lock value block, for set_lvb / get_lvb."""
-    flags = (sp.RES_SHARED if shared else 0) | (0 if version is None else sp.RES_LVER)
+    `lvb`: read its lock value block, for set_lvb / get_lvb. `persistent`: if the process
+    exits holding it, the daemon keeps it as an orphan. `orphan`: adopt such an orphan (in
+    the same mode); without it an orphan refuses the acquire (LeaseOrphaned)."""
+    flags = ((sp.RES_SHARED if shared else 0) | (0 if version is None else sp.RES_LVER)
+             | (sp.RES_PERSISTENT if persistent else 0))
     payload = (_resource(lockspace, resource, disks, flags, version or 0)
                + bytes(sp.OPTIONS_B))
-    held: list[dict[str, Any]] = _call_for(Cmd.ACQUIRE, payload, slkfd, pid, data=1,
-                                           flags=sp.ACQUIRE_LVB if lvb else 0)
+    held: list[dict[str, Any]] = _call_for(
+        Cmd.ACQUIRE, payload, slkfd, pid, data=1,
+        flags=(sp.ACQUIRE_LVB if lvb else 0) | (sp.ACQUIRE_ORPHAN if orphan else 0))
     return held[0]
+
+
+def release_orphans(lockspace: str | bytes, resource: str | bytes = "",
+                    slkfd: int | None = None) -> int:
+    """Release the orphans of a lockspace (only `resource`'s, if named) on disk, through the
+    registration `slkfd` (default: this process's own; root only). Returns how many."""
+    payload = sp.Resource(_name(lockspace), _name(resource)).encode()
+    found: dict[str, int] = _call_for(Cmd.RELEASE, payload, slkfd, None, data=1,
+                                      flags=sp.REL_ORPHAN)
+    return found["released"]
 
 
 def set_lvb(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],

@@ -254,6 +254,13 @@ class LeaseAlreadyHeld(LeasestoreError):
     code = -17
 
 
+class LeaseOrphaned(LeasestoreError):
+    """The lease is an orphan on this host (its persistent holder exited): only an acquire
+    with the orphan flag, in the orphan's mode, adopts it (sanlock: -EUCLEAN)."""
+
+    code = -117
+
+
 class LvbUnavailable(LeasestoreError):
     """The lease has no lock value block to use: it is not held here with the LVB flag, or
     its area has no LVB sector (sanlock: -EINVAL)."""

@@ -184,6 +184,8 @@ class Lockspace(HostLeaseObserver):
         self.error: LeasestoreError | None = None
         self.generation = 0
         self.last_success_s = 0.0
+        self.joined_s = 0.0
+        """The timestamp our join wrote (0 before it)."""
         self.table: HostTable | None = None
         self._history: collections.deque[RenewalRecord] = collections.deque(maxlen=history_size)
         self._thread = threading.Thread(target=self._run, name=f"lockspace-{spec.name}",
@@ -347,7 +349,7 @@ class Lockspace(HostLeaseObserver):
     def joined(self, leader: Leader) -> None:
         with self._lock:
             self.generation = leader.owner_generation
-            self.last_success_s = float(leader.timestamp)
+            self.last_success_s = self.joined_s = float(leader.timestamp)
         log.info("lockspace %s: joined as host_id %d generation %d", self.name,
                  self.spec.host_id, leader.owner_generation)
         self._on(LockspaceEvent.JOINED)

@@ -27,6 +27,12 @@ leader back under the new holder.
 and waits for those admitted, so that afterwards the set of holders it must stop is final
 (removal.py).
 
+A holding acquired persistent outlives the exit of its last holder as an orphan: still owned
+on disk under our host lease, held for no process (nothing to stop when the lockspace fails),
+busy for every acquire but an adoption in the same mode, which hands it to the new process
+with no I/O. An explicit release of a persistent holding releases it; an orphan is released
+by `releasing_orphan`, and forgotten with its lockspace.
+
 A holding acquired with the LVB flag keeps the lease's lock value block (lvb.py): read after
 the grant (a grant whose read fails is given back), written back by the exclusive release of a
 holding that set it, before the leader is freed.
@@ -55,6 +61,7 @@ from leasestore.errors import (
     CorruptRecord,
     LeaseAlreadyHeld,
     LeaseNotHeld,
+    LeaseOrphaned,
     LeasestoreError,
     LockspaceNotJoined,
     LvbTooLarge,
@@ -98,10 +105,18 @@ class HeldResource:
     holders set since; None without the flag (lvb.py)."""
     lvb_set: bool = False
     """A holder set the LVB: an exclusive release writes it back first."""
+    persistent: bool = False
+    """Acquired persistent (by its last holder, for a shared lease): when the last holder
+    exits without releasing it, the lease is kept as an orphan."""
+    orphan: bool = False
+    """Held on disk by this host for no process (its persistent holder exited), until a
+    process adopts it or it is released as an orphan."""
 
     @property
     def pids(self) -> frozenset[int]:
-        """The local processes holding it."""
+        """The local processes holding it (none for an orphan)."""
+        if self.orphan:
+            return frozenset()
         return frozenset(self.sharers) if self.lease.shared else frozenset({self.pid})
 
     @property
@@ -115,7 +130,7 @@ class HeldResource:
         lockspace, resource, path, offset = self.key
         return {"lockspace": lockspace, "resource": resource, "path": path, "offset": offset,
                 "lver": self.lease.lver, "shared": self.lease.shared, "pid": self.pid,
-                "state": self.state}
+                "state": self.state, "persistent": self.persistent, "orphan": self.orphan}
 
 
 class AcquireGate:
@@ -189,30 +204,36 @@ class ResourceService:
                 device = self._devices[path] = self._open_device(path)
             return device
 
-    def _run(self, algorithm: Algorithm[T]) -> T:
+    def run(self, algorithm: Algorithm[T]) -> T:
+        """Run an algorithm on this service's devices (each opened on first use)."""
         return DeviceRunner(_OpenOnUse(self._device), self._closed).run(algorithm)
 
     def _spawn_thread(self, name: str, algorithm: Algorithm[None]) -> None:
-        threading.Thread(target=self._run, args=(algorithm,), name=name, daemon=True).start()
+        threading.Thread(target=self.run, args=(algorithm,), name=name, daemon=True).start()
 
     def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
-                lver: int | None = None, lvb: bool = False) -> HeldResource:
-        return self._run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver, lvb=lvb))
+                lver: int | None = None, lvb: bool = False, persistent: bool = False,
+                adopt: bool = False) -> HeldResource:
+        return self.run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver, lvb=lvb,
+                                        persistent=persistent, adopt=adopt))
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
-        self._run(self.releasing(lockspace, key, pid))
+        self.run(self.releasing(lockspace, key, pid))
 
     def release_after_exit(self, lockspace: Lockspace | None, key: ResourceKey,
                            pid: int) -> None:
-        self._run(self.releasing_after_exit(lockspace, key, pid))
+        self.run(self.releasing_after_exit(lockspace, key, pid))
+
+    def release_orphan(self, lockspace: Lockspace, key: ResourceKey) -> bool:
+        return self.run(self.releasing_orphan(lockspace, key))
 
     def request(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                 force_mode: int) -> int:
         """Write the request record; returns the owner's host_id (0: nothing requested)."""
-        return self._run(self.requesting(lockspace, key, lver, force_mode))
+        return self.run(self.requesting(lockspace, key, lver, force_mode))
 
     def pending_requests(self, name: str) -> list[tuple[HeldResource, Request]]:
-        return self._run(self.examining(name))
+        return self.run(self.examining(name))
 
     def close(self) -> None:
         self._closed.set()
@@ -251,15 +272,19 @@ class ResourceService:
         )
 
     def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,
-                  shared: bool = False, lver: int | None = None, lvb: bool = False
-                  ) -> Algorithm[HeldResource]:
+                  shared: bool = False, lver: int | None = None, lvb: bool = False,
+                  persistent: bool = False, adopt: bool = False) -> Algorithm[HeldResource]:
+        """Acquire `key` for pid. `persistent`: an exit keeps it as an orphan. `adopt`: an
+        orphan of it in the same mode is taken over (without it an orphan refuses the
+        acquire: LeaseOrphaned)."""
         with self.gate.admit(key[0]):
             with self._lock:
                 self._acquiring_pids[pid] += 1
             try:
                 self._holders_changed()  # before the first I/O
                 return (yield from self._acquiring(lockspace, key, pid, shared=shared,
-                                                   lver=lver, lvb=lvb))
+                                                   lver=lver, lvb=lvb, persistent=persistent,
+                                                   adopt=adopt))
             finally:
                 with self._lock:
                     self._acquiring_pids[pid] -= 1
@@ -268,13 +293,20 @@ class ResourceService:
                 self._holders_changed()
 
     def _acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
-                   lver: int | None, lvb: bool) -> Algorithm[HeldResource]:
+                   lver: int | None, lvb: bool, persistent: bool, adopt: bool
+                   ) -> Algorithm[HeldResource]:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
             local = self.held.get(key)
+            if local is not None and local.orphan and not _ours_to_write(lockspace, local):
+                del self.held[key]  # left by an earlier host lease of ours: nothing of it holds
+                local = None
+            if local is not None and local.orphan:
+                return self._adopted(local, pid, shared, persistent, adopt)
             if local is not None and local.lease.shared and shared and pid not in local.sharers:
                 local.sharers.add(pid)
+                local.persistent = local.persistent or persistent
                 return local
             if local is not None or key in self._busy:
                 raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired "
@@ -306,7 +338,8 @@ class ResourceService:
                 except StorageError:
                     retrying = yield from self._give_back(lockspace, key, params, lease)
                     raise
-            held = HeldResource(key, lease, params, pid, {pid} if shared else set(), value)
+            held = HeldResource(key, lease, params, pid, {pid} if shared else set(), value,
+                                persistent=persistent)
             with self._lock:
                 self.held[key] = held
             return held
@@ -314,6 +347,23 @@ class ResourceService:
             if not retrying:
                 with self._lock:
                     self._busy.discard(key)
+
+    def _adopted(self, orphan: HeldResource, pid: int, shared: bool, persistent: bool,
+                 adopt: bool) -> HeldResource:
+        """Hand an orphan to pid (call with _lock held), or refuse with LeaseOrphaned."""
+        if not adopt:
+            raise LeaseOrphaned(f"lease {orphan.key[1]!r} is an orphan here; acquire it with "
+                                "the orphan flag to adopt it")
+        if orphan.lease.shared != shared:
+            mode = "shared" if orphan.lease.shared else "exclusive"
+            raise LeaseOrphaned(f"lease {orphan.key[1]!r} is an orphan held {mode} here; "
+                                "adopt it in that mode")
+        orphan.orphan = False
+        orphan.pid = pid
+        orphan.sharers = {pid} if shared else set()
+        orphan.persistent = persistent
+        log.info("pid %d adopted the orphan %s", pid, orphan.state)
+        return orphan
 
     def _give_back(self, lockspace: Lockspace, key: ResourceKey, params: PaxosParams,
                    lease: HeldLease) -> Algorithm[bool]:
@@ -378,14 +428,19 @@ class ResourceService:
         """Release pid's hold (the lease on disk with its last local holder). In a lockspace
         whose host lease is gone the hold is only forgotten, as sanlock drops such tokens: the
         disk is not ours to write, and others take the lease after host_dead anyway."""
-        if lockspace.state not in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING):
+        if not _writable(lockspace):
             if self.holding(key, pid) is None:
                 raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
             self.drop(key, pid)
             return
         held = self._unhold(key, pid, releasing=True)
-        if held is None:
-            return
+        if held is not None:
+            yield from self._releasing_on_disk(lockspace, held)
+
+    def _releasing_on_disk(self, lockspace: Lockspace, held: HeldResource) -> Algorithm[None]:
+        """Release a lease taken out of the table, its key made busy: busy until the release
+        I/O has ended, or (if it failed) until its background retries have."""
+        key = held.key
         retrying = False
         try:
             # While our host lease outlasts the write's deadline no host can have taken the
@@ -418,10 +473,51 @@ class ResourceService:
         if lockspace is None:
             self.drop(key, pid)
             return
+        if self._orphaned(lockspace, key, pid):
+            return
         try:
             yield from self.releasing(lockspace, key, pid)
         except LeasestoreError as exc:
             log.warning("release of %s after its holder left failed: %s", key[1], exc)
+
+    def _orphaned(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> bool:
+        """Keep a persistent lease whose last holder `pid` left as an orphan (True), while
+        its lockspace is ours to write."""
+        with self._lock:
+            held = self._held_for(key, pid)
+            if (held is None or not held.persistent or held.pids != {pid}
+                    or not _ours_to_write(lockspace, held)):
+                return False
+            held.orphan = True
+            held.sharers.clear()
+        log.info("pid %d left; %s kept as an orphan", pid, held.state)
+        self._holders_changed()
+        return True
+
+    def orphans(self, name: str, resource: str = "") -> list[HeldResource]:
+        """The orphans of lockspace `name` (only that of `resource`, if given)."""
+        with self._lock:
+            return [h for h in self.held.values() if h.orphan and h.key[0] == name
+                    and resource in ("", h.key[1])]
+
+    def releasing_orphan(self, lockspace: Lockspace, key: ResourceKey) -> Algorithm[bool]:
+        """Release the orphan of `key`; False if there is none now (adopted, or released
+        already). One our host lease no longer covers (the lockspace failed, or the orphan is
+        of an earlier host generation) is only forgotten: a release written then could land
+        over the leader of a host that took the lease over meanwhile."""
+        with self._lock:
+            held = self.held.get(key)
+            if held is None or not held.orphan:
+                return False
+            del self.held[key]
+            writable = _ours_to_write(lockspace, held)
+            if writable:
+                self._busy.add(key)
+        log.info("releasing the orphan %s", held.state)
+        self._holders_changed()
+        if writable:
+            yield from self._releasing_on_disk(lockspace, held)
+        return True
 
     def busy_in(self, name: str) -> bool:
         """Whether an acquire or release of a lease in lockspace `name` is under way here."""
@@ -436,8 +532,7 @@ class ResourceService:
 
         def retry() -> Algorithm[None]:
             try:
-                while (lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
-                       and not self.gate.closed(lockspace.name)):
+                while _writable(lockspace) and not self.gate.closed(lockspace.name):
                     yield Sleep(lockspace.timeouts.io_timeout_s)
                     try:
                         yield from algorithm()
@@ -511,6 +606,16 @@ class ResourceService:
     def in_lockspace(self, name: str) -> list[HeldResource]:
         with self._lock:
             return [h for h in self.held.values() if h.key[0] == name]
+
+
+def _writable(lockspace: Lockspace) -> bool:
+    """Whether our host lease still makes the lockspace's leases ours to write."""
+    return lockspace.state in (LockspaceState.HELD, LockspaceState.RENEWAL_FAILING)
+
+
+def _ours_to_write(lockspace: Lockspace, held: HeldResource) -> bool:
+    """Whether `held` was granted under the host lease we hold now, and that lease lives."""
+    return _writable(lockspace) and held.params.generation == lockspace.generation
 
 
 class _OpenOnUse(Mapping[str, DirectDevice]):

@@ -59,7 +59,8 @@ UNORDERED_STEPS = {"renewal"}
 PY_BUDGET_S = 100.0
 """At most this long for all python groups against one daemon (each group has its own limit
 too): a daemon that never answers makes the rest "not run" instead of a long wait."""
-STATUS_STEPS = [name for name in CLI_STEP_NAMES if name.startswith("status")]
+STATUS_STEPS = [name for name in CLI_STEP_NAMES
+                if name.startswith("status") and name != "status_detail"]
 
 
 @dataclass
@@ -262,9 +263,30 @@ daemon runs killpaths itself), so that one line is left out of sanlock's output.
 TEXT_STEPS = {"log_dump"}
 """Steps that print the daemon's own log: compared by exit status and whether text came."""
 
+DETAIL_STEPS = {"status_detail"}
+"""`status -D`: each record's head line (as `status` prints it), then one `key=value` line per
+field of the daemon's text. Compared by heads and, per record, the keys in their order (the
+values are each daemon's own: its pids, clocks, slots, tunables)."""
+
+
+def _detail_records(run: CliRun, text: str) -> list[tuple[str, list[str]]]:
+    records: list[tuple[str, list[str]]] = []
+    for line in run.norm.stable(text).splitlines():
+        if line.startswith("    ") and records:
+            records[-1][1].append(line.strip().split("=", 1)[0])
+        else:
+            records.append((line, []))
+    kept = [r for r in records if r[0] != NO_HELPER_PROCESS]
+    clients = iter(sorted(r for r in kept if r[0].startswith("p ")))  # slot order varies
+    return [next(clients) if r[0].startswith("p ") else r for r in kept]
+
 
 def _cli_views(run: CliRun, name: str) -> dict[str, Any]:
     step = run.steps[name]
+    if name in DETAIL_STEPS:
+        return {"exit status": step.rc, "outcome": step.note,
+                "records": _detail_records(run, step.stdout),
+                "stderr values": run.norm.stable(step.stderr).splitlines()}
     if name in TEXT_STEPS:
         return {"exit status": step.rc, "outcome": step.note,
                 "stdout has text": len(step.stdout.strip()) > 0,

@@ -39,7 +39,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
     try:
-        backing = make_file(base / "shared.img", 4 << 20)
+        backing = make_file(base / "shared.img", 5 << 20)
         devices = [loops.attach(backing), loops.attach(backing)]
         format_lockspace(devices[0], LS, 0, io_timeout_s=1)
         format_resource(devices[0], LS, "theirs", RES_THEIRS)
@@ -244,6 +244,64 @@ def test_the_lvb_passes_between_sanlock_and_leasestore_holders(
     assert turn(ours.run_dir, devices[1], "from-leasestore") == "from-sanlock"
     assert turn(theirs.run_dir, devices[0], "sanlock-again") == "from-leasestore"
     assert turn(ours.run_dir, devices[1], "x") == "sanlock-again"
+
+
+RES_ORPHAN = 4 << 20
+
+
+def test_an_orphan_keeps_its_lease_from_the_other_implementation(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """Each host in turn leaves a persistent lease as an orphan (`client command -P 1` whose
+    program exits), through the sanlock CLI against its own daemon: the other host is refused
+    it (its owner lives), and a plain acquire on the owner's host too (-EUCLEAN); the owner's
+    host adopts it (-O 1) and its exit releases it; then the other host takes it."""
+    theirs, ours, devices = mixed
+    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
+        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
+        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    format_resource(devices[0], LS, "orphan", RES_ORPHAN)
+    ours_cli = SanlockCli(theirs.bin, ours.run_dir)
+
+    def command(cli: SanlockProc | SanlockCli, device: str, *flags: str) -> str:
+        """"acquire done 0" if the program ran (the CLI's own lines are lost at its exec),
+        else the CLI's last line."""
+        out = cli.client("command", "-r", f"{LS}:orphan:{device}:{RES_ORPHAN}", *flags,
+                         "-c", "/bin/true", check=False)
+        if out.returncode == 0 and not out.stdout:
+            return "acquire done 0"
+        return (out.stdout + out.stderr).strip().splitlines()[-1]
+
+    for owner, other, mine, its in ((theirs, ours_cli, devices[0], devices[1]),
+                                    (ours_cli, theirs, devices[1], devices[0])):
+        assert command(owner, mine, "-P", "1") == "acquire done 0"
+        owner_id = read_paxos_leader(mine, RES_ORPHAN).owner_id
+        listed = functools.partial(lambda cli: " ORPHAN" in cli.client("status").stdout, owner)
+        poll(listed, 10, what="the orphan listed")  # the daemon sees the exit in its own time
+        assert command(other, its) == "acquire done -243"  # ACQUIRE_IDLIVE: the owner lives
+        assert command(owner, mine) == "acquire done -117"  # EUCLEAN: an orphan is here
+        assert read_paxos_leader(mine, RES_ORPHAN).owner_id == owner_id
+        assert read_paxos_leader(mine, RES_ORPHAN).timestamp != 0
+        assert command(owner, mine, "-O", "1") == "acquire done 0"  # adopted; exit frees it
+        freed = functools.partial(lambda dev: read_paxos_leader(dev, RES_ORPHAN).timestamp == 0,
+                                  mine)
+        poll(freed, 10, what="the adopted orphan released")
+        assert command(other, its) == "acquire done 0"
+
+
+class SanlockCli:
+    """The sanlock CLI pointed at a leasestore daemon's run dir."""
+
+    def __init__(self, sanlock_bin: str, run_dir: str) -> None:
+        self.bin = sanlock_bin
+        self.env = {**os.environ, "SANLOCK_RUN_DIR": run_dir}
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([self.bin, "client", *args], env=self.env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        if check:
+            assert out.returncode == 0, out.stdout + out.stderr
+        return out
 
 
 EVENT_LISTENER = r"""

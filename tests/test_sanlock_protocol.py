@@ -30,6 +30,7 @@ from leasestore.errors import (
     AcquireLver,
     BadMagic,
     LeaseNotHeld,
+    LeaseOrphaned,
     LockspaceBusy,
     LockspaceNotJoined,
     LvbTooLarge,
@@ -378,3 +379,122 @@ def test_a_set_event_rides_in_our_delta_record_with_the_targets_bit(serving: Ser
         client.set_event(LS, 2, 0, 0, flags=client.SETEV_CLEAR_EVENT)
         poll(lambda: ours()[0].write_generation == 0, 10, what="the event cleared")
         assert not host_bit_is_set(ours()[1], 2)
+
+
+def _orphans(serving: Serving) -> set[str]:
+    return {h.key[1] for h in list(serving.daemon.resources.held.values()) if h.orphan}
+
+
+def test_a_persistent_lease_outlives_its_holder_as_an_orphan(serving: Serving) -> None:
+    """A persistent holding whose registration ends stays owned on disk as an orphan, held
+    for no process; a plain acquire of it, or one in the other mode, is refused (-EUCLEAN);
+    one with the orphan flag adopts it with no ballot (same lver); an adopter that is not
+    persistent releases it on its exit. REL_ORPHAN frees one by name or all of a lockspace
+    and says how many; rem_lockspace releases the rest on disk before the host_id goes."""
+    at = 9 * MiB
+    direct.format_lockspace(serving.path, "orph-ls", at, io_timeout_s=1)
+    for index in (1, 2, 3):
+        direct.format_resource(serving.path, "orph-ls", f"o{index}", at + index * MiB)
+
+    def disk(index: int) -> list[tuple[str | bytes, int]]:
+        return [(serving.path, at + index * MiB)]
+
+    def leader(index: int) -> Leader:
+        return direct.read_paxos_leader(serving.path, at + index * MiB)
+
+    def ended(fd: int) -> None:
+        client._registrations.pop(fd).close()
+        poll(lambda: all(s.closed for s in serving.daemon._registered.get(os.getpid(), [])),
+             10, what="the registration ended")
+
+    with client.using(serving.daemon.config.run_dir):
+        client.add_lockspace("orph-ls", 1, serving.path, at)
+        fd = client.register()
+        client.acquire("orph-ls", "o1", disk(1), slkfd=fd, persistent=True)
+        client.acquire("orph-ls", "o2", disk(2), slkfd=fd, persistent=True, shared=True)
+        client.acquire("orph-ls", "o3", disk(3), slkfd=fd)
+        ended(fd)
+        poll(lambda: _orphans(serving) == {"o1", "o2"}, 10, what="two orphans")
+        assert leader(1).timestamp != 0 and leader(3).timestamp == 0  # o3 was released
+        lver = leader(1).lver
+        fd = client.register()
+        with pytest.raises(LeaseOrphaned, match="orphan flag"):
+            client.acquire("orph-ls", "o1", disk(1), slkfd=fd)
+        with pytest.raises(LeaseOrphaned, match="in that mode"):
+            client.acquire("orph-ls", "o1", disk(1), slkfd=fd, shared=True, orphan=True)
+        with pytest.raises(LeaseOrphaned, match="in that mode"):
+            client.acquire("orph-ls", "o2", disk(2), slkfd=fd, orphan=True)
+        adopted = client.acquire("orph-ls", "o1", disk(1), slkfd=fd, orphan=True)
+        assert adopted["lver"] == lver and leader(1).lver == lver and not adopted["orphan"]
+        ended(fd)  # not persistent any more: released
+        poll(lambda: leader(1).timestamp == 0, 10, what="the adopter's exit released o1")
+        assert _orphans(serving) == {"o2"}
+        fd = client.register()
+        assert client.release_orphans("orph-ls", "o9", slkfd=fd) == 0
+        assert client.release_orphans("never-added", slkfd=fd) == 0
+        assert client.release_orphans("orph-ls", "o2", slkfd=fd) == 1
+        assert not _orphans(serving)
+        assert not direct.resource_owners(serving.path, at + 2 * MiB)
+        client.acquire("orph-ls", "o1", disk(1), slkfd=fd, persistent=True)
+        client.acquire("orph-ls", "o3", disk(3), slkfd=fd, persistent=True)
+        ended(fd)
+        poll(lambda: _orphans(serving) == {"o1", "o3"}, 10, what="two orphans again")
+        fd = client.register()
+        with pytest.raises(LockspaceBusy):  # orphans count as held for REM_UNUSED
+            client.rem_lockspace("orph-ls", 1, serving.path, at, unused=True)
+        assert client.release_orphans("orph-ls", slkfd=fd) == 2
+        client.acquire("orph-ls", "o1", disk(1), slkfd=fd, persistent=True)
+        ended(fd)
+        poll(lambda: _orphans(serving) == {"o1"}, 10, what="an orphan before the removal")
+        client.rem_lockspace("orph-ls", 1, serving.path, at)
+        assert leader(1).timestamp == 0 and not _orphans(serving)
+
+
+def test_a_lockspace_used_by_orphans_is_removed_once_they_are_gone(serving: Serving) -> None:
+    """set_config USED_BY_ORPHANS: a removal waits while the lockspace has orphans (its host
+    lease renewing on), and ends once REL_ORPHAN has freed them."""
+    at = 13 * MiB
+    direct.format_lockspace(serving.path, "uo-ls", at, io_timeout_s=1)
+    direct.format_resource(serving.path, "uo-ls", "u1", at + MiB)
+    with client.using(serving.daemon.config.run_dir):
+        client.add_lockspace("uo-ls", 1, serving.path, at)
+        client.set_config("uo-ls", used_by_orphans=True)
+        fd = client.register()
+        client.acquire("uo-ls", "u1", [(serving.path, at + MiB)], slkfd=fd, persistent=True)
+        client._registrations.pop(fd).close()
+        poll(lambda: _orphans(serving) == {"u1"}, 10, what="the orphan")
+        client.rem_lockspace("uo-ls", 1, serving.path, at, wait=False)
+        lockspace = serving.daemon.lockspaces["uo-ls"]
+        removal_began = lease_now_s()
+        poll(lambda: any(r.time_s > removal_began + 0.5 for r in lockspace.history()), 10,
+             what="a renewal after the removal began")
+        assert "uo-ls" in serving.daemon.lockspaces
+        fd = client.register()
+        assert client.release_orphans("uo-ls", slkfd=fd) == 1
+        client._registrations.pop(fd).close()
+        poll(lambda: "uo-ls" not in serving.daemon.lockspaces, 20, what="the removal")
+
+
+def test_leasestores_own_cli_leaves_lists_and_releases_an_orphan(serving: Serving) -> None:
+    """`leasestore client command -P 1` leaves an orphan, `client status` lists it,
+    `client release_orphans` frees it."""
+    at = 15 * MiB
+    direct.format_resource(serving.path, LS, "cli-orphan", at)
+    run_dir = serving.daemon.config.run_dir
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "leasestore.cli.main", "client",
+                               "--run-dir", run_dir, *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    spec = f"{LS}:cli-orphan:{serving.path}:{at}"
+    ran = cli("command", "-r", spec, "-P", "1", "-c", "/bin/true")
+    assert ran.returncode == 0, ran.stderr
+    poll(lambda: "cli-orphan" in _orphans(serving), 10, what="the orphan")
+    listed = [line for line in cli("status").stdout.splitlines() if "cli-orphan" in line]
+    assert len(listed) == 1 and listed[0].endswith(" ORPHAN"), listed
+    freed = cli("release_orphans", "-r", spec)
+    assert freed.returncode == 0 and freed.stdout == "released 1 orphan(s)\n", freed.stderr
+    assert direct.read_paxos_leader(serving.path, at).timestamp == 0
+    usage = cli("release_orphans")
+    assert usage.returncode != 0 and usage.stderr.count("\n") == 1

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     config = action("set_config", "mark a lockspace used (its removal waits) or unused")
     config.add_argument("-u", dest="used", type=decimal_int, choices=(0, 1))
     config.add_argument("-O", dest="used_by_orphans", type=decimal_int, choices=(0, 1),
-                        help="accepted as sanlock's; no effect (no orphans)")
+                        help="1: a removal waits while the lockspace has orphans")
     action("log_dump", "print the daemon's recent log lines", lockspace=False)
     event = action("set_event", "send a host an event (its daemon's listeners get it)")
     event.add_argument("-i", dest="host_id", type=decimal_int, required=True)
@@ -53,7 +53,10 @@ def register(sub: Any) -> None:
                        help="the host's generation (default: its current one)")
     event.add_argument("-e", dest="event", type=decimal_int, required=True)
     event.add_argument("-d", dest="data", type=decimal_int, default=0)
+    _register_resource_actions(actions)
 
+
+def _register_resource_actions(actions: Any) -> None:
     def resource_action(name: str, helptext: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=helptext)
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -67,6 +70,15 @@ def register(sub: Any) -> None:
                        metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
         p.add_argument("-p", dest="pid", type=decimal_int, required=True)
         p.add_argument("--shared", action="store_true")
+        p.add_argument("-O", dest="orphan", type=decimal_int, choices=(0, 1), default=0,
+                       help="acquire: adopt an orphan of the lease")
+        p.add_argument("-P", dest="persistent", type=decimal_int, choices=(0, 1), default=0,
+                       help="acquire: keep the lease as an orphan if the pid exits")
+    orphans = resource_action("release_orphans", "release the orphans of a lockspace, or of "
+                                                 "one resource (root; leasestore's own verb)")
+    orphans.add_argument("-s", dest="lockspace", metavar="LOCKSPACE[:...]")
+    orphans.add_argument("-r", dest="resources", action="append",
+                         metavar="LS:RES:PATH:OFFSET")
     req = resource_action("request", "ask the holder of a lease to give it up")
     req.add_argument("-r", dest="resources", action="append", required=True,
                      metavar="LS:RES:PATH:OFFSET[:LVER]")
@@ -78,6 +90,10 @@ def register(sub: Any) -> None:
                                      "that holds them for its lifetime")
     cmd.add_argument("-r", dest="resources", action="append", required=True,
                      metavar="LS:RES:PATH:OFFSET[:LVER|:SH]")
+    cmd.add_argument("-O", dest="orphan", type=decimal_int, choices=(0, 1), default=0,
+                     help="adopt orphans of the leases")
+    cmd.add_argument("-P", dest="persistent", type=decimal_int, choices=(0, 1), default=0,
+                     help="keep the leases as orphans when the command exits")
     cmd.add_argument("-c", dest="argv", nargs=argparse.REMAINDER, required=True,
                      metavar="PATH ARGS")
 
@@ -116,6 +132,8 @@ def run_client(args: argparse.Namespace) -> int:
         lines = [f"daemon {data['host_name']} pid {data['pid']} watchdog {data['watchdog']}"]
         lines += [f"s {ls['lockspace']}:{ls['host_id']}:{ls['path']}:{ls['offset']} "
                   f"{ls['state']} gen {ls['generation']}" for ls in data["lockspaces"]]
+        lines += [f"r {lease['state']} p {lease['pid']}" + (" ORPHAN" if lease["orphan"] else "")
+                  for lease in data["leases"]]
         _print(args, data, "\n".join(lines))
         return 0
     if name == "log_dump":
@@ -175,10 +193,11 @@ def _resources(texts: list[str]) -> list[ResourceSpec]:
 
 
 def _acquire_each(specs: list[ResourceSpec], slkfd: int | None, pid: int | None,
-                  shared: bool) -> list[dict[str, Any]]:
+                  args: argparse.Namespace) -> list[dict[str, Any]]:
     return [
         client.acquire(spec.lockspace, spec.name, list(spec.disks), slkfd=slkfd, pid=pid,
-                       shared=shared or spec.shared, version=spec.lver)
+                       shared=getattr(args, "shared", False) or spec.shared, version=spec.lver,
+                       persistent=bool(args.persistent), orphan=bool(args.orphan))
         for spec in specs
     ]
 
@@ -192,6 +211,8 @@ def run_resource(args: argparse.Namespace) -> int:
                        "resource": h["resource"].decode()} for h in held],
                "\n".join(h["state"] for h in held))
         return 0
+    if args.action == "release_orphans":
+        return _release_orphans(args)
     specs = _resources(args.resources)
     if args.action == "request":
         owners = [client.request(spec.lockspace, spec.name, list(spec.disks), args.force_mode,
@@ -200,7 +221,7 @@ def run_resource(args: argparse.Namespace) -> int:
                                        for spec, owner in zip(specs, owners, strict=True)))
         return 0
     if args.action == "acquire":
-        held = _acquire_each(specs, None, args.pid, args.shared)
+        held = _acquire_each(specs, None, args.pid, args)
         _print(args, held, "\n".join(h["state"] for h in held))
     elif args.action == "release":
         for spec in specs:
@@ -208,6 +229,20 @@ def run_resource(args: argparse.Namespace) -> int:
         _print(args, {"ok": True}, "released")
     else:
         return _command(args, specs)
+    return 0
+
+
+def _release_orphans(args: argparse.Namespace) -> int:
+    if (args.lockspace is None) == (args.resources is None):
+        raise UsageError("release_orphans takes -s LOCKSPACE or -r RESOURCE (one or more)")
+    fd = client.register()
+    if args.lockspace is not None:
+        targets = [(args.lockspace.split(":", 1)[0], "")]
+    else:
+        targets = [(spec.lockspace, spec.name) for spec in _resources(args.resources)]
+    released = sum(client.release_orphans(lockspace, name, slkfd=fd)
+                   for lockspace, name in targets)
+    _print(args, {"released": released}, f"released {released} orphan(s)")
     return 0
 
 
@@ -219,7 +254,7 @@ def _command(args: argparse.Namespace, specs: list[ResourceSpec]) -> int:
         raise UsageError(f"program {args.argv[0]!r} is not found or not executable; nothing "
                          "was acquired")
     fd = client.register()
-    _acquire_each(specs, fd, None, False)
+    _acquire_each(specs, fd, None, args)
     os.set_inheritable(fd, True)
     sys.stdout.flush()
     os.execvp(args.argv[0], args.argv)

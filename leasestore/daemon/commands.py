@@ -127,6 +127,10 @@ class Acquire(ResourceCommand):
     lver: int = -1
     """-1: any version; otherwise the lease must be at exactly this lver (holding lver + 1)."""
     lvb: bool = False
+    persistent: bool = False
+    """Kept as an orphan when the holder exits without releasing it."""
+    adopt: bool = False
+    """Adopt an orphan of the lease in the same mode (otherwise an orphan refuses)."""
     """Read the lease's lock value block after the grant, for set_lvb / get_lvb (lvb.py)."""
 
     def validate(self) -> None:

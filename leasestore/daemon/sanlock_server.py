@@ -57,10 +57,11 @@ from leasestore.errors import (
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
+from leasestore.paxos import SH_RETRIES
 from leasestore.resource import HeldResource
 from leasestore.specs import MAX_PATH_B
 from leasestore.storage.odirect import DirectDevice
-from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S
+from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, Timeouts
 
 if TYPE_CHECKING:
     from leasestore.daemon.server import Daemon, Session
@@ -358,18 +359,19 @@ class SanlockFrontEnd:
 
     def _set_config(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """data: USED / UNUSED (a removal waits while used), or USED_BY_ORPHANS /
-        UNUSED_BY_ORPHANS (no effect: leasestore keeps no orphans)."""
+        UNUSED_BY_ORPHANS (a removal waits while the lockspace has orphans)."""
         name = self._lockspace_payload(payload).name
         self.daemon._require_admin(session.peer, "set_config")
         if header.data not in (sp.CONFIG_USED, sp.CONFIG_UNUSED, sp.CONFIG_USED_BY_ORPHANS,
                                sp.CONFIG_UNUSED_BY_ORPHANS):
             raise _refuse(-sp.EINVAL, UsageError, f"unknown set_config command {header.data}")
         self._added(name)
-        if header.data in (sp.CONFIG_USED, sp.CONFIG_UNUSED):
-            try:
-                self.daemon.set_used(name, header.data == sp.CONFIG_USED)
-            except HostLeaseExpired as exc:
-                raise _Refused(-sp.ENOSPC, exc) from None
+        try:
+            self.daemon.set_used(name, header.data in (sp.CONFIG_USED, sp.CONFIG_USED_BY_ORPHANS),
+                                 by_orphans=header.data in (sp.CONFIG_USED_BY_ORPHANS,
+                                                            sp.CONFIG_UNUSED_BY_ORPHANS))
+        except HostLeaseExpired as exc:
+            raise _Refused(-sp.ENOSPC, exc) from None
         return _Reply()
 
     def _added(self, name: str) -> Lockspace:
@@ -569,11 +571,9 @@ class SanlockFrontEnd:
                      wanted: list[tuple[sp.Resource, list[sp.Disk]]], owner_name: str,
                      session: Session) -> _Reply:
         target.owner_name = owner_name
-        if header.cmd_flags & sp.ACQUIRE_ORPHAN_ONLY:
-            raise _refuse(-sp.ENOENT, LeaseNotHeld, "no orphan lease to adopt")
-        if any(r.flags & sp.RES_PERSISTENT for r, _ in wanted):
-            raise _refuse(-sp.EOPNOTSUPP, UsageError,
-                          "persistent leases are not implemented")
+        # ORPHAN_ONLY, like ORPHAN, adopts an orphan if there is one and otherwise acquires
+        # (sanlock 3.8.5 does so, although its header promises -ENOENT).
+        adopt = bool(header.cmd_flags & (sp.ACQUIRE_ORPHAN | sp.ACQUIRE_ORPHAN_ONLY))
         pid = 0 if target is session else target.peer.pid
         acquired: list[commands.Release] = []
         results = []
@@ -584,7 +584,9 @@ class SanlockFrontEnd:
                                        disk.offset, pid=pid,
                                        shared=bool(resource.flags & sp.RES_SHARED),
                                        lver=resource.lver if resource.flags & sp.RES_LVER
-                                       else -1, lvb=bool(header.cmd_flags & sp.ACQUIRE_LVB))
+                                       else -1, lvb=bool(header.cmd_flags & sp.ACQUIRE_LVB),
+                                       persistent=bool(resource.flags & sp.RES_PERSISTENT),
+                                       adopt=adopt)
                 _validated(command)
                 results.append(self.daemon._acquire(command, session))
                 acquired.append(commands.Release(resource.lockspace, resource.name, disk.path,
@@ -607,10 +609,17 @@ class SanlockFrontEnd:
         if not 0 <= count <= sp.MAX_RESOURCES:
             raise _refuse(-sp.E2BIG, UsageError,
                           f"at most {sp.MAX_RESOURCES} resources per release, not {count}")
+        if header.cmd_flags & sp.REL_ORPHAN:
+            count = 1
         named = [sp.Resource.decode(payload.take(sp.RESOURCE_B)) for _ in range(count)]
-        if header.cmd_flags & (sp.REL_RENAME | sp.REL_ORPHAN):
-            raise _refuse(-sp.EOPNOTSUPP, UsageError,
-                          "release with rename or of orphans is not implemented")
+        if header.cmd_flags & sp.REL_RENAME:
+            raise _refuse(-sp.EOPNOTSUPP, UsageError, "release with rename is not implemented")
+        if header.cmd_flags & sp.REL_ORPHAN:
+            with self._acting_for(header, session):
+                self.daemon._require_admin(session.peer, "release orphans")
+                [orphan] = named
+                released = self.daemon.release_orphans(orphan.lockspace, orphan.name)
+            return _Reply(released, detail={"released": released})
         with self._acting_for(header, session) as target:
             return self._release_for(target, named, release_all, session)
 
@@ -833,54 +842,112 @@ class SanlockFrontEnd:
                                  0).encode())
 
     def _status(self, header: Header, payload: _Payload, session: Session) -> _Reply:
-        """Records up to the type `data` names (0: all), then the connection ends."""
+        """Records up to the type `data` names (0: all), then the connection ends. Each
+        record's text has sanlock's keys in sanlock's order (`client status -D` prints them);
+        a key for a part of sanlock leasestore has not (its helper process, its worker
+        threads, its client slots' fds) carries a fixed value."""
         daemon = self.daemon
         last_type = header.data
-        config = daemon.config
-        text = (f"our_host_name={config.host_name} use_watchdog="
-                f"{int(daemon.watchdog.describe() != 'none')} renewal_history_size="
-                f"{config.renewal_history_size} version_str=leasestore-{daemon.version} "
-                f"version_hex={sp.VERSION_WORD:08x} smproto_hex={sp.SM_PROTO:08x} "
-                f"io_timeout={config.io_timeout} "
-                f"watchdog_fire_timeout={config.watchdog_fire_timeout:g}")
-        records = [sp.state_record(sp.StateType.DAEMON, config.host_name, text)]
+        records = [sp.state_record(sp.StateType.DAEMON, daemon.config.host_name,
+                                   _daemon_text(daemon))]
         if last_type != 1:
             with daemon._lock:
                 sessions = daemon._registrations()
             # As sanlock lists its own slots: the listener, and this status connection.
-            records.append(sp.state_record(sp.StateType.CLIENT, "listener", "pid=-1",
-                                           data32=-1))
-            records.extend(sp.state_record(
-                sp.StateType.CLIENT, client.owner_name,
-                f"pid={client.peer.pid} restricted={client.restrict:x}",
-                data32=client.peer.pid) for client in sessions)
-            records.append(sp.state_record(sp.StateType.CLIENT, "status", "pid=-1",
-                                           data32=-1))
+            slots: list[tuple[str, int, Session | None]] = [
+                ("listener", -1, None), *((c.owner_name, c.peer.pid, c) for c in sessions),
+                ("status", -1, None)]
+            records.extend(sp.state_record(sp.StateType.CLIENT, name,
+                                           _client_text(index, pid, client), data32=pid)
+                           for index, (name, pid, client) in enumerate(slots))
         if last_type not in (1, 2):
-            for lockspace in self._lockspaces():
-                listed = ("rem" if lockspace.name in daemon._removing else
-                          "add" if lockspace.state == LockspaceState.JOINING else "spaces")
-                failing = lockspace.state == LockspaceState.RENEWAL_FAILING
-                ls_text = (f"list={listed} io_timeout={lockspace.timeouts.io_timeout_s} "
-                           f"host_generation={lockspace.generation} "
-                           f"renew_fail={int(failing)} "
-                           f"space_dead={int(lockspace.state == LockspaceState.FAILED)}")
+            for index, lockspace in enumerate(self._lockspaces(), start=1):
                 records.append(sp.state_record(sp.StateType.LOCKSPACE, lockspace.name,
-                                               ls_text, data64=lockspace.spec.host_id)
+                                               _lockspace_text(daemon, lockspace, index),
+                                               data64=lockspace.spec.host_id)
                                + self._lockspace_struct(lockspace, in_status=True))
         if last_type not in (1, 2, 3):
-            for held in list(daemon.resources.held.values()):
-                records.extend(_resource_record(held, pid) for pid in sorted(held.pids))
+            # Newest first, as sanlock lists them.
+            holdings = list(reversed(daemon.resources.held.values()))
+            for index, held in enumerate(holdings, start=1):
+                records.extend(_resource_record(held, pid, index) for pid in sorted(held.pids))
+            # Orphans last, as sanlock lists them: an exclusive one under its last holder's
+            # pid, a shared one under pid 0.
+            records.extend(_resource_record(held, 0 if held.lease.shared else held.pid, index)
+                           for index, held in enumerate(holdings, start=1) if held.orphan)
         return _Reply(payload=b"".join(records), counted=False, data2=header.data2,
                       detail=daemon._status(commands.Status(), session))
 
 
-def _resource_record(held: HeldResource, pid: int) -> bytes:
+def _fields(**values: object) -> str:
+    return " ".join(f"{key}={value}" for key, value in values.items())
+
+
+def _daemon_text(daemon: Daemon) -> str:
+    config = daemon.config
+    return _fields(
+        our_host_name=config.host_name,
+        use_watchdog=int(daemon.watchdog.describe() != "none"), high_priority=0,
+        mlock_level=0, quiet_fail=1, debug_renew=0, debug_clients=0, debug_cmds="0x0",
+        renewal_history_size=config.renewal_history_size, gid=os.getgid(), uid=os.getuid(),
+        sh_retries=SH_RETRIES, max_sectors_kb_ignore=0, max_sectors_kb_align=0,
+        max_sectors_kb_num=0, max_worker_threads=0,
+        write_init_io_timeout=config.io_timeout, use_aio=1,
+        kill_grace_seconds=Timeouts(config.io_timeout,
+                                    config.watchdog_fire_timeout).kill_grace_s,
+        helper_pid=os.getpid(), helper_kill_fd=-1, helper_full_count=0, helper_last_status=0,
+        monotime=int(lease_now_s()), version_str=f"leasestore-{daemon.version}",
+        version_num="3.8.5", version_hex=f"{sp.VERSION_WORD:08x}",
+        smproto_hex=f"{sp.SM_PROTO:08x}")
+
+
+def _client_text(slot: int, pid: int, client: Session | None) -> str:
+    """A client slot: one of the daemon's own (no Session), or a registration."""
+    return _fields(
+        ci=slot, fd=-1, pid=pid, flags=0,
+        restricted=f"{client.restrict:x}" if client is not None else "0",
+        cmd_active=int(client is not None and client.command_active), cmd_last=0,
+        pid_dead=int(client is not None and client.closed), kill_count=0, kill_last=0,
+        suspend=0, need_free=0)
+
+
+def _lockspace_text(daemon: Daemon, lockspace: Lockspace, space_id: int) -> str:
+    state = lockspace.state
+    listed = ("rem" if lockspace.name in daemon._removing else
+              "add" if state == LockspaceState.JOINING else "spaces")
+    table = lockspace.table
+    geometry = table.geometry if table is not None else None
+    history = lockspace.history()
+    last = history[-1] if history else None
+    failed = state == LockspaceState.FAILED
+    with daemon._lock:
+        external_used = int(lockspace.name in daemon._used)
+        used_by_orphans = int(lockspace.name in daemon._used_by_orphans)
+    return _fields(
+        list=listed, space_id=space_id, io_timeout=lockspace.timeouts.io_timeout_s,
+        sector_size=geometry.sector_size if geometry else 0,
+        align_size=geometry.align_size if geometry else 0,
+        host_generation=lockspace.generation,
+        renew_fail=int(state == LockspaceState.RENEWAL_FAILING), space_dead=int(failed),
+        killing_pids=int(failed and bool(daemon.resources.holder_pids(lockspace.name))),
+        used_retries=0, external_used=external_used, used_by_orphans=used_by_orphans,
+        renewal_read_extend_sec=0, set_max_sectors_kb=0, corrupt_result=0,
+        acquire_last_result=int(lockspace.joined_s > 0),
+        renewal_last_result=int(last is not None and last.error is None),
+        acquire_last_attempt=int(lockspace.joined_s), acquire_last_success=int(lockspace.joined_s),
+        renewal_last_attempt=int(last.time_s) if last is not None else 0,
+        renewal_last_success=int(lockspace.last_success_s))
+
+
+def _resource_record(held: HeldResource, pid: int, res_id: int) -> bytes:
     lockspace, name, path, offset = held.key
     shared = held.lease.shared
     sector = held.params.geometry.sector_size
-    text = (f"list=held flags={sp.RES_SHARED if shared else 0:x} sector_size={sector} "
-            f"align_size={held.params.geometry.align_size} lver={held.lease.lver}")
+    text = _fields(list="orphan" if held.orphan else "held",
+                   flags=int(shared),  # sanlock's own resource flag bit (R_SHARED 1)
+                   sector_size=sector,
+                   align_size=held.params.geometry.align_size, lver=held.lease.lver, reused=0,
+                   res_id=res_id, token_id=0)
     resource = sp.Resource(lockspace, name, 0, flags=sp.RES_SHARED if shared else 0,
                            num_disks=1)
     disk = sp.Disk(path, offset, sector, sp.SELF)

@@ -153,6 +153,8 @@ class Daemon:
         self._used: set[str] = set()
         """Lockspaces an application marked used (sanlock's set_config USED): their removal
         waits until they are marked unused again."""
+        self._used_by_orphans: set[str] = set()
+        """Lockspaces whose removal waits while they have orphans (USED_BY_ORPHANS)."""
         self._used_changed = threading.Condition(self._lock)
         self.event_listeners: dict[str, list[socket.socket]] = {}
         """Per lockspace, the connections registered for host events (REG_EVENT), at most
@@ -245,6 +247,8 @@ class Daemon:
                 holding = {s.process for s in self._registrations()
                            if s.process is not None and s.peer.pid in recorded_pids}
             self._holder_record.write(holding)
+        with self._used_changed:  # orphans may have gone: a removal may wait for that
+            self._used_changed.notify_all()
 
     def serve_forever(self) -> None:
         if self._listener is None:
@@ -393,6 +397,7 @@ class Daemon:
             if self.lockspaces.get(lockspace.name) is lockspace:
                 del self.lockspaces[lockspace.name]
                 self._used.discard(lockspace.name)
+                self._used_by_orphans.discard(lockspace.name)
                 listeners = self.event_listeners.pop(lockspace.name, [])
             else:
                 listeners = []
@@ -447,20 +452,37 @@ class Daemon:
         else:
             threading.Thread(target=remove, daemon=True).start()
 
-    def set_used(self, name: str, used: bool) -> None:
-        """Mark lockspace `name` used by an application (its removal waits) or unused.
-        LockspaceNotJoined if it is not added; HostLeaseExpired if marking used a lockspace
-        whose host lease is gone."""
+    def set_used(self, name: str, used: bool, by_orphans: bool = False) -> None:
+        """Mark lockspace `name` used by an application (its removal waits) or unused; with
+        `by_orphans`, whether its removal waits while it has orphans. LockspaceNotJoined if it
+        is not added; HostLeaseExpired if marking used a lockspace whose host lease is gone."""
         lockspace = self._named(name)
         if used and lockspace.state not in (LockspaceState.JOINING, LockspaceState.HELD,
                                             LockspaceState.RENEWAL_FAILING):
             raise HostLeaseExpired(f"lockspace {name!r} is {lockspace.state}")
+        marked = self._used_by_orphans if by_orphans else self._used
         with self._used_changed:
             if used:
-                self._used.add(name)
+                marked.add(name)
             else:
-                self._used.discard(name)
+                marked.discard(name)
             self._used_changed.notify_all()
+
+    def release_orphans(self, name: str, resource: str = "") -> int:
+        """Release the orphans of lockspace `name` (that of `resource` only, if given) on
+        disk; returns how many there were. An unknown lockspace has none."""
+        with self._lock:
+            lockspace = self.lockspaces.get(name)
+        if lockspace is None:
+            return 0
+        released = 0
+        for orphan in self.resources.orphans(name, resource):
+            try:
+                released += self.resources.release_orphan(lockspace, orphan.key)
+            except LeasestoreError as exc:  # retried in the background; it is no orphan now
+                released += 1
+                log.warning("release of the orphan %s: %s", orphan.key[1], exc)
+        return released
 
     def _deliver_event(self, lockspace: Lockspace, received: ReceivedEvent) -> None:
         """Send an event another host sent us to this lockspace's listeners (non-blocking,
@@ -490,9 +512,14 @@ class Daemon:
         for listener in listeners:
             listener.close()
 
+    def _in_use(self, name: str) -> bool:
+        """Whether removal of `name` must wait (call with _lock held)."""
+        return name in self._used or (name in self._used_by_orphans
+                                      and bool(self.resources.orphans(name)))
+
     def _wait_until_unused(self, name: str) -> None:
         with self._used_changed:
-            while name in self._used and not self._shutdown.is_set():
+            while self._in_use(name) and not self._shutdown.is_set():
                 if self._used_changed.wait(USED_LOG_INTERVAL_S) or self._shutdown.is_set():
                     continue
                 log.warning("lockspace %s is marked used: its removal waits", name)
@@ -506,13 +533,13 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-        return DeviceRunner({}).run(self._removing_holders(name, kill))
+        return self.resources.run(self._removing_holders(name, kill))
 
     def _removing_holders(self, name: str, kill: Callable[[int], None]) -> Algorithm[bool]:
         yield from removal.shutting_out(self.resources, name)
         wait_s = holder_record.EXIT_WAIT_S + 4 * self._named(name).timeouts.io_timeout_s
         return (yield from removal.ending_holders(
-            self.resources, name, lambda: self._holder_pids_in(name), kill, wait_s))
+            self.resources, self._named(name), lambda: self._holder_pids_in(name), kill, wait_s))
 
     def _inq_lockspace(self, cmd: commands.InqLockspace, session: Session) -> bool | None:
         try:
@@ -640,7 +667,8 @@ class Daemon:
             # stops the holders.
             try:
                 held = self.resources.acquire(lockspace, key, target.peer.pid,
-                                              shared=cmd.shared, lver=lver, lvb=cmd.lvb)
+                                              shared=cmd.shared, lver=lver, lvb=cmd.lvb,
+                                              persistent=cmd.persistent, adopt=cmd.adopt)
             except AcquireLver as exc:
                 if not implied:
                     raise

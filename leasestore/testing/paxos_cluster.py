@@ -46,7 +46,7 @@ from leasestore import removal
 from leasestore.daemon.holders import HolderProcess
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.effects import Algorithm, Now, Sleep
-from leasestore.errors import AcquireIdLive, AcquireOwned, LeasestoreError
+from leasestore.errors import AcquireIdLive, AcquireOwned, LeaseOrphaned, LeasestoreError
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
@@ -90,6 +90,9 @@ class ClusterConfig:
     """Holds that outlast host_dead several times over (a VM runs for days)."""
     request_fraction: float = 0.1
     """How often a process refused a lease asks its holder for it (request, force mode 1/2)."""
+    persistent_fraction: float = 0.0
+    """How often a lease is acquired persistent (an exit leaves it as an orphan, which later
+    processes adopt with the orphan flag, or the operator releases)."""
     ignores_sigterm: float = 0.3
     ignores_sigkill: float = 0.03
     """How often a process ignores SIGTERM, or even SIGKILL (stuck in the kernel)."""
@@ -135,7 +138,8 @@ class ClusterConfig:
                    num_hosts=tuple(rng.choice((0, rng.choice(host_ids)))
                                    for _ in range(resources_n))
                    if rng.random() < 0.3 else (),
-                   silent_hosts=silent if any(silent) else ())
+                   silent_hosts=silent if any(silent) else (),
+                   persistent_fraction=rng.choice((0.0, 0.0, 0.3)))
 
     @property
     def geometry(self) -> Geometry:
@@ -503,8 +507,9 @@ class PaxosCluster:
         try:
             yield from removal.shutting_out(service, SPACE)
             wait_s = holder_rules.EXIT_WAIT_S + 4 * host.timeouts.io_timeout_s
+            assert host.lockspace is not None
             if (yield from removal.ending_holders(
-                    service, SPACE, lambda: self._holders_in(host),
+                    service, host.lockspace, lambda: self._holders_in(host),
                     lambda pid: self._signal(host, pid, graceful=False), wait_s)):
                 self.world.cancel(task)  # the membership loop releases the host_id
             else:
@@ -548,6 +553,7 @@ class PaxosCluster:
             assert lockspace is not None and supervisor is not None
             if supervisor.tick(now_s, [lockspace], lambda name: self._holders_in(host)):
                 self._pet(host)
+            self._release_orphans_now_and_then(host, lockspace)
             if lockspace.state in (LockspaceState.FAILED, LockspaceState.RELEASED):
                 failed_since = now_s if failed_since is None else failed_since
                 if (not self._holders_in(host) and host.resources is not None
@@ -557,6 +563,25 @@ class PaxosCluster:
                     failed_since = None
                     self._add_lockspace(host)
             yield Sleep(interval_s)
+
+    def _release_orphans_now_and_then(self, host: DaemonHost, lockspace: Lockspace) -> None:
+        """The operator's REL_ORPHAN: now and then during the faults, and always once they
+        have stopped (orphans nobody adopts would keep their leases from every other host)."""
+        service = host.resources
+        assert service is not None
+        settling = self._acquired_at_settle is not None
+        if not settling and self.world.rng.random() >= 0.01:
+            return
+        for orphan in service.orphans(SPACE):
+            self._count("orphan_released")
+            self._spawn(host, "release-orphan", self._release_orphan(service, lockspace,
+                                                                     orphan.key))
+
+    @staticmethod
+    def _release_orphan(service: ResourceService, lockspace: Lockspace,
+                        key: ResourceKey) -> Algorithm[None]:
+        with contextlib.suppress(LeasestoreError):  # a failed release is retried meanwhile
+            yield from service.releasing_orphan(lockspace, key)
 
     def _holders_in(self, host: DaemonHost) -> list[int]:
         """As the daemon's: registered (live) processes with leases in the lockspace."""
@@ -646,8 +671,17 @@ class PaxosCluster:
             resource = rng.randrange(self.resources)
             key = self._key(resource)
             shared = rng.random() < self.config.shared_fraction
+            settling = self._acquired_at_settle is not None
+            persistent = not settling and rng.random() < self.config.persistent_fraction
+            adopt = settling or rng.random() < 0.5
+            orphan = any(h.key == key for h in service.orphans(SPACE))
             try:
-                held = yield from service.acquiring(lockspace, key, process.pid, shared=shared)
+                held = yield from service.acquiring(lockspace, key, process.pid, shared=shared,
+                                                    persistent=persistent, adopt=adopt)
+            except LeaseOrphaned:
+                self._count("orphan_refused")
+                yield Sleep(rng.uniform(0.5, 3 * io_s))
+                continue
             except (AcquireIdLive, AcquireOwned):
                 if rng.random() < self.config.request_fraction:
                     yield from self._ask_for(host, lockspace, key)
@@ -659,6 +693,8 @@ class PaxosCluster:
             if not process.alive:  # it died while the daemon acquired for it
                 yield from service.releasing_after_exit(lockspace, key, process.pid)
                 return
+            if orphan and held.pids == {process.pid}:
+                self._count("orphan_adopted")
             self._granted(host, process, resource, held.lease)
             long_hold = rng.random() < self.config.long_hold_fraction
             hold_s = (rng.uniform(2, 6) * host.timeouts.host_dead_s if long_hold

@@ -31,13 +31,15 @@ SANLOCK_PYTHON = "/usr/bin/python3"
 """Debian's interpreter, which has python3-sanlock (`import sanlock`)."""
 
 # The lease file, 16 MiB, one 1 MiB area each (the python script spells these offsets out):
-#   0 lockspace LS · 1 MiB resource LS:R1 · 2 MiB resource LS:R2   (formatted by format_areas)
+#   0 lockspace LS · 1 MiB resource LS:R1 · 2 MiB resource LS:R2 · 3 MiB resource LS:R5 (the
+#   CLI's persistent and orphan leases)   (formatted by format_areas)
 #   4 MiB python write_lockspace LS3 · 6 MiB python write_resource LS3:R3 · 7 MiB the same with
 #   clear=True · 8 MiB never written · 10 MiB lockspace LS2 (formatted by format_areas; joined
 #   asynchronously with the daemon's default io_timeout) · 12 / 13 MiB `client init -s / -r`
 LOCKSPACE = "LS"
 R1_AT = 1 * MiB
 R2_AT = 2 * MiB
+R5_AT = 3 * MiB
 ZEROED_AT = 8 * MiB
 LS2_AT = 10 * MiB
 FILE_SIZE = 16 * MiB
@@ -48,11 +50,12 @@ UNKNOWN_PID = 999_999
 def format_areas(sanlock_bin: str, path: str) -> None:
     """Write the same initial bytes into a lease file for every daemon under test, with
     `sanlock direct` (no daemon involved): lockspace LS at 0 and LS2 at LS2_AT (io_timeout 1
-    in every slot, so a first join waits about 2 s), resources R1 and R2."""
+    in every slot, so a first join waits about 2 s), resources R1, R2 and R5."""
     for args in (["-s", f"{LOCKSPACE}:0:{path}:0", "-o", "1"],
                  ["-s", f"LS2:0:{path}:{LS2_AT}", "-o", "1"],
                  ["-r", f"{LOCKSPACE}:R1:{path}:{R1_AT}"],
-                 ["-r", f"{LOCKSPACE}:R2:{path}:{R2_AT}"]):
+                 ["-r", f"{LOCKSPACE}:R2:{path}:{R2_AT}"],
+                 ["-r", f"{LOCKSPACE}:R5:{path}:{R5_AT}"]):
         out = subprocess.run([sanlock_bin, "direct", "init", *args], capture_output=True,
                              text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -67,6 +70,8 @@ _VOLATILE = [
     (re.compile(r"\b(timestamp[ =])(?!0\b)\d+"), r"\1T"),
     (re.compile(r"\b(\w+_ms=)\d+"), r"\1T"),
     (re.compile(r"\b(last_\w+=|monotime=|helper_last_status=)\d+"), r"\1T"),
+    # an exclusive orphan is listed under the pid of its holder, a `client command` gone since
+    (re.compile(r"\bp [1-9]\d* ORPHAN$", re.M), "p GONE ORPHAN"),
 ]
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
@@ -181,6 +186,7 @@ CLI_STEPS: list[tuple[str, list[str]]] = [
     ("status_reacquired", ["status"]),
     ("acquire_shared_r2", ["acquire", "-r", "{R2}:SH", "-p", "{PID}"]),
     ("inquire_two", ["inquire", "-p", "{PID}"]),
+    ("status_detail", ["status", "-D"]),
     ("acquire_not_joined", ["acquire", "-r", "NOLS:R1:{F}:1048576", "-p", "{PID}"]),
     ("acquire_zeroed_area", ["acquire", "-r", "{R9}", "-p", "{PID}"]),
     ("read_resource", ["read", "-r", "{R1}"]),
@@ -203,6 +209,24 @@ CLI_STEPS: list[tuple[str, list[str]]] = [
     ("set_config_unused_by_orphans", ["set_config", "-s", LOCKSPACE, "-O", "0"]),
     ("set_config_unused", ["set_config", "-s", LOCKSPACE, "-u", "0"]),
     ("log_dump", ["log_dump"]),
+    # Persistent leases: the command exits holding R5, which stays as an orphan; an acquire
+    # refuses it (-EUCLEAN) unless it adopts it (-O 1), here persistent again (-P 1).
+    # Each command's exit is awaited (@exits_seen) before the next step: a daemon notices the
+    # hang-up of the exited command in its own time.
+    ("command_persistent", ["command", "-r", "{R5}", "-P", "1", "-c", "/bin/true"]),
+    ("@exits_seen", []),
+    ("status_orphan", ["status"]),
+    ("command_refused_by_orphan", ["command", "-r", "{R5}", "-c", "/bin/true"]),
+    ("@exits_seen_2", []),
+    ("command_adopts_orphan", ["command", "-r", "{R5}", "-O", "1", "-P", "1", "-c",
+                               "/bin/true"]),
+    ("@exits_seen_3", []),
+    ("status_orphan_adopted", ["status"]),
+    ("command_adopts_and_releases", ["command", "-r", "{R5}", "-O", "1", "-c", "/bin/true"]),
+    ("@exits_seen_4", []),
+    ("status_orphan_gone", ["status"]),
+    ("command_persistent_again", ["command", "-r", "{R5}", "-P", "1", "-c", "/bin/true"]),
+    ("read_orphan", ["read", "-r", "{R5}"]),
     # convert (SH <-> EX) comes with issue 17; until then leasestore answers -EOPNOTSUPP
     ("shutdown_busy", ["shutdown", "-w", "1"]),
     ("rem_lockspace", ["rem_lockspace", "-s", "{LS}"]),
@@ -219,6 +243,7 @@ CLI_STEP_NAMES = [name for name, _ in CLI_STEPS]
 
 def _expand(args: list[str], path: str, pid: int | None) -> list[str]:
     values = {"{LS}": _ls(path), "{R1}": _res(path), "{R2}": _res(path, "R2", R2_AT),
+              "{R5}": _res(path, "R5", R5_AT),
               "{R9}": _res(path, "R9", ZEROED_AT), "{F}": path,
               "{PID}": str(pid if pid is not None else UNKNOWN_PID)}
     out = []
@@ -276,6 +301,8 @@ class CliScenario:
                     step = self._holder_after_rem()
                 elif name == "@daemon_exited":
                     step = self._daemon_exited()
+                elif name.startswith("@exits_seen"):
+                    step = self._exits_seen(name, pid)
                 else:
                     step = self.client(name, argv)
                 self.steps[name] = step
@@ -326,6 +353,18 @@ class CliScenario:
             step.note = f"exited {step.rc}"
         except subprocess.TimeoutExpired:
             step.note = "still running 8 s after rem_lockspace"
+        return step
+
+    def _exits_seen(self, name: str, holder_pid: int | None) -> CliStep:
+        """Wait (up to 5 s) until status lists no client but the lease holder and no lease of
+        R5 held by a process (the `client command` runs before exited)."""
+        gone = re.compile(rf"^p (-1|{holder_pid}) |^r (?!\S*:R5:)|^r .* ORPHAN$|^(?!p |r )")
+
+        def settled(step: CliStep) -> bool:
+            return all(gone.match(line) for line in step.stdout.splitlines())
+
+        step = self._poll(name, ["status"], settled, 5)
+        step.note = step.note or ("settled" if settled(step) else "a client remains")
         return step
 
     def _daemon_exited(self) -> CliStep:
@@ -618,7 +657,8 @@ def group_bypid():
     try:
         step("child_registered", lambda: child.stdout.readline().decode().strip())
         pid = child.pid
-        step("inquire_no_leases", lambda: sanlock.inquire(pid=pid))
+        # REGISTER has no reply: the daemon may read it after the child said it was ready
+        step("inquire_no_leases", lambda: retry(lambda: sanlock.inquire(pid=pid), {3}, 5))
         step("acquire", lambda: sanlock.acquire(LS, b"R1", R1, pid=pid))
         step("acquire_again", lambda: sanlock.acquire(LS, b"R1", R1, pid=pid))
         step("inquire", lambda: sanlock.inquire(pid=pid))
