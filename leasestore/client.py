@@ -343,6 +343,18 @@ def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str
     return held[0]
 
 
+def convert(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
+            shared: bool = False, slkfd: int | None = None, pid: int | None = None
+            ) -> dict[str, Any]:
+    """Turn a lease this process (or `slkfd`'s, or, as root, `pid`'s) holds shared or
+    exclusive. To exclusive fails with SharedHolders (-EAGAIN) while another live holder has
+    it shared; the lease then stays held shared."""
+    payload = _resource(lockspace, resource, disks, sp.RES_SHARED if shared else 0,
+                        with_disks=False)
+    held: dict[str, Any] = _call_for(Cmd.CONVERT, payload, slkfd, pid)
+    return held
+
+
 def release_orphans(lockspace: str | bytes, resource: str | bytes = "",
                     slkfd: int | None = None) -> int:
     """Release the orphans of a lockspace (only `resource`'s, if named) on disk, through the

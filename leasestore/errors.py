@@ -254,6 +254,12 @@ class LeaseAlreadyHeld(LeasestoreError):
     code = -17
 
 
+class LeaseAlreadyInMode(LeasestoreError):
+    """A convert to the mode the lease is held in already (sanlock: -EALREADY)."""
+
+    code = -114
+
+
 class LeaseOrphaned(LeasestoreError):
     """The lease is an orphan on this host (its persistent holder exited): only an acquire
     with the orphan flag, in the orphan's mode, adopts it (sanlock: -EUCLEAN)."""

@@ -23,6 +23,10 @@ release: read the leader (skipped while our host lease outlasts the write: nobod
   taken it over); if it is still ours, write our RELEASED dblock and the free leader together.
 shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader
   is released; exclusive acquirers must wait for shared holders to leave or die.
+convert: shared to exclusive runs an exclusive acquire's ballots with our SHARED mark kept in
+  every dblock write (so a failure leaves us shared) and clears it once no other live host holds
+  the lease shared; exclusive to shared writes the mark, then the RELEASED dblock (with it) and
+  the free leader.
 
 Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
 lver, never beside a valid shared holder, and lver only grows.
@@ -30,6 +34,7 @@ lver, never beside a valid shared holder, and lver only grows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +108,10 @@ class PaxosParams:
     delta_offset_b: int
     delta_geometry: Geometry
     host_info: Callable[[int], OwnerView | None] = field(default=_no_view, compare=False)
+    own_mode: ModeBlock | None = None
+    """A mode block every write of our dblock carries unless told otherwise: our SHARED mark,
+    kept while a convert to exclusive runs its ballots (were it dropped by a ballot that then
+    fails, we would hold the lease shared with no mark an exclusive acquirer waits for)."""
 
     @property
     def io_timeout_s(self) -> float:
@@ -306,7 +315,7 @@ def _may_ballot(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
 
 def _write_dblock(p: PaxosParams, dblock: Dblock, mode: ModeBlock | None = None
                   ) -> Algorithm[None]:
-    sector = encode_dblock_sector(dblock, p.geometry.sector_size, mode)
+    sector = encode_dblock_sector(dblock, p.geometry.sector_size, mode or p.own_mode)
     yield Write(p.device, p.dblock_at, sector, p.io_timeout_s)
 
 
@@ -430,16 +439,20 @@ def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
                                 f"not be withdrawn ({exc})", accepted) from exc
 
 
-def _win(p: PaxosParams, read1: LeaseRead, shared: bool) -> Algorithm[tuple[Leader, Dblock,
-                                                                              list[int]]]:
-    """Run ballots for lver + 1 until one commits; returns (leader, our dblock, SH holders)."""
+def _win(p: PaxosParams, read1: LeaseRead, shared: bool,
+         own: list[Dblock | None] | None = None
+         ) -> Algorithm[tuple[Leader, Dblock, list[int]]]:
+    """Run ballots for lver + 1 until one commits; returns (leader, our dblock, SH holders).
+    `own[0]` (if given) follows our dblock as it stands, or may come to stand, on disk."""
     cur = read1.leader
     next_lver = cur.lver + 1
     if read1.own_lver > next_lver:
         raise DblockLver(f"lease {p.resource!r}: our dblock is at lver {read1.own_lver}, "
                          f"past {next_lver}")
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
-    own: list[Dblock | None] = [read1.own]
+    if own is None:
+        own = [read1.own]
+    own[0] = read1.own
     first = True
     while True:
         if not first:
@@ -504,7 +517,8 @@ def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None
             yield Sleep(pause)
 
 
-def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
+def _recover_leader(p: PaxosParams, read1: LeaseRead,
+                    own: list[Dblock | None] | None = None) -> Algorithm[None]:
     """The leader fell behind the dblocks (a late write rolled it back). Re-commit the value
     accepted at the highest lver, adopting it as any ballot would; never propose our own. A
     version whose holding was released is committed free (timestamp 0) and our dblock keeps it
@@ -512,7 +526,9 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     cur = read1.leader
     target = read1.stale_target
     our_mbal = _first_mbal(p, read1.max_mbal, cur.max_hosts)
-    yield from _write_dblock(p, _phase1_dblock(read1.own, target, our_mbal))
+    tracked: list[Dblock | None] = own if own is not None else [None]
+    phase1 = tracked[0] = _phase1_dblock(read1.own, target, our_mbal)
+    yield from _write_dblock(p, phase1)
     best, _ = yield from _phase_read(p, cur.num_hosts, target, our_mbal)
     if best is None:
         raise LeaderStale(f"lease {p.resource!r}: leader at lver {cur.lver} but dblocks reach "
@@ -521,6 +537,7 @@ def _recover_leader(p: PaxosParams, read1: LeaseRead) -> Algorithm[None]:
     accepted = Dblock(mbal=our_mbal, bal=our_mbal, inp=best.inp, inp2=best.inp2,
                       inp3=best.inp3, lver=target,
                       flags=DBLOCK_FLAG_RELEASED if released else 0)
+    tracked[0] = accepted
     yield from _write_dblock(p, accepted)
     yield from _phase_read(p, cur.num_hosts, target, our_mbal)
     yield from _commit(p, cur.replace(lver=target - 1), accepted, shared=False, free=released)
@@ -546,13 +563,16 @@ def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
                 p.io_timeout_s)
 
 
-def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[HeldLease]:
+def _acquire_once(p: PaxosParams, shared: bool, lver: int | None,
+                  own: list[Dblock | None] | None = None) -> Algorithm[HeldLease]:
     read1 = yield from read_lease(p)
+    if own is not None:
+        own[0] = read1.own
     if read1.stale_free:
         yield from _commit_free(p, read1.leader, read1.stale_free)
         raise _Restart
     if read1.stale_target:
-        yield from _recover_leader(p, read1)
+        yield from _recover_leader(p, read1, own)
         raise _Restart
     if lver is not None and read1.leader.lver != lver:
         raise AcquireLver(f"lease {p.resource!r} is at lver {read1.leader.lver}, not {lver}")
@@ -564,7 +584,7 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None) -> Algorithm[H
     may = yield from _may_ballot(p, read1.leader)
     if not may:
         raise _Restart
-    leader, accepted, holders = yield from _win(p, read1, shared)
+    leader, accepted, holders = yield from _win(p, read1, shared, own)
     if shared:
         return (yield from _become_shared(p, leader, accepted))
     if holders:
@@ -639,6 +659,61 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
         yield Write(p.device, at, bytes(p.geometry.sector_size), p.io_timeout_s)
 
 
+class StillShared(LeasestoreError):
+    """A convert to exclusive failed; the lease is still held shared, by `held` (our dblock as
+    the attempt left it, which a later release must mark RELEASED, not an older one). `code`
+    and message are the failure's (SharedHolders: -EAGAIN)."""
+
+    def __init__(self, cause: LeasestoreError, held: HeldLease) -> None:
+        super().__init__(str(cause))
+        self.code = cause.code
+        self.cause = cause
+        self.held = held
+
+
+def convert(p: PaxosParams, held: HeldLease, *, shared: bool) -> Algorithm[HeldLease]:
+    """Change the mode of a lease we hold. Shared to exclusive: ballots as an exclusive acquire
+    runs them, every dblock write keeping our SHARED mark, so that a failure leaves us shared
+    (StillShared); won, live shared holders of other hosts make us give the leader back
+    (StillShared from SharedHolders); otherwise our mark is cleared. Exclusive to shared: our
+    SHARED mark beside our accepted dblock (a failure leaves us exclusive), then the RELEASED
+    dblock with the mark and the free leader together; once the mark is written we hold the
+    lease shared, whether or not the leader was freed (a leader left naming us is passed over
+    once we release: our RELEASED mark)."""
+    if held.shared == shared:
+        return held
+    mark = ModeBlock(MODE_FLAG_SHARED, p.generation)
+    if shared:
+        leader = yield from read_leader(p)
+        if leader.encode() != held.leader.encode():
+            raise ReleaseOwner(f"lease {p.resource!r} is no longer ours as we left it")
+        yield from _write_dblock(p, held.dblock, mark)
+        released = _released(held.dblock)
+        with_mark = dataclasses.replace(p, own_mode=mark)
+        try:
+            yield from _write_released(with_mark, released, leader)
+        except StorageError:
+            return HeldLease(leader, released, held.lver, shared=True)
+        return HeldLease(leader.replace(timestamp=0), released, held.lver, shared=True)
+    keeping = dataclasses.replace(p, own_mode=mark)
+    own: list[Dblock | None] = [held.dblock]
+    try:
+        while True:
+            try:
+                won = yield from _acquire_once(keeping, False, None, own)
+                break
+            except _Restart:
+                continue
+    except LeasestoreError as exc:
+        raise StillShared(exc, dataclasses.replace(held, dblock=own[0] or held.dblock)
+                          ) from exc
+    # Ours exclusively: our mark goes (if this write fails the mark only keeps exclusive
+    # acquirers waiting until our release clears it).
+    with contextlib.suppress(StorageError):
+        yield from _write_dblock(p, won.dblock)
+    return won
+
+
 def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
             ) -> Algorithm[None]:
     """Give the lease up. Exclusive: read the leader; if it is still ours, write the RELEASED
@@ -688,7 +763,8 @@ def _write_released(p: PaxosParams, released: Dblock, leader: Leader) -> Algorit
     # is over) and the free leader go out together. The leader is what matters: its failure
     # fails the release; a failed dblock write only slows a later recovery down.
     dblock_written, leader_written = yield Batch((
-        Write(p.device, p.dblock_at, encode_dblock_sector(released, p.geometry.sector_size),
+        Write(p.device, p.dblock_at,
+              encode_dblock_sector(released, p.geometry.sector_size, p.own_mode),
               p.io_timeout_s),
         Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
               p.io_timeout_s)))

@@ -23,6 +23,10 @@ have): while busy no other local acquire of it may start. Otherwise an acquire c
 our own release writes are in flight, and a release landing after its grant would roll the
 leader back under the new holder.
 
+A key is busy too while its holding is converted (shared <-> exclusive, only by its sole local
+holder): no local acquire joins or starts, and a release (its holder exiting) waits for the
+convert to end, whose outcome it then releases.
+
 `AcquireGate` admits acquires per lockspace. Removal closes the gate (no new acquire starts)
 and waits for those admitted, so that afterwards the set of holders it must stop is final
 (removal.py).
@@ -60,12 +64,14 @@ from leasestore.errors import (
     Cancelled,
     CorruptRecord,
     LeaseAlreadyHeld,
+    LeaseAlreadyInMode,
     LeaseNotHeld,
     LeaseOrphaned,
     LeasestoreError,
     LockspaceNotJoined,
     LvbTooLarge,
     LvbUnavailable,
+    SharedHolders,
     StorageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
@@ -77,7 +83,9 @@ from leasestore.paxos import (
     ClaimNotWithdrawn,
     HeldLease,
     PaxosParams,
+    StillShared,
     acquire,
+    convert,
     read_request,
     release,
     request,
@@ -90,6 +98,7 @@ from leasestore.storage.runner import DeviceRunner
 log = logging.getLogger(__name__)
 ResourceKey = tuple[str, str, str, int]
 T = TypeVar("T")
+CONVERT_POLL_S = 0.05
 
 
 @dataclass
@@ -191,7 +200,9 @@ class ResourceService:
         self._geometries: dict[tuple[str, int], Geometry] = {}
         self.held: dict[ResourceKey, HeldResource] = {}
         self._busy: set[ResourceKey] = set()
-        """Keys being acquired, or whose failed release is being retried."""
+        """Keys being acquired, converted, or whose failed release is being retried."""
+        self._converting: set[ResourceKey] = set()
+        """Keys whose holding is being converted: a release of it waits until that ends."""
         self._closed = threading.Event()
         self.gate = AcquireGate()
 
@@ -219,6 +230,10 @@ class ResourceService:
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
         self.run(self.releasing(lockspace, key, pid))
+
+    def convert(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool
+                ) -> HeldResource:
+        return self.run(self.converting(lockspace, key, pid, shared))
 
     def release_after_exit(self, lockspace: Lockspace | None, key: ResourceKey,
                            pid: int) -> None:
@@ -304,7 +319,8 @@ class ResourceService:
                 local = None
             if local is not None and local.orphan:
                 return self._adopted(local, pid, shared, persistent, adopt)
-            if local is not None and local.lease.shared and shared and pid not in local.sharers:
+            if (local is not None and local.lease.shared and shared and pid not in local.sharers
+                    and key not in self._busy):
                 local.sharers.add(pid)
                 local.persistent = local.persistent or persistent
                 return local
@@ -347,6 +363,45 @@ class ResourceService:
             if not retrying:
                 with self._lock:
                     self._busy.discard(key)
+
+    def converting(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool
+                   ) -> Algorithm[HeldResource]:
+        """Turn pid's holding of `key` shared or exclusive (paxos.convert). Only a sole local
+        holder may take a shared lease exclusive (SharedHolders otherwise, as for a live
+        sharer elsewhere); the key is busy meanwhile, so no local acquire joins or starts. A
+        failed convert to exclusive leaves the holding shared."""
+        if lockspace.state != LockspaceState.HELD:
+            raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
+        with self._lock:
+            held = self._held_for(key, pid)
+            if held is None:
+                raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
+            if held.lease.shared == shared:
+                raise LeaseAlreadyInMode(f"lease {key[1]!r} is held "
+                                         f"{'shared' if shared else 'exclusive'} already")
+            if held.pids != {pid}:
+                raise SharedHolders(f"lease {key[1]!r} is held shared by other processes here")
+            if key in self._busy:
+                raise LeaseAlreadyHeld(f"lease {key[1]!r} is being acquired or released here")
+            self._busy.add(key)
+            self._converting.add(key)
+        try:
+            try:
+                lease = yield from convert(held.params, held.lease, shared=shared)
+            except StillShared as exc:
+                with self._lock:
+                    held.lease = exc.held
+                raise exc.cause from None
+            with self._lock:
+                held.lease = lease
+                held.pid = pid  # a shared lease's first holder may have left since
+                held.sharers = {pid} if shared else set()
+            log.info("pid %d converted %s", pid, held.state)
+            return held
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+                self._converting.discard(key)
 
     def _adopted(self, orphan: HeldResource, pid: int, shared: bool, persistent: bool,
                  adopt: bool) -> HeldResource:
@@ -428,6 +483,8 @@ class ResourceService:
         """Release pid's hold (the lease on disk with its last local holder). In a lockspace
         whose host lease is gone the hold is only forgotten, as sanlock drops such tokens: the
         disk is not ours to write, and others take the lease after host_dead anyway."""
+        while self._is_converting(key):  # a holder that exits mid-convert
+            yield Sleep(CONVERT_POLL_S)
         if not _writable(lockspace):
             if self.holding(key, pid) is None:
                 raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
@@ -468,6 +525,8 @@ class ResourceService:
         """Release after the holder is gone; failures are logged, not raised. In a lockspace
         that is not held any more the disk is not ours to write: the lease is only forgotten
         (others take it after host_dead)."""
+        while self._is_converting(key):
+            yield Sleep(CONVERT_POLL_S)
         if self.holding(key, pid) is None:
             return  # released already (its session's end and its acquire both try)
         if lockspace is None:
@@ -479,6 +538,10 @@ class ResourceService:
             yield from self.releasing(lockspace, key, pid)
         except LeasestoreError as exc:
             log.warning("release of %s after its holder left failed: %s", key[1], exc)
+
+    def _is_converting(self, key: ResourceKey) -> bool:
+        with self._lock:
+            return key in self._converting
 
     def _orphaned(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> bool:
         """Keep a persistent lease whose last holder `pid` left as an orphan (True), while

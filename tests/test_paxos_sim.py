@@ -924,3 +924,42 @@ def test_checker_catches_an_orphan_of_an_earlier_host_lease_taken_as_ours(
     failures = _persistent_seed(16)
     assert any("granted after" in str(v) or "held by live processes" in str(v)
                for v in failures), failures
+
+
+def test_a_convert_hands_the_lease_to_the_process_that_converted_it() -> None:
+    """Seed 7000033 (converts drawn): two local processes hold res1 shared, the first leaves,
+    the second converts it exclusive. The holding once kept naming the first process, gone,
+    so nobody released it: the orphan checker found it owned by a live host that held nothing."""
+    cluster = PaxosCluster(7000033, Shape(None, None, 400, None).config(7000033),
+                           faults=CAMPAIGN_FAULTS)
+    assert cluster.config.convert_fraction
+    assert cluster.run(chaos_s=400) == []
+    assert cluster.counts["convert_to_exclusive"] and cluster.counts["convert_to_shared"]
+
+
+def _shared_without_a_mark(p: PaxosParams, held: HeldLease, *, shared: bool
+                           ) -> Algorithm[HeldLease]:
+    """A convert to shared that frees the leader with no SHARED mode block."""
+    released = dataclasses.replace(held.dblock, flags=DBLOCK_FLAG_RELEASED)
+    yield from paxos_module.release(p, held)
+    return HeldLease(held.leader, released, held.lver, shared=True)
+
+
+def test_checker_catches_a_convert_to_shared_that_leaves_no_mark(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converted to shared without our SHARED mark, the lease looks free to an exclusive
+    acquirer elsewhere while our process still reads under it."""
+    config = dataclasses.replace(ClusterConfig.fixed(3, 1, io_timeout_s=1,
+                                                     watchdog_fire_timeout_s=5),
+                                 processes=2, shared_fraction=0.0, convert_fraction=1.0)
+
+    def converting_cluster() -> PaxosCluster:
+        cluster = PaxosCluster(3, config, faults=Faults.none())
+        cluster.run(chaos_s=300)
+        return cluster
+
+    clean = converting_cluster()
+    assert clean.violations == [] and clean.counts["convert_to_shared"] > 10
+    monkeypatch.setattr(resource_module, "convert", _shared_without_a_mark)
+    violations = converting_cluster().violations
+    assert any("held by live processes" in str(v) for v in violations), violations

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from leasestore import client
+from leasestore import client, direct
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, HostIdBusy
 from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file, poll
@@ -39,7 +39,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
     try:
-        backing = make_file(base / "shared.img", 5 << 20)
+        backing = make_file(base / "shared.img", 6 << 20)
         devices = [loops.attach(backing), loops.attach(backing)]
         format_lockspace(devices[0], LS, 0, io_timeout_s=1)
         format_resource(devices[0], LS, "theirs", RES_THEIRS)
@@ -53,6 +53,14 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
         for proc in reversed(procs):
             proc.stop()
         loops.detach_all()
+
+
+def _both_joined(theirs: SanlockProc, ours: DaemonProc, devices: list[str]) -> None:
+    """sanlock as host 1 and leasestore as host 2 of the lockspace (an earlier test may have
+    left them joined)."""
+    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
+        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
+        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
 
 
 def _states(out: str) -> dict[int, str]:
@@ -180,9 +188,7 @@ def test_the_leasestore_host_driven_only_through_python3_sanlock(
     """Every call on the leasestore host goes through the sanlock binding (as vdsm's would):
     it sees the sanlock host live, holds a lease that sanlock is refused, and gives it back."""
     theirs, ours, devices = mixed
-    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
-        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
-        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    _both_joined(theirs, ours, devices)
     poll(lambda: ours.hosts(LS).get(1, {}).get("state") == "live", 20, what="sanlock live")
     holder = subprocess.Popen(
         ["/usr/bin/python3", "-c", BINDING_HOLDER, LS, devices[1], str(RES_OURS)],
@@ -228,9 +234,7 @@ def test_the_lvb_passes_between_sanlock_and_leasestore_holders(
     reads what the previous holder left, sets its own value and releases: sanlock's value is
     read by leasestore's holder, and leasestore's by sanlock's."""
     theirs, ours, devices = mixed
-    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
-        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
-        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    _both_joined(theirs, ours, devices)
     format_resource(devices[0], LS, "lvb", RES_LVB)
 
     def turn(run_dir: str, device: str, value: str) -> str:
@@ -257,9 +261,7 @@ def test_an_orphan_keeps_its_lease_from_the_other_implementation(
     it (its owner lives), and a plain acquire on the owner's host too (-EUCLEAN); the owner's
     host adopts it (-O 1) and its exit releases it; then the other host takes it."""
     theirs, ours, devices = mixed
-    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
-        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
-        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    _both_joined(theirs, ours, devices)
     format_resource(devices[0], LS, "orphan", RES_ORPHAN)
     ours_cli = SanlockCli(theirs.bin, ours.run_dir)
 
@@ -287,6 +289,69 @@ def test_an_orphan_keeps_its_lease_from_the_other_implementation(
                                   mine)
         poll(freed, 10, what="the adopted orphan released")
         assert command(other, its) == "acquire done 0"
+
+
+RES_CONVERT = 5 << 20
+
+
+def test_a_convert_to_exclusive_waits_for_the_other_implementations_shared_holder(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """Each host holds the lease shared (`client command -r RES:SH`); each host's holder asks
+    its own daemon (`client convert -p PID`) to go exclusive: refused (-EAGAIN) while the other
+    host's holder lives, and the holder stays shared; once that holder exits, the convert
+    succeeds and the other host's shared acquire is refused (-243); converted back to shared,
+    the other host may join again."""
+    theirs, ours, devices = mixed
+    _both_joined(theirs, ours, devices)
+    format_resource(devices[0], LS, "conv", RES_CONVERT)
+    ours_cli = SanlockCli(theirs.bin, ours.run_dir)
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(cli: SanlockProc | SanlockCli, device: str) -> subprocess.Popen[str]:
+        holder = subprocess.Popen([theirs.bin, "client", "command", "-r",
+                                   f"{LS}:conv:{device}:{RES_CONVERT}:SH", "-c", "/bin/sleep",
+                                   "600"], env=cli.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, text=True)
+        holders.append(holder)
+        held = functools.partial(  # the line without ADD: its acquire has ended
+            lambda pid: re.search(rf":SH p {pid}$", cli.client("status").stdout, re.M),
+            holder.pid)
+        poll(held, 20, what="the shared holding")
+        return holder
+
+    def convert(cli: SanlockProc | SanlockCli, device: str, pid: int, tail: str = "") -> str:
+        out = cli.client("convert", "-r", f"{LS}:conv:{device}:{RES_CONVERT}{tail}", "-p",
+                         str(pid), check=False)
+        return out.stdout.strip().splitlines()[-1]
+
+    try:
+        for first, second, one, two in ((ours_cli, theirs, devices[1], devices[0]),
+                                        (theirs, ours_cli, devices[0], devices[1])):
+            mine, other = hold(first, one), hold(second, two)
+            assert convert(first, one, mine.pid) == "convert done -11"
+            assert f":SH p {mine.pid}" in first.client("status").stdout  # still shared
+            other.kill()
+            other.wait(10)
+            poll(functools.partial(lambda d: not direct.resource_owners(d, RES_CONVERT)[1:],
+                                   one), 20, what="the other host's shared holding gone")
+            assert convert(first, one, mine.pid) == "convert done 0"
+            refused = second.client("command", "-r", f"{LS}:conv:{two}:{RES_CONVERT}:SH",
+                                    "-c", "/bin/true", check=False)
+            assert refused.returncode == 1 and "-243" in refused.stdout, refused.stdout
+            assert convert(first, one, mine.pid, ":SH") == "convert done 0"
+            joined = second.client("command", "-r", f"{LS}:conv:{two}:{RES_CONVERT}:SH",
+                                   "-c", "/bin/true", check=False)
+            assert joined.returncode == 0, joined.stdout
+            mine.kill()
+            mine.wait(10)
+            poll(functools.partial(lambda d: not direct.resource_owners(d, RES_CONVERT), one),
+                 20, what="the lease free again")
+    finally:
+        for holder in holders:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
 
 
 class SanlockCli:
@@ -331,9 +396,7 @@ def test_host_events_pass_between_sanlock_and_leasestore(
     the event the other host's daemon was asked to send it (set_event), with the sender's
     host_id and generation, both ways; end_event then ends the listener."""
     theirs, ours, devices = mixed
-    if ours.call(client.inq_lockspace, LS, 2, devices[1], 0) is not True:
-        theirs.client("add_lockspace", "-s", f"{LS}:1:{devices[0]}:0", "-o", "1", check=False)
-        ours.call(client.add_lockspace, LS, 2, devices[1], 0)
+    _both_joined(theirs, ours, devices)
     poll(lambda: ours.hosts(LS).get(1, {}).get("state") == "live", 20, what="sanlock live")
     for listen_dir, send_dir, to_host, from_host, event in (
             (ours.run_dir, theirs.run_dir, 2, 1, 5), (theirs.run_dir, ours.run_dir, 1, 2, 6)):

@@ -29,6 +29,7 @@ from leasestore.daemon.server import Daemon, Peer, Session
 from leasestore.errors import (
     AcquireLver,
     BadMagic,
+    LeaseAlreadyInMode,
     LeaseNotHeld,
     LeaseOrphaned,
     LockspaceBusy,
@@ -498,3 +499,29 @@ def test_leasestores_own_cli_leaves_lists_and_releases_an_orphan(serving: Servin
     assert direct.read_paxos_leader(serving.path, at).timestamp == 0
     usage = cli("release_orphans")
     assert usage.returncode != 0 and usage.stderr.count("\n") == 1
+
+
+def test_convert_changes_the_mode_on_disk(serving: Serving) -> None:
+    """Through leasestore's own client: shared to exclusive takes the next version with our
+    mark cleared; back to shared frees the leader with our SHARED mark; the mode held already
+    is -EALREADY; a lease not held is refused."""
+    disk = _disk(serving, 4)
+    with client.using(serving.daemon.config.run_dir):
+        fd = client.register()
+        with pytest.raises(LeaseNotHeld):
+            client.convert(LS, "r4", disk, slkfd=fd)
+        shared = client.acquire(LS, "r4", disk, slkfd=fd, shared=True)
+        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [True]
+        exclusive = client.convert(LS, "r4", disk, slkfd=fd)
+        leader = direct.read_paxos_leader(serving.path, 4 * MiB)
+        assert not exclusive["shared"] and exclusive["lver"] == leader.lver == shared["lver"] + 1
+        assert leader.timestamp != 0
+        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [False]
+        with pytest.raises(LeaseAlreadyInMode):
+            client.convert(LS, "r4", disk, slkfd=fd)
+        assert client.convert(LS, "r4", disk, shared=True, slkfd=fd)["shared"]
+        assert direct.read_paxos_leader(serving.path, 4 * MiB).timestamp == 0
+        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [True]
+        client.release(LS, "r4", disk, slkfd=fd)
+        assert not direct.resource_owners(serving.path, 4 * MiB)
+        client._registrations.pop(fd).close()

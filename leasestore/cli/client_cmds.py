@@ -74,6 +74,11 @@ def _register_resource_actions(actions: Any) -> None:
                        help="acquire: adopt an orphan of the lease")
         p.add_argument("-P", dest="persistent", type=decimal_int, choices=(0, 1), default=0,
                        help="acquire: keep the lease as an orphan if the pid exits")
+    conv = resource_action("convert", "turn a registered pid's lease shared (RES:SH) or "
+                                      "exclusive (root)")
+    conv.add_argument("-r", dest="resources", action="append", required=True,
+                      metavar="LS:RES:PATH:OFFSET[:SH]")
+    conv.add_argument("-p", dest="pid", type=decimal_int, required=True)
     orphans = resource_action("release_orphans", "release the orphans of a lockspace, or of "
                                                  "one resource (root; leasestore's own verb)")
     orphans.add_argument("-s", dest="lockspace", metavar="LOCKSPACE[:...]")
@@ -222,6 +227,10 @@ def run_resource(args: argparse.Namespace) -> int:
         return 0
     if args.action == "acquire":
         held = _acquire_each(specs, None, args.pid, args)
+        _print(args, held, "\n".join(h["state"] for h in held))
+    elif args.action == "convert":
+        held = [client.convert(spec.lockspace, spec.name, list(spec.disks), shared=spec.shared,
+                               pid=args.pid) for spec in specs]
         _print(args, held, "\n".join(h["state"] for h in held))
     elif args.action == "release":
         for spec in specs:

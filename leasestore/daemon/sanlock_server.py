@@ -141,6 +141,7 @@ class SanlockFrontEnd:
             Cmd.ACQUIRE: self._acquire,
             Cmd.RELEASE: self._release,
             Cmd.INQUIRE: self._inquire,
+            Cmd.CONVERT: self._convert,
             Cmd.RESTRICT: self._restrict,
             Cmd.REQUEST: self._request,
             Cmd.ALIGN: self._align,
@@ -662,6 +663,23 @@ class SanlockFrontEnd:
             return _Reply(detail=detail)
         text = " ".join(_state_string(h) for h in held).encode() + b"\0"
         return _Reply(payload=text, data2=len(held), detail=detail)
+
+    def _convert(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """One resource struct (no disks), matched among the target's leases: SHARED in its
+        flags asks for shared mode, otherwise exclusive. -ENOENT if not held. A convert waits
+        for an owner's lease as an acquire does (CONVERT_OWNER_NOWAIT is accepted)."""
+        wanted = sp.Resource.decode(payload.take(sp.RESOURCE_B))
+        shared = bool(wanted.flags & sp.RES_SHARED)
+        with self._acting_for(header, session) as target:
+            match = [h for h in self._held_through(target)
+                     if h.key[:2] == (wanted.lockspace, wanted.name)]
+            if not match:
+                raise _refuse(-sp.ENOENT, LeaseNotHeld, f"pid {target.peer.pid} does not hold "
+                              f"{wanted.name!r}")
+            lockspace = self.daemon._named(wanted.lockspace)
+            converted = self.daemon.resources.convert(lockspace, match[0].key,
+                                                      target.peer.pid, shared)
+        return _Reply(detail=converted.to_json())
 
     def _set_lvb(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """The resource struct (no disks), then the bytes: copied over the holding's LVB."""

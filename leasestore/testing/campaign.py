@@ -102,6 +102,7 @@ def config_dimensions(config: ClusterConfig) -> dict[str, str]:
             0 < limit < max(config.host_ids) for limit in config.num_hosts) else "all slots"),
         "shared": "yes" if config.shared_fraction else "no",
         "persistent": "yes" if config.persistent_fraction else "no",
+        "convert": "yes" if config.convert_fraction else "no",
         "sanlock_like_hosts": "some" if any(config.silent_hosts) else "none",
         "clock_drift": ("none" if not config.clock_drifts
                         else "up to 1e-4" if max(map(abs, config.clock_drifts)) <= 1e-4

@@ -90,6 +90,8 @@ class ClusterConfig:
     """Holds that outlast host_dead several times over (a VM runs for days)."""
     request_fraction: float = 0.1
     """How often a process refused a lease asks its holder for it (request, force mode 1/2)."""
+    convert_fraction: float = 0.0
+    """How often a holder converts its lease to the other mode halfway through its hold."""
     persistent_fraction: float = 0.0
     """How often a lease is acquired persistent (an exit leaves it as an orphan, which later
     processes adopt with the orphan flag, or the operator releases)."""
@@ -139,7 +141,8 @@ class ClusterConfig:
                                    for _ in range(resources_n))
                    if rng.random() < 0.3 else (),
                    silent_hosts=silent if any(silent) else (),
-                   persistent_fraction=rng.choice((0.0, 0.0, 0.3)))
+                   persistent_fraction=rng.choice((0.0, 0.0, 0.3)),
+                   convert_fraction=rng.choice((0.0, 0.0, 0.3)))
 
     @property
     def geometry(self) -> Geometry:
@@ -699,6 +702,10 @@ class PaxosCluster:
             long_hold = rng.random() < self.config.long_hold_fraction
             hold_s = (rng.uniform(2, 6) * host.timeouts.host_dead_s if long_hold
                       else rng.expovariate(1 / (4 * io_s)))
+            if rng.random() < self.config.convert_fraction:
+                yield from self._hold(process, hold_s / 2, io_s)
+                yield from self._convert(host, process, lockspace, key, resource)
+                hold_s /= 2
             yield from self._hold(process, hold_s, io_s)
             if not process.alive:
                 return  # its exit released the lease
@@ -706,6 +713,28 @@ class PaxosCluster:
             with contextlib.suppress(LeasestoreError):
                 yield from service.releasing(lockspace, key, process.pid)
             yield Sleep(rng.uniform(0, 2 * io_s))
+
+    def _convert(self, host: DaemonHost, process: SimProcess, lockspace: Lockspace,
+                 key: ResourceKey, resource: int) -> Algorithm[None]:
+        """The holder asks for the other mode; the checkers see the new holding at once."""
+        service, holding = host.resources, process.holding
+        if not process.alive or holding is None:
+            return
+        assert service is not None
+        try:
+            held = yield from service.converting(lockspace, key, process.pid,
+                                                 not holding.shared)
+        except LeasestoreError:
+            self._count("convert_failed")  # the holding is unchanged
+            return
+        if not process.alive:
+            return
+        self._count("convert_to_shared" if held.lease.shared else "convert_to_exclusive")
+        if held.lease.shared:
+            process.holding = Holding(resource, held.lease.lver, True)
+            self.check()
+        else:
+            self._granted(host, process, resource, held.lease)
 
     def _hold(self, process: SimProcess, seconds: float, io_s: float) -> Algorithm[None]:
         """Hold a lease that long; in the fault-free phase, no longer than 4 × io_timeout, so
