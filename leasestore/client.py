@@ -383,9 +383,16 @@ def get_lvb(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str
 
 
 def release(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
-            slkfd: int | None = None, pid: int | None = None) -> None:
+            slkfd: int | None = None, pid: int | None = None, rename: str | None = None
+            ) -> None:
+    """Release a lease; `rename`: the free leader is written under that resource name
+    (sanlock's REL_RENAME; exclusive holdings only)."""
     payload = _resource(lockspace, resource, disks, with_disks=False)
-    _call_for(Cmd.RELEASE, payload, slkfd, pid, data=1)
+    if rename is None:
+        _call_for(Cmd.RELEASE, payload, slkfd, pid, data=1)
+        return
+    renamed = sp.Resource(_name(lockspace), _name(rename)).encode()
+    _call_for(Cmd.RELEASE, payload + renamed, slkfd, pid, data=2, flags=sp.REL_RENAME)
 
 
 def inquire(slkfd: int | None = None, pid: int | None = None) -> list[dict[str, Any]]:

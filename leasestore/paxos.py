@@ -714,10 +714,11 @@ def convert(p: PaxosParams, held: HeldLease, *, shared: bool) -> Algorithm[HeldL
     return won
 
 
-def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
-            ) -> Algorithm[None]:
+def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False,
+            rename: str = "") -> Algorithm[None]:
     """Give the lease up. Exclusive: read the leader; if it is still ours, write the RELEASED
-    dblock and the leader with timestamp 0 together.
+    dblock and the leader with timestamp 0 together (under the resource name `rename`, if
+    given: sanlock's REL_RENAME; a shared holding writes no leader and cannot rename).
 
     leader_unchanged: the caller knows no other host can have taken the lease over, because our
     host lease stays valid past this write's deadline; the leader read is then skipped and the
@@ -727,10 +728,12 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
         return
     released = _released(held.dblock)
     if held.shared:
+        if rename:
+            raise UsageError(f"lease {p.resource!r} is held shared: no leader to rename")
         yield from _write_dblock(p, released)
         return
     if leader_unchanged:
-        yield from _write_released(p, released, held.leader)
+        yield from _write_released(p, released, held.leader, rename)
         return
     leader = yield from read_leader(p)
     if leader.write_id != p.host_id:
@@ -745,7 +748,7 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False
     if (leader.timestamp == 0 or leader.owner_id != p.host_id
             or leader.encode() != held.leader.encode()):
         raise ReleaseOwner(f"lease {p.resource!r} is no longer ours")
-    yield from _write_released(p, released, leader)
+    yield from _write_released(p, released, leader, rename)
 
 
 def _freed_by_us(p: PaxosParams, leader: Leader, now_s: float) -> Leader:
@@ -755,10 +758,14 @@ def _freed_by_us(p: PaxosParams, leader: Leader, now_s: float) -> Leader:
                           write_timestamp=max(1, int(now_s)))
 
 
-def _write_released(p: PaxosParams, released: Dblock, leader: Leader) -> Algorithm[None]:
-    """Write our RELEASED dblock and `leader` with timestamp 0, together."""
+def _write_released(p: PaxosParams, released: Dblock, leader: Leader, rename: str = ""
+                    ) -> Algorithm[None]:
+    """Write our RELEASED dblock and `leader` with timestamp 0 (renamed, if `rename`),
+    together."""
     now_s: float = yield Now()
     free = _freed_by_us(p, leader, now_s)
+    if rename:
+        free = free.replace(resource_name=rename)
     # The RELEASED dblock (proof, should a late write roll the leader back, that this version
     # is over) and the free leader go out together. The leader is what matters: its failure
     # fails the release; a failed dblock write only slows a later recovery down.

@@ -73,6 +73,7 @@ from leasestore.errors import (
     LvbUnavailable,
     SharedHolders,
     StorageError,
+    UsageError,
 )
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.lvb import lvb_offset, read_lvb, write_lvb
@@ -228,8 +229,9 @@ class ResourceService:
         return self.run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver, lvb=lvb,
                                         persistent=persistent, adopt=adopt))
 
-    def release(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> None:
-        self.run(self.releasing(lockspace, key, pid))
+    def release(self, lockspace: Lockspace, key: ResourceKey, pid: int, rename: str = ""
+                ) -> None:
+        self.run(self.releasing(lockspace, key, pid, rename))
 
     def convert(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool
                 ) -> HeldResource:
@@ -479,10 +481,14 @@ class ResourceService:
         finally:
             self._holders_changed()
 
-    def releasing(self, lockspace: Lockspace, key: ResourceKey, pid: int) -> Algorithm[None]:
-        """Release pid's hold (the lease on disk with its last local holder). In a lockspace
-        whose host lease is gone the hold is only forgotten, as sanlock drops such tokens: the
-        disk is not ours to write, and others take the lease after host_dead anyway."""
+    def releasing(self, lockspace: Lockspace, key: ResourceKey, pid: int, rename: str = ""
+                  ) -> Algorithm[None]:
+        """Release pid's hold (the lease on disk with its last local holder; its leader then
+        names the resource `rename`, if given). In a lockspace whose host lease is gone the
+        hold is only forgotten, as sanlock drops such tokens: the disk is not ours to write,
+        and others take the lease after host_dead anyway."""
+        if rename and (held := self.holding(key, pid)) is not None and held.lease.shared:
+            raise UsageError(f"lease {key[1]!r} is held shared: no leader to rename")
         while self._is_converting(key):  # a holder that exits mid-convert
             yield Sleep(CONVERT_POLL_S)
         if not _writable(lockspace):
@@ -492,9 +498,10 @@ class ResourceService:
             return
         held = self._unhold(key, pid, releasing=True)
         if held is not None:
-            yield from self._releasing_on_disk(lockspace, held)
+            yield from self._releasing_on_disk(lockspace, held, rename)
 
-    def _releasing_on_disk(self, lockspace: Lockspace, held: HeldResource) -> Algorithm[None]:
+    def _releasing_on_disk(self, lockspace: Lockspace, held: HeldResource, rename: str = ""
+                           ) -> Algorithm[None]:
         """Release a lease taken out of the table, its key made busy: busy until the release
         I/O has ended, or (if it failed) until its background retries have."""
         key = held.key
@@ -509,11 +516,12 @@ class ResourceService:
                     log.warning("the LVB of %s could not be written back: %s", key[1], exc)
             now_s = yield Now()
             unchanged = lockspace.valid_at(now_s + lockspace.timeouts.io_timeout_s)
-            yield from release(held.params, held.lease, leader_unchanged=unchanged)
+            yield from release(held.params, held.lease, leader_unchanged=unchanged,
+                               rename=rename)
         except StorageError as exc:
             retrying = True
             self._retry_in_background(lockspace, key, "release",
-                                      lambda: release(held.params, held.lease))
+                                      lambda: release(held.params, held.lease, rename=rename))
             raise type(exc)(f"{exc}; the release is retried in the background") from exc
         finally:
             if not retrying:

@@ -36,6 +36,8 @@ from leasestore.errors import (
     LockspaceNotJoined,
     LvbTooLarge,
     LvbUnavailable,
+    UsageError,
+    WrongResource,
 )
 from leasestore.ondisk.bitmap import host_bit_is_set
 from leasestore.ondisk.leader import Leader, decode_leader
@@ -524,4 +526,29 @@ def test_convert_changes_the_mode_on_disk(serving: Serving) -> None:
         assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [True]
         client.release(LS, "r4", disk, slkfd=fd)
         assert not direct.resource_owners(serving.path, 4 * MiB)
+        client._registrations.pop(fd).close()
+
+
+def test_a_release_with_rename_writes_the_free_leader_under_the_new_name(
+        serving: Serving) -> None:
+    """REL_RENAME: the lease is released and its leader names the new resource, which is
+    acquired under that name from then on (the old name is another resource's leader)."""
+    at = 6 * MiB
+    direct.format_resource(serving.path, LS, "before", at)
+    disk: list[tuple[str | bytes, int]] = [(serving.path, at)]
+    with client.using(serving.daemon.config.run_dir):
+        fd = client.register()
+        client.acquire(LS, "before", disk, slkfd=fd)
+        client.release(LS, "before", disk, slkfd=fd, rename="after")
+        leader = direct.read_paxos_leader(serving.path, at)
+        assert leader.resource_name == "after" and leader.timestamp == 0
+        with pytest.raises(WrongResource):
+            client.acquire(LS, "before", disk, slkfd=fd)
+        client.acquire(LS, "after", disk, slkfd=fd, shared=True)
+        with pytest.raises(UsageError, match="held shared"):
+            client.release(LS, "after", disk, slkfd=fd, rename="again")
+        client.release(LS, "after", disk, slkfd=fd)
+        with pytest.raises(LeaseNotHeld):
+            client.release(LS, "after", disk, slkfd=fd, rename="again")
+        assert direct.read_paxos_leader(serving.path, at).resource_name == "after"
         client._registrations.pop(fd).close()

@@ -141,6 +141,8 @@ class Acquire(ResourceCommand):
 @dataclass(frozen=True)
 class Release(ResourceCommand):
     name: ClassVar[str] = "release"
+    rename: str = ""
+    """The resource name the free leader is written with (sanlock's REL_RENAME)."""
 
 
 @dataclass(frozen=True)

@@ -614,7 +614,14 @@ class SanlockFrontEnd:
             count = 1
         named = [sp.Resource.decode(payload.take(sp.RESOURCE_B)) for _ in range(count)]
         if header.cmd_flags & sp.REL_RENAME:
-            raise _refuse(-sp.EOPNOTSUPP, UsageError, "release with rename is not implemented")
+            if len(named) != 2:
+                raise _refuse(-sp.EINVAL, UsageError, "a release with rename names the lease "
+                              f"and its new name: 2 resources, not {len(named)}")
+            if not named[1].name:
+                raise _refuse(-sp.EINVAL, UsageError, "a release with rename needs a new name")
+            with self._acting_for(header, session) as target:
+                return self._release_for(target, named[:1], False, session,
+                                         rename=named[1].name)
         if header.cmd_flags & sp.REL_ORPHAN:
             with self._acting_for(header, session):
                 self.daemon._require_admin(session.peer, "release orphans")
@@ -625,7 +632,7 @@ class SanlockFrontEnd:
             return self._release_for(target, named, release_all, session)
 
     def _release_for(self, target: Session, named: list[sp.Resource], release_all: bool,
-                     session: Session) -> _Reply:
+                     session: Session, rename: str = "") -> _Reply:
         held = self._held_through(target)
         chosen = list(held) if release_all else []
         missing = []
@@ -639,8 +646,8 @@ class SanlockFrontEnd:
         for lease in chosen:
             lockspace, name, path, offset = lease.key
             try:
-                self.daemon._release(commands.Release(lockspace, name, path, offset, pid=pid),
-                                     session)
+                self.daemon._release(commands.Release(lockspace, name, path, offset, pid=pid,
+                                                      rename=rename), session)
             except LeasestoreError as exc:
                 failure = failure or exc
         if missing:  # the others named were still released, as sanlock does

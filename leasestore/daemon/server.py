@@ -719,7 +719,8 @@ class Daemon:
                 target.keys.discard(key)
                 return
         try:
-            self.resources.release(self._named(cmd.lockspace), key, target.peer.pid)
+            self.resources.release(self._named(cmd.lockspace), key, target.peer.pid,
+                                   cmd.rename)
         finally:
             with self._lock:
                 if self.resources.holding(key, target.peer.pid) is None:
