@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from leasestore import delta, paxos
+from leasestore import delta, direct, paxos, rindex
 from leasestore.errors import (
     AreaInUse,
     CorruptRecord,
@@ -48,7 +48,8 @@ from leasestore.ondisk.leader import (
     new_delta_leader,
     new_paxos_leader,
 )
-from leasestore.specs import LockspaceSpec, ResourceSpec
+from leasestore.ondisk.rindex import RindexEntry, RindexHeader
+from leasestore.specs import LockspaceSpec, ResourceSpec, RindexSpec
 from leasestore.storage.odirect import DirectDevice
 from leasestore.storage.runner import DeviceRunner
 from leasestore.timeouts import Timeouts
@@ -347,3 +348,45 @@ def release_resource(resource: ResourceSpec, host: ResourceHost) -> Leader:
         held = paxos.HeldLease(leader, decode_dblock(raw), leader.lver)
         runner.run(paxos.release(params, held))
         return leader
+
+
+# --- the resource index (rindex.py): as `sanlock direct` does it, without the index's lease --
+
+
+def _rindex_read(rx: RindexSpec, runner: DeviceRunner) -> tuple[RindexHeader,
+                                                                list[RindexEntry]]:
+    header, entries = runner.run(rindex.reading(rx.path, rx.offset_b, rx.lockspace,
+                                                READ_TIMEOUT_S))
+    return header, entries
+
+
+def rindex_format(rx: RindexSpec, sector_size: int | None, align: int | None,
+                  max_resources: int, *, force: bool = False) -> RindexHeader:
+    """Write both areas of a new index (AreaInUse over live records unless forced)."""
+    with DirectDevice(rx.path) as device:
+        geometry = direct.resolve_geometry(device, sector_size, align)
+        if not force:
+            direct.refuse_if_in_use(device, rx.offset_b, geometry, 2 * geometry.align_size)
+        header = RindexHeader(rx.lockspace, geometry, rx.offset_b, max_resources)
+        DeviceRunner({rx.path: device}).run(rindex.formatting(rx.path, header, READ_TIMEOUT_S))
+    return header
+
+
+def rindex_lookup(rx: RindexSpec, name: str, offset_b: int) -> RindexEntry:
+    with _runner(rx.path) as runner:
+        header, entries = _rindex_read(rx, runner)
+    return rindex.lookup(header, entries, name, offset_b)
+
+
+def rindex_update(rx: RindexSpec, name: str, offset_b: int, *, remove: bool) -> RindexEntry:
+    with _runner(rx.path) as runner:
+        header, _entries = _rindex_read(rx, runner)
+        return runner.run(rindex.updating(rx.path, header, name, offset_b, remove,
+                                          READ_TIMEOUT_S))
+
+
+def rindex_rebuild(rx: RindexSpec) -> int:
+    """Rewrite the entries from the slots' leaders; returns how many it set."""
+    with _runner(rx.path) as runner:
+        header, _entries = _rindex_read(rx, runner)
+        return runner.run(rindex.rebuilding(rx.path, header, READ_TIMEOUT_S))

@@ -93,7 +93,7 @@ def format_lockspace(
         geometry = resolve_geometry(device, sector_size, align)
         _check_area(device, offset_b, geometry)
         if not force:
-            _refuse_if_in_use(device, offset_b, geometry)
+            refuse_if_in_use(device, offset_b, geometry)
         image = bytearray(lockspace_area_image(name, geometry, io_timeout_s))
         uncommitted = dataclasses.replace(new_delta_leader(name, geometry, io_timeout_s), magic=0)
         first = encode_delta_sector(uncommitted, geometry.sector_size)
@@ -124,7 +124,7 @@ def format_resource(
         if not 0 <= num_hosts <= geometry.max_hosts:
             raise UsageError(f"num_hosts must be 0..{geometry.max_hosts}")
         if not force:
-            _refuse_if_in_use(device, offset_b, geometry)
+            refuse_if_in_use(device, offset_b, geometry)
         image = resource_area_image(lockspace, resource, geometry, num_hosts,
                                     cleared_at=int(time.monotonic()) if clear else None)
         device.write(offset_b, image, WRITE_INIT_IO_TIMEOUT_S)
@@ -167,7 +167,7 @@ def format_resources(
         if not 0 <= num_hosts <= geometry.max_hosts:
             raise UsageError(f"num_hosts must be 0..{geometry.max_hosts}")
         if not force:
-            _refuse_if_in_use(device, offset_b, geometry, span)
+            refuse_if_in_use(device, offset_b, geometry, span)
         per_write = max(1, FORMAT_BATCH_B // geometry.area_size)
         area = geometry.area_size
         image = bytearray(min(per_write, len(names)) * area)  # zeros but for each area's head
@@ -182,7 +182,7 @@ def format_resources(
     return geometry
 
 
-def _refuse_if_in_use(device: DirectDevice, offset_b: int, geometry: Geometry,
+def refuse_if_in_use(device: DirectDevice, offset_b: int, geometry: Geometry,
                       span_b: int | None = None) -> None:
     found = [r for r in scan_range(device, offset_b, span_b or geometry.area_size)
              if r.error is None]

@@ -145,6 +145,47 @@ class AreaInUse(LeasestoreError):
     code = -17
 
 
+# --- the resource index (ondisk/rindex.py) ---------------------------------------------------
+
+
+class BadRindexMagic(CorruptRecord):
+    code = -274
+
+
+class BadRindexVersion(CorruptRecord):
+    code = -275
+
+
+class RindexLockspace(LeasestoreError):
+    """The index belongs to another lockspace."""
+
+    code = -276
+
+
+class RindexOffset(LeasestoreError):
+    """An offset that is no slot of the index."""
+
+    code = -277
+
+
+class RindexDiff(LeasestoreError):
+    """The entry at that offset names another resource."""
+
+    code = -278
+
+
+class RindexNotFound(LeasestoreError):
+    """No entry names that resource (sanlock: -ENOENT)."""
+
+    code = -2
+
+
+class RindexFull(LeasestoreError):
+    """Every slot of the index is in use (sanlock: -ENOSPC)."""
+
+    code = -28
+
+
 # --- delta leases ------------------------------------------------------------------------------
 
 

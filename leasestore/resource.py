@@ -275,7 +275,8 @@ class ResourceService:
         self._geometries[(path, offset_b)] = geometry
         return geometry
 
-    def _params(self, lockspace: Lockspace, key: ResourceKey) -> Algorithm[PaxosParams]:
+    def lease_params(self, lockspace: Lockspace, key: ResourceKey) -> Algorithm[PaxosParams]:
+        """The ballot parameters of lease `key` for our host in `lockspace`."""
         name, resource, path, offset_b = key
         timeouts = lockspace.timeouts
         table = lockspace.table
@@ -332,7 +333,7 @@ class ResourceService:
             self._busy.add(key)
         retrying = False
         try:
-            params = yield from self._params(lockspace, key)
+            params = yield from self.lease_params(lockspace, key)
             if lvb:
                 lvb_offset(params.geometry)  # refused before any write if there is none
             try:
@@ -639,7 +640,7 @@ class ResourceService:
 
     def requesting(self, lockspace: Lockspace, key: ResourceKey, lver: int | None,
                     force_mode: int) -> Algorithm[int]:
-        params = yield from self._params(lockspace, key)
+        params = yield from self.lease_params(lockspace, key)
         owner: int = yield from request(params, lver, force_mode)
         return owner
 

@@ -1,7 +1,8 @@
 """sanlock's text forms for lockspaces and resources.
 
 lockspace: `NAME:HOST_ID:PATH:OFFSET`;
-resource: `LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`.
+resource: `LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...][:LVER|:SH]`;
+resource index: `LOCKSPACE:PATH:OFFSET`, an entry `NAME[:OFFSET]` (or `:OFFSET`).
 A colon inside a path is written `\\:`. Names are at most 48 bytes; offsets are bytes.
 """
 
@@ -127,3 +128,27 @@ class ResourceSpec:
         disks = ":".join(f"{escape_path(p)}:{o}" for p, o in self.disks)
         suffix = ":SH" if self.shared else (f":{self.lver}" if self.lver is not None else "")
         return f"{self.lockspace}:{self.name}:{disks}{suffix}"
+
+
+@dataclass(frozen=True)
+class RindexSpec:
+    lockspace: str
+    path: str
+    offset_b: int
+
+    @classmethod
+    def parse(cls, text: str) -> RindexSpec:
+        parts = split_escaped(text)
+        if len(parts) != 3 or not parts[0]:
+            raise UsageError(f"resource index must be LOCKSPACE:PATH:OFFSET, not {text!r}")
+        encode_name(parts[0])
+        return cls(parts[0], _path_field(parts[1], text), _int_field(parts[2], "offset", text))
+
+
+def parse_rindex_entry(text: str) -> tuple[str, int]:
+    """`NAME`, `NAME:OFFSET` or `:OFFSET` as (name, offset; 0 when not given)."""
+    name, sep, offset = text.rpartition(":") if ":" in text else (text, "", "")
+    if sep and not name and not offset:
+        raise UsageError(f"entry must be NAME[:OFFSET], not {text!r}")
+    encode_name(name)
+    return name, _int_field(offset, "offset", text) if sep else 0

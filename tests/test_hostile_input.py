@@ -100,12 +100,15 @@ def test_headers_sanlock_ignores_get_no_reply_and_the_connection_goes_on(
     assert len(reply) == 32 and Header.decode(reply).data2 == sp.VERSION_WORD
 
 
-def test_unimplemented_commands_answer_eopnotsupp(serving: Daemon) -> None:
-    for cmd in (Cmd.CONVERT, Cmd.FORMAT_RINDEX, Cmd.CREATE_RESOURCE):
+def test_every_sanlock_command_is_served(serving: Daemon) -> None:
+    """Each of sanlock 3.8.5's commands has its handler; none is answered -EOPNOTSUPP."""
+    served = set(serving._front_end._handlers)
+    assert {int(c) for c in Cmd} == served
+    for cmd in (Cmd.CONVERT, Cmd.FORMAT_RINDEX, Cmd.CREATE_RESOURCE, Cmd.LOOKUP_RINDEX):
         flags, data, data2, payload = BASELINES[cmd]
         raw = Header(sp.SM_MAGIC, 1, cmd, flags, 32 + len(payload), 0, data, data2).encode()
         reply = _one_shot(serving, raw + payload)
-        assert Header.decode(reply[:32]).data == -sp.EOPNOTSUPP, cmd.name
+        assert Header.decode(reply[:32]).data != -sp.EOPNOTSUPP, cmd.name
 
 
 def test_restrict_all_silences_the_connection(serving: Daemon) -> None:

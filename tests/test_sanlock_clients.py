@@ -38,6 +38,7 @@ from leasestore.testing.sanlock_clients import (
     FILE_SIZE,
     PY_GROUPS,
     PY_SCRIPT,
+    RX_AT,
     SANLOCK_PYTHON,
     CliScenario,
     CliStep,
@@ -136,6 +137,7 @@ class CliRun:
     steps: dict[str, CliStep]
     norm: Normaliser
     log_path: Path
+    lease_path: str
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +156,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory,
         for kind, scenario in scenarios.items():
             pids = (scenario.holder.pid,) if scenario.holder is not None else ()
             norm = Normaliser((targets[kind].path,), (HOST,), pids)
-            runs[kind] = CliRun(steps[kind], norm, targets[kind].log_path)
+            runs[kind] = CliRun(steps[kind], norm, targets[kind].log_path, targets[kind].path)
     yield runs  # the daemons are stopped by now: the tests only compare what was recorded
 
 
@@ -343,6 +345,33 @@ def test_cli_status_leases(cli_runs: dict[str, CliRun], name: str) -> None:
     assert got == expected, (f"{name}:\n  sanlock:    {expected}\n  leasestore: {got}\n"
                              f"leasestore {ours.steps[name].describe()}\n"
                              f"leasestore log: {ours.log_path}")
+
+
+def test_cli_rindex_bytes(cli_runs: dict[str, CliRun]) -> None:
+    """After the same rindex steps the index's area (header and entries), its lease's leader
+    and the slots' resource areas hold the same bytes, but for the deleted slot's clearing
+    time and the writers' timestamps in the index lease's leader."""
+    def regions(run: CliRun) -> dict[str, bytes]:
+        with open(run.lease_path, "rb") as f:
+            data = f.read()
+        lease = bytearray(data[RX_AT + MiB:RX_AT + MiB + 512])
+        lease[LEADER_TAIL] = bytes(len(range(*LEADER_TAIL.indices(512))))
+        lease[LEADER_CHECKSUM] = bytes(4)
+        deleted = bytearray(data[RX_AT + 2 * MiB:RX_AT + 3 * MiB])
+        deleted[LEADER_TAIL] = bytes(len(range(*LEADER_TAIL.indices(512))))
+        deleted[LEADER_CHECKSUM] = bytes(4)
+        return {"area 1": data[RX_AT:RX_AT + MiB], "lease leader": bytes(lease),
+                "deleted slot": bytes(deleted), "slots": data[RX_AT + 3 * MiB:RX_AT + 8 * MiB]}
+
+    ref, ours = regions(cli_runs["sanlock"]), regions(cli_runs["leasestore"])
+    for name, value in ref.items():
+        assert ours[name] == value, name
+
+
+MiB = 1 << 20
+LEADER_CHECKSUM = slice(168, 172)
+LEADER_TAIL = slice(176, 200)
+"""A leader's write_id, write_generation and write_timestamp."""
 
 
 # ---------------------------------------------------------------------------------------------

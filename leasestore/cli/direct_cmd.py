@@ -18,12 +18,14 @@ from leasestore.cli import area_cmds
 from leasestore.errors import LeasestoreError, UsageError
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET, Leader, LeaderMagic
-from leasestore.specs import LockspaceSpec, ResourceSpec
+from leasestore.ondisk.rindex import DEFAULT_MAX_RESOURCES
+from leasestore.specs import LockspaceSpec, ResourceSpec, RindexSpec, parse_rindex_entry
 from leasestore.timeouts import DEFAULT_IO_TIMEOUT_S, checked_io_timeout
 from leasestore.units import decimal_float, decimal_int, parse_size
 
 LOCKSPACE_HELP = "LOCKSPACE:HOST_ID:PATH:OFFSET"
 RESOURCE_HELP = "LOCKSPACE:NAME:PATH:OFFSET"
+RINDEX_HELP = "LOCKSPACE:PATH:OFFSET"
 
 
 def register(sub: Any) -> None:
@@ -60,6 +62,7 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="write over a held lease, another lease's record or one that does "
                         "not verify")
+    _register_rindex_verbs(verb)
     p = verb("read_id", "print who holds a host_id: generation, name, last renewal",
              run_read_id)
     p.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP, required=True)
@@ -97,6 +100,26 @@ def register(sub: Any) -> None:
                                "resource's device)")
         p.add_argument("-g", dest="generation", type=decimal_int,
                        help="the host's generation (default: its record's current one)")
+
+
+def _register_rindex_verbs(verb: Callable[[str, str, Callable[[argparse.Namespace], int]],
+                                          argparse.ArgumentParser]) -> None:
+    p = verb("format", "write a resource index (both of its areas)", run_rindex)
+    p.add_argument("-x", dest="rindex", metavar=RINDEX_HELP, required=True)
+    p.add_argument("-Z", "--sector-size", type=decimal_int, choices=(512, 4096))
+    p.add_argument("-A", "--align", type=parse_size, metavar="1M|2M|4M|8M")
+    p.add_argument("--max-resources", type=decimal_int, default=DEFAULT_MAX_RESOURCES)
+    p.add_argument("--force", action="store_true", help="write over a live area")
+    for name, helptext in (("lookup", "find a resource index entry (by name, offset, or the "
+                                      "first free slot)"),
+                           ("update", "set (or with -z 1 clear) the entry of a slot"),
+                           ("rebuild", "rewrite the index's entries from its slots' leaders")):
+        p = verb(name, helptext, run_rindex)
+        p.add_argument("-x", dest="rindex", metavar=RINDEX_HELP, required=True)
+        if name != "rebuild":
+            p.add_argument("-e", dest="entry", metavar="NAME[:OFFSET]", default="")
+        if name == "update":
+            p.add_argument("-z", dest="remove", type=decimal_int, choices=(0, 1), default=0)
 
 
 def _done(verb: str, error: LeasestoreError | None) -> None:
@@ -153,6 +176,38 @@ def run_read_leader(args: argparse.Namespace) -> int:
     if found.error is not None:
         raise found.error
     return 0
+
+
+def run_rindex(args: argparse.Namespace) -> int:
+    """sanlock direct's rindex verbs: `VERB done CODE`, then (lookup, update) the entry."""
+    rx = RindexSpec.parse(args.rindex)
+    if args.verb == "format":
+        return _reported("format", lambda: _rindex_format(args, rx))
+    if args.verb == "rebuild":
+        return _reported("rebuild", lambda: _rindex_rebuild(rx))
+    name, offset = parse_rindex_entry(args.entry)
+    if args.verb == "update" and not offset:
+        raise UsageError("update needs -e NAME:OFFSET")
+
+    def act() -> list[tuple[str, str]]:
+        if args.verb == "lookup":
+            entry = daemonless.rindex_lookup(rx, name, offset)
+            return [("name", f"{entry.name or '-'} offset {entry.offset_b}")]  # sanlock's line
+        daemonless.rindex_update(rx, name, offset, remove=bool(args.remove))
+        return []
+
+    return _reported(args.verb, act)
+
+
+def _rindex_rebuild(rx: RindexSpec) -> list[tuple[str, str]]:
+    daemonless.rindex_rebuild(rx)
+    return []  # sanlock prints only its done line
+
+
+def _rindex_format(args: argparse.Namespace, rx: RindexSpec) -> list[tuple[str, str]]:
+    daemonless.rindex_format(rx, args.sector_size, args.align, args.max_resources,
+                             force=args.force)
+    return []
 
 
 def run_write_leader(args: argparse.Namespace) -> int:

@@ -279,6 +279,49 @@ class LockspaceStruct:
                 + self.disk.encode())
 
 
+_RINDEX_HEAD = struct.Struct(f"=IIQ{NAME_LEN}s")
+_RENTRY = struct.Struct(f"={NAME_LEN}sQII")
+RINDEX_B = _RINDEX_HEAD.size + DISK_B
+RENTRY_B = _RENTRY.size
+RX_NO_LOCKSPACE = 0x1
+RXUP_ADD = 0x10000
+RXUP_REM = 0x20000
+
+
+@dataclass(frozen=True)
+class RindexStruct:
+    """sanlk_rindex: which index (lockspace, disk) and, for FORMAT, its geometry flags and
+    max_resources (0: the default)."""
+
+    flags: int
+    max_resources: int
+    lockspace: str
+    disk: Disk
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RindexStruct:
+        head = _RINDEX_HEAD.size
+        flags, max_resources, _unused, name = _RINDEX_HEAD.unpack(raw[:head])
+        return cls(flags, max_resources, text_of(name), Disk.decode(raw[head:head + DISK_B]))
+
+
+@dataclass(frozen=True)
+class Rentry:
+    """sanlk_rentry: a resource name and its offset."""
+
+    name: str
+    offset: int = 0
+    flags: int = 0
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Rentry:
+        name, offset, flags, _unused = _RENTRY.unpack(raw)
+        return cls(text_of(name), offset, flags)
+
+    def encode(self) -> bytes:
+        return _RENTRY.pack(fixed(self.name, NAME_LEN), self.offset, self.flags, 0)
+
+
 def decode_options(raw: bytes) -> str:
     """The owner name an ACQUIRE's options carry."""
     owner, _flags, _length = _OPTIONS.unpack(raw)

@@ -10,7 +10,9 @@ codes sanlock replies with, and encodes. Invariants:
   request still had in flight is drained by its length, so the next header is read in step;
 - a registered connection is never closed by us: its leases end when its process closes it
   (or on shutdown, whose holders are killed first);
-- a command leasestore does not implement yet is answered with -EOPNOTSUPP, never silence;
+- every command of sanlock 3.8.5 has a handler; what leasestore does not do (leases on more
+  than one disk) is answered with -EOPNOTSUPP, never silence; unknown commands are skipped,
+  as 3.8.5 skips them;
 - with LS_DETAIL in cmd_flags (leasestore's own client) the same command gets the same result
   code, and a JSON payload that says what sanlock's binary reply cannot (error class and text,
   µs timings, host names): one protocol, one set of handlers.
@@ -30,10 +32,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import leasestore.daemon.sanlock_proto as sp
-from leasestore import direct
+from leasestore import direct, rindex
 from leasestore.clock import lease_now_s
 from leasestore.daemon import commands, recent_log
 from leasestore.daemon.sanlock_proto import Cmd, Header
+from leasestore.effects import Algorithm
 from leasestore.errors import (
     AreaInUse,
     BadMagic,
@@ -57,6 +60,12 @@ from leasestore.errors import (
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
+from leasestore.ondisk.rindex import (
+    DEFAULT_MAX_RESOURCES,
+    LEASE_NAME,
+    RindexEntry,
+    RindexHeader,
+)
 from leasestore.paxos import SH_RETRIES
 from leasestore.resource import HeldResource
 from leasestore.specs import MAX_PATH_B
@@ -167,13 +176,18 @@ class SanlockFrontEnd:
             Cmd.LOG_DUMP: self._log_dump,
             Cmd.SET_LVB: self._set_lvb,
             Cmd.GET_LVB: self._get_lvb,
+            Cmd.FORMAT_RINDEX: self._format_rindex,
+            Cmd.UPDATE_RINDEX: self._update_rindex,
+            Cmd.LOOKUP_RINDEX: self._lookup_rindex,
+            Cmd.CREATE_RESOURCE: self._create_resource,
+            Cmd.DELETE_RESOURCE: self._delete_resource,
+            Cmd.REBUILD_RINDEX: self._rebuild_rindex,
         }
 
     # -- framing -------------------------------------------------------------------------------
 
     def serve(self, conn: socket.socket, session: Session) -> None:
         """Answer headers on `conn` until the client closes it (or we end a one-shot)."""
-        known = {int(c) for c in Cmd}
         while True:
             conn.settimeout(None)
             try:
@@ -185,8 +199,8 @@ class SanlockFrontEnd:
             if session.restrict & sp.RESTRICT_ALL:
                 continue
             header = Header.decode(raw)
-            if not header.acceptable() or header.cmd not in known:
-                continue
+            if not header.acceptable() or header.cmd not in self._handlers:
+                continue  # sanlock 3.8.5 skips commands it does not know
             reply = self._answer(header, _Payload(conn), session)
             if reply is not None:
                 conn.sendall(reply, socket.MSG_NOSIGNAL)
@@ -194,7 +208,7 @@ class SanlockFrontEnd:
                 return
 
     def _answer(self, header: Header, payload: _Payload, session: Session) -> bytes | None:
-        handler = self._handlers.get(header.cmd, self._unsupported)
+        handler = self._handlers[header.cmd]
         error: LeasestoreError | None = None
         try:
             reply = handler(header, payload, session)
@@ -236,11 +250,6 @@ class SanlockFrontEnd:
             return reply.raw
         counted = len(reply.payload) if reply.counted else 0
         return header.reply(reply.code, counted, reply.data2) + reply.payload
-
-    def _unsupported(self, header: Header, payload: _Payload, session: Session) -> _Reply:
-        name = Cmd(header.cmd).name
-        log.info("sanlock command %s is not implemented: -EOPNOTSUPP", name)
-        raise _refuse(-sp.EOPNOTSUPP, UsageError, f"{name} is not implemented by leasestore")
 
     # -- registration --------------------------------------------------------------------------
 
@@ -671,6 +680,105 @@ class SanlockFrontEnd:
         text = " ".join(_state_string(h) for h in held).encode() + b"\0"
         return _Reply(payload=text, data2=len(held), detail=detail)
 
+    # -- the resource index (rindex.py) -------------------------------------------------------
+
+    def _format_rindex(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """sanlk_rindex: its flags give the geometry (default: the device's), max_resources
+        0 is sanlock's 4096. Both areas are written whole."""
+        self.daemon._require_admin(session.peer, "format a resource index")
+        rx = sp.RindexStruct.decode(payload.take(sp.RINDEX_B))
+        sector, align = sp.geometry_flags(rx.flags)
+        with DirectDevice(rx.disk.path) as device:
+            geometry = direct.resolve_geometry(device, sector, align)
+        index = RindexHeader(rx.lockspace, geometry, rx.disk.offset,
+                             rx.max_resources or DEFAULT_MAX_RESOURCES)
+        self.daemon.resources.run(rindex.formatting(rx.disk.path, index, READ_IO_TIMEOUT_S))
+        return _Reply()
+
+    def _rindex_read(self, payload: _Payload, with_entry: bool = True
+                     ) -> tuple[sp.RindexStruct, sp.Rentry, RindexHeader, list[RindexEntry]]:
+        rx = sp.RindexStruct.decode(payload.take(sp.RINDEX_B))
+        wanted = sp.Rentry.decode(payload.take(sp.RENTRY_B)) if with_entry else sp.Rentry("")
+        if not rx.flags & sp.RX_NO_LOCKSPACE:
+            self._added(rx.lockspace)  # as sanlock: -ENOENT unless the lockspace is added
+        index, entries = self.daemon.resources.run(
+            rindex.reading(rx.disk.path, rx.disk.offset, rx.lockspace, READ_IO_TIMEOUT_S))
+        return rx, wanted, index, entries
+
+    def _under_rindex_lease(self, rx: sp.RindexStruct, index: RindexHeader,
+                            body: Callable[[], Algorithm[RindexEntry]]) -> RindexEntry:
+        """Run `body` holding the index's lease (our host lease of its lockspace must be
+        held), or without it if the request says RX_NO_LOCKSPACE."""
+        service = self.daemon.resources
+        if rx.flags & sp.RX_NO_LOCKSPACE:
+            return service.run(body())
+        lockspace = self.daemon._named(rx.lockspace)
+        key = (rx.lockspace, LEASE_NAME, rx.disk.path, index.lease_offset_b)
+
+        def leased() -> Algorithm[RindexEntry]:
+            params = yield from service.lease_params(lockspace, key)
+            return (yield from rindex.under_lease(params, body))
+
+        return service.run(leased())
+
+    def _update_rindex(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """RXUP_ADD sets the entry of the slot the rentry's offset names, RXUP_REM clears it
+        (the index's lease is not taken: sanlock's update does not take it either)."""
+        self.daemon._require_admin(session.peer, "update a resource index")
+        rx, wanted, index, _entries = self._rindex_read(payload)
+        if not header.cmd_flags & (sp.RXUP_ADD | sp.RXUP_REM) or not wanted.offset:
+            raise _refuse(-sp.EINVAL, UsageError, "update needs RXUP_ADD or RXUP_REM and an "
+                          "offset")
+        remove = bool(header.cmd_flags & sp.RXUP_REM)
+        # As in sanlock, without the index's lease: update is the repair tool.
+        done = self.daemon.resources.run(rindex.updating(
+            rx.disk.path, index, wanted.name, wanted.offset, remove, READ_IO_TIMEOUT_S))
+        return _rentry_reply(done)
+
+    def _lookup_rindex(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """By name, by offset, or (neither) the first free slot. The client's length counts
+        64 bytes more than it sends (its bug): they are not waited for."""
+        _rx, wanted, index, entries = self._rindex_read(payload)
+        return _rentry_reply(rindex.lookup(index, entries, wanted.name, wanted.offset))
+
+    def _create_resource(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        """d = max_hosts (unused: the geometry sets it), d2 = num_hosts (0: all)."""
+        self.daemon._require_admin(session.peer, "create a resource")
+        rx, wanted, index, _entries = self._rindex_read(payload)
+        if not wanted.name:
+            raise _refuse(-sp.EINVAL, UsageError, "create needs a resource name")
+
+        def create() -> Algorithm[RindexEntry]:
+            _, entries = yield from rindex.reading(rx.disk.path, rx.disk.offset, rx.lockspace,
+                                                   READ_IO_TIMEOUT_S)
+            return (yield from rindex.creating(rx.disk.path, index, entries, wanted.name,
+                                               header.data2, READ_IO_TIMEOUT_S))
+
+        return _rentry_reply(self._under_rindex_lease(rx, index, create))
+
+    def _delete_resource(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        self.daemon._require_admin(session.peer, "delete a resource")
+        rx, wanted, index, _entries = self._rindex_read(payload)
+
+        def delete() -> Algorithm[RindexEntry]:
+            _, entries = yield from rindex.reading(rx.disk.path, rx.disk.offset, rx.lockspace,
+                                                   READ_IO_TIMEOUT_S)
+            return (yield from rindex.deleting(rx.disk.path, index, entries, wanted.name,
+                                               wanted.offset, READ_IO_TIMEOUT_S))
+
+        return _rentry_reply(self._under_rindex_lease(rx, index, delete))
+
+    def _rebuild_rindex(self, header: Header, payload: _Payload, session: Session) -> _Reply:
+        self.daemon._require_admin(session.peer, "rebuild a resource index")
+        rx, _wanted, index, _entries = self._rindex_read(payload, with_entry=False)
+
+        def rebuild() -> Algorithm[RindexEntry]:
+            yield from rindex.rebuilding(rx.disk.path, index, READ_IO_TIMEOUT_S)
+            return RindexEntry()
+
+        self._under_rindex_lease(rx, index, rebuild)
+        return _Reply()
+
     def _convert(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """One resource struct (no disks), matched among the target's leases: SHARED in its
         flags asks for shared mode, otherwise exclusive. -ENOENT if not held. A convert waits
@@ -962,6 +1070,11 @@ def _lockspace_text(daemon: Daemon, lockspace: Lockspace, space_id: int) -> str:
         acquire_last_attempt=int(lockspace.joined_s), acquire_last_success=int(lockspace.joined_s),
         renewal_last_attempt=int(last.time_s) if last is not None else 0,
         renewal_last_success=int(lockspace.last_success_s))
+
+
+def _rentry_reply(entry: RindexEntry) -> _Reply:
+    return _Reply(payload=sp.Rentry(entry.name, entry.offset_b, entry.flags).encode(),
+                  detail={"name": entry.name, "offset": entry.offset_b})
 
 
 def _resource_record(held: HeldResource, pid: int, res_id: int) -> bytes:

@@ -35,14 +35,16 @@ SANLOCK_PYTHON = "/usr/bin/python3"
 #   CLI's persistent and orphan leases)   (formatted by format_areas)
 #   4 MiB python write_lockspace LS3 · 6 MiB python write_resource LS3:R3 · 7 MiB the same with
 #   clear=True · 8 MiB never written · 10 MiB lockspace LS2 (formatted by format_areas; joined
-#   asynchronously with the daemon's default io_timeout) · 12 / 13 MiB `client init -s / -r`
+#   asynchronously with the daemon's default io_timeout) · 12 / 13 MiB `client init -s / -r` ·
+#   16 MiB the CLI's resource index (its lease at 17 MiB, its slots from 18 MiB)
 LOCKSPACE = "LS"
 R1_AT = 1 * MiB
 R2_AT = 2 * MiB
 R5_AT = 3 * MiB
 ZEROED_AT = 8 * MiB
 LS2_AT = 10 * MiB
-FILE_SIZE = 16 * MiB
+RX_AT = 16 * MiB
+FILE_SIZE = 24 * MiB
 UNKNOWN_PID = 999_999
 """A pid no client registered (above any pid these tests create; below the kernel's pid_max)."""
 
@@ -239,6 +241,30 @@ CLI_STEPS: list[tuple[str, list[str]]] = [
     ("status_orphan_gone", ["status"]),
     ("command_persistent_again", ["command", "-r", "{R5}", "-P", "1", "-c", "/bin/true"]),
     ("read_orphan", ["read", "-r", "{R5}"]),
+    # The resource index: its slots are 18..23 MiB (the 2nd at 19922944, the 4th at 22020096).
+    ("rindex_format", ["format", "-x", "{RX}"]),
+    ("rindex_lookup_free", ["lookup", "-x", "{RX}"]),
+    ("rindex_create", ["create", "-x", "{RX}", "-e", "vol1"]),
+    ("rindex_create_2", ["create", "-x", "{RX}", "-e", "vol2"]),
+    ("rindex_lookup", ["lookup", "-x", "{RX}", "-e", "vol2"]),
+    ("rindex_lookup_offset", ["lookup", "-x", "{RX}", "-e", ":19922944"]),
+    ("rindex_lookup_diff", ["lookup", "-x", "{RX}", "-e", "vol1:19922944"]),
+    ("rindex_lookup_missing", ["lookup", "-x", "{RX}", "-e", "nope"]),
+    ("rindex_delete", ["delete", "-x", "{RX}", "-e", "vol1"]),
+    ("rindex_read_deleted", ["read", "-r", "LS:vol1:{F}:18874368"]),
+    ("rindex_lookup_after_delete", ["lookup", "-x", "{RX}"]),
+    ("rindex_update_add", ["update", "-x", "{RX}", "-e", "manual:22020096"]),
+    ("rindex_update_unaligned", ["update", "-x", "{RX}", "-e", "bad:22020097"]),
+    ("rindex_update_no_offset", ["update", "-x", "{RX}", "-e", "manual"]),
+    ("rindex_lookup_manual", ["lookup", "-x", "{RX}", "-e", "manual"]),
+    ("rindex_update_remove", ["update", "-x", "{RX}", "-e", "manual:22020096", "-z", "1"]),
+    ("rindex_update_add_again", ["update", "-x", "{RX}", "-e", "manual:22020096"]),
+    ("rindex_rebuild", ["rebuild", "-x", "{RX}"]),
+    ("rindex_lookup_rebuilt", ["lookup", "-x", "{RX}", "-e", "vol2"]),
+    ("rindex_lookup_rebuilt_manual", ["lookup", "-x", "{RX}", "-e", "manual"]),
+    ("rindex_read_created", ["read", "-r", "LS:vol2:{F}:19922944"]),
+    ("rindex_not_an_index", ["lookup", "-x", "LS:{F}:0"]),
+    ("rindex_other_lockspace", ["lookup", "-x", "LS2:{F}:16777216"]),
     ("shutdown_busy", ["shutdown", "-w", "1"]),
     ("rem_lockspace", ["rem_lockspace", "-s", "{LS}"]),
     ("@holder_after_rem", []),
@@ -254,7 +280,7 @@ CLI_STEP_NAMES = [name for name, _ in CLI_STEPS]
 
 def _expand(args: list[str], path: str, pid: int | None) -> list[str]:
     values = {"{LS}": _ls(path), "{R1}": _res(path), "{R2}": _res(path, "R2", R2_AT),
-              "{R5}": _res(path, "R5", R5_AT),
+              "{R5}": _res(path, "R5", R5_AT), "{RX}": f"{LOCKSPACE}:{path}:{RX_AT}",
               "{R9}": _res(path, "R9", ZEROED_AT), "{F}": path,
               "{PID}": str(pid if pid is not None else UNKNOWN_PID)}
     out = []
