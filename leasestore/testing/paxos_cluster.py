@@ -716,16 +716,24 @@ class PaxosCluster:
 
     def _convert(self, host: DaemonHost, process: SimProcess, lockspace: Lockspace,
                  key: ResourceKey, resource: int) -> Algorithm[None]:
-        """The holder asks for the other mode; the checkers see the new holding at once."""
+        """The holder asks for the other mode. Going shared, it stops using the lease
+        exclusively when it asks (as a releasing holder lets go when it asks: other hosts may
+        join before the answer comes), and is exclusive again if the convert fails; going
+        exclusive, it is exclusive once the convert has succeeded."""
         service, holding = host.resources, process.holding
         if not process.alive or holding is None:
             return
         assert service is not None
+        if not holding.shared:
+            process.holding = Holding(resource, holding.lver, True)
         try:
             held = yield from service.converting(lockspace, key, process.pid,
                                                  not holding.shared)
         except LeasestoreError:
-            self._count("convert_failed")  # the holding is unchanged
+            self._count("convert_failed")
+            if process.alive and process.holding is not None:
+                process.holding = holding  # unchanged on disk: the leader was never freed
+                self.check()
             return
         if not process.alive:
             return
