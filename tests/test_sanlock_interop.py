@@ -24,6 +24,7 @@ from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_
 
 pytestmark = [pytest.mark.slow, pytest.mark.sanlock]
 LS = "mixed-ls"
+MiB = 1 << 20
 RES_THEIRS = 1 << 20
 RES_OURS = 2 << 20
 
@@ -39,7 +40,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory,
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
     try:
-        backing = make_file(base / "shared.img", 6 << 20)
+        backing = make_file(base / "shared.img", 12 << 20)
         devices = [loops.attach(backing), loops.attach(backing)]
         format_lockspace(devices[0], LS, 0, io_timeout_s=1)
         format_resource(devices[0], LS, "theirs", RES_THEIRS)
@@ -352,6 +353,44 @@ def test_a_convert_to_exclusive_waits_for_the_other_implementations_shared_holde
             if holder.poll() is None:
                 holder.kill()
                 holder.wait(10)
+
+
+RX_AT = 6 << 20
+
+
+def test_both_implementations_share_one_resource_index(
+    mixed: tuple[SanlockProc, DaemonProc, list[str]]
+) -> None:
+    """One index, formatted by leasestore: each host's daemon (through the sanlock CLI)
+    creates a resource in it, finds the other's, deletes it, and the next create takes the
+    freed slot; both serialise on the index's lease."""
+    theirs, ours, devices = mixed
+    _both_joined(theirs, ours, devices)
+    ours_cli = SanlockCli(theirs.bin, ours.run_dir)
+    index = {id(theirs): f"{LS}:{devices[0]}:{RX_AT}", id(ours_cli): f"{LS}:{devices[1]}:{RX_AT}"}
+
+    def rx(cli: SanlockProc | SanlockCli, *args: str) -> list[str]:
+        out = cli.client(*args[:1], "-x", index[id(cli)], *args[1:], check=False)
+        return out.stdout.strip().splitlines()
+
+    assert rx(ours_cli, "format") == ["format done 0"]
+    assert rx(theirs, "create", "-e", "from-sanlock") == [
+        "create_resource done 0", f"offset {RX_AT + 2 * MiB}"]
+    assert rx(ours_cli, "create", "-e", "from-leasestore") == [
+        "create_resource done 0", f"offset {RX_AT + 3 * MiB}"]
+    assert rx(ours_cli, "lookup", "-e", "from-sanlock")[1] == (
+        f"name from-sanlock offset {RX_AT + 2 * MiB}")
+    assert rx(theirs, "lookup", "-e", "from-leasestore")[1] == (
+        f"name from-leasestore offset {RX_AT + 3 * MiB}")
+    assert rx(theirs, "delete", "-e", "from-leasestore") == ["delete_resource done 0"]
+    assert rx(ours_cli, "lookup", "-e", "from-leasestore") == ["lookup done -2"]
+    assert rx(ours_cli, "create", "-e", "again") == [
+        "create_resource done 0", f"offset {RX_AT + 3 * MiB}"]
+    # The resources are real leases: sanlock takes the one leasestore created.
+    taken = theirs.client("command", "-r", f"{LS}:again:{devices[0]}:{RX_AT + 3 * MiB}", "-c",
+                          "/bin/true", check=False)
+    assert taken.returncode == 0, taken.stdout
+    assert read_paxos_leader(devices[0], RX_AT + MiB).resource_name == "rindex_lease"
 
 
 class SanlockCli:
