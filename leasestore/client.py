@@ -327,19 +327,21 @@ def _resource(lockspace: str | bytes, resource: str | bytes,
 def acquire(lockspace: str | bytes, resource: str | bytes, disks: list[tuple[str | bytes, int]],
             slkfd: int | None = None, pid: int | None = None, shared: bool = False,
             version: int | None = None, lvb: bool = False, persistent: bool = False,
-            orphan: bool = False) -> dict[str, Any]:
+            orphan: bool = False, owner_nowait: bool = False) -> dict[str, Any]:
     """Acquire a resource lease for this process (or `slkfd`'s, or, as root, `pid`'s).
     `version`: the lease must be at exactly that lver now (a migration's fencing check).
     `lvb`: read its lock value block, for set_lvb / get_lvb. `persistent`: if the process
     exits holding it, the daemon keeps it as an orphan. `orphan`: adopt such an orphan (in
-    the same mode); without it an orphan refuses the acquire (LeaseOrphaned)."""
+    the same mode); without it an orphan refuses the acquire (LeaseOrphaned). `owner_nowait`:
+    AcquireOwnedRetry instead of waiting to see another owner's host lease renew or expire."""
     flags = ((sp.RES_SHARED if shared else 0) | (0 if version is None else sp.RES_LVER)
              | (sp.RES_PERSISTENT if persistent else 0))
     payload = (_resource(lockspace, resource, disks, flags, version or 0)
                + bytes(sp.OPTIONS_B))
     held: list[dict[str, Any]] = _call_for(
         Cmd.ACQUIRE, payload, slkfd, pid, data=1,
-        flags=(sp.ACQUIRE_LVB if lvb else 0) | (sp.ACQUIRE_ORPHAN if orphan else 0))
+        flags=(sp.ACQUIRE_LVB if lvb else 0) | (sp.ACQUIRE_ORPHAN if orphan else 0)
+        | (sp.ACQUIRE_OWNER_NOWAIT if owner_nowait else 0))
     return held[0]
 
 

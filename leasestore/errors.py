@@ -251,6 +251,13 @@ class AcquireOwned(LeasestoreError):
     code = -244
 
 
+class AcquireOwnedRetry(LeasestoreError):
+    """The lease's owner was not yet seen to renew or to expire, and the acquire was asked
+    not to wait for it (OWNER_NOWAIT; sanlock: -247)."""
+
+    code = -247
+
+
 class AcquireOther(LeasestoreError):
     """Our ballot committed another host's proposed value."""
 

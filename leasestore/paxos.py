@@ -49,6 +49,7 @@ from leasestore.errors import (
     AcquireLver,
     AcquireOther,
     AcquireOwned,
+    AcquireOwnedRetry,
     BadDblockChecksum,
     BadMagic,
     CorruptRecord,
@@ -259,8 +260,9 @@ def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
             and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation))
 
 
-def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
-    """True once the owner cannot be using the lease; raises AcquireIdLive or _Restart."""
+def _owner_gone(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[bool]:
+    """True once the owner cannot be using the lease; raises AcquireIdLive or _Restart, or,
+    with `nowait`, AcquireOwnedRetry where it would wait to see the owner renew or expire."""
     owner = cur.owner_id
     delta_at = p.delta_offset_b + p.delta_geometry.delta_offset(owner)
     view = p.host_info(owner)
@@ -295,18 +297,21 @@ def _owner_gone(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
         now_s = yield Now()
         if now_s - wait_start_s > p.timeouts.for_peer(delta).host_dead_s:
             return True
+        if nowait:
+            raise AcquireOwnedRetry(f"lease {p.resource!r} is owned by host {owner}, not yet "
+                                    "seen to renew or to expire (not waiting)")
         yield Sleep(OWNER_POLL_S)
         again = yield from read_leader(p)
         if again.encode() != cur.encode():
             raise _Restart
 
 
-def _may_ballot(p: PaxosParams, cur: Leader) -> Algorithm[bool]:
+def _may_ballot(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[bool]:
     if cur.timestamp == 0 or cur.owner_id == 0:
         return True
     if cur.owner_id == p.host_id and cur.owner_generation <= p.generation:
         return True
-    gone = yield from _owner_gone(p, cur)
+    gone = yield from _owner_gone(p, cur, nowait)
     return gone
 
 
@@ -496,14 +501,14 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool,
 # --- public operations --------------------------------------------------------------------------
 
 
-def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None
-            ) -> Algorithm[HeldLease]:
+def acquire(p: PaxosParams, *, shared: bool = False, lver: int | None = None,
+            owner_nowait: bool = False) -> Algorithm[HeldLease]:
     """Acquire the lease exclusively (or shared). `lver`: fail with AcquireLver unless the lease
     is at exactly that version now (the holding will be lver + 1)."""
     attempts = 0
     while True:
         try:
-            return (yield from _acquire_once(p, shared, lver))
+            return (yield from _acquire_once(p, shared, lver, owner_nowait=owner_nowait))
         except _Restart:
             continue
         except (AcquireIdLive, AcquireOwned, AcquireOther):
@@ -564,7 +569,8 @@ def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
 
 
 def _acquire_once(p: PaxosParams, shared: bool, lver: int | None,
-                  own: list[Dblock | None] | None = None) -> Algorithm[HeldLease]:
+                  own: list[Dblock | None] | None = None, owner_nowait: bool = False
+                  ) -> Algorithm[HeldLease]:
     read1 = yield from read_lease(p)
     if own is not None:
         own[0] = read1.own
@@ -581,7 +587,7 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None,
         # leader would name us, live and holding nothing, and nobody could take the lease.
         yield from _commit_free(p, read1.leader, read1.leader.lver)
         raise _Restart
-    may = yield from _may_ballot(p, read1.leader)
+    may = yield from _may_ballot(p, read1.leader, owner_nowait)
     if not may:
         raise _Restart
     leader, accepted, holders = yield from _win(p, read1, shared, own)
@@ -671,7 +677,8 @@ class StillShared(LeasestoreError):
         self.held = held
 
 
-def convert(p: PaxosParams, held: HeldLease, *, shared: bool) -> Algorithm[HeldLease]:
+def convert(p: PaxosParams, held: HeldLease, *, shared: bool, owner_nowait: bool = False
+            ) -> Algorithm[HeldLease]:
     """Change the mode of a lease we hold. Shared to exclusive: ballots as an exclusive acquire
     runs them, every dblock write keeping our SHARED mark, so that a failure leaves us shared
     (StillShared); won, live shared holders of other hosts make us give the leader back
@@ -700,7 +707,7 @@ def convert(p: PaxosParams, held: HeldLease, *, shared: bool) -> Algorithm[HeldL
     try:
         while True:
             try:
-                won = yield from _acquire_once(keeping, False, None, own)
+                won = yield from _acquire_once(keeping, False, None, own, owner_nowait)
                 break
             except _Restart:
                 continue

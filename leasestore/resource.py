@@ -225,17 +225,18 @@ class ResourceService:
 
     def acquire(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool = False,
                 lver: int | None = None, lvb: bool = False, persistent: bool = False,
-                adopt: bool = False) -> HeldResource:
+                adopt: bool = False, owner_nowait: bool = False) -> HeldResource:
         return self.run(self.acquiring(lockspace, key, pid, shared=shared, lver=lver, lvb=lvb,
-                                        persistent=persistent, adopt=adopt))
+                                        persistent=persistent, adopt=adopt,
+                                        owner_nowait=owner_nowait))
 
     def release(self, lockspace: Lockspace, key: ResourceKey, pid: int, rename: str = ""
                 ) -> None:
         self.run(self.releasing(lockspace, key, pid, rename))
 
-    def convert(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool
-                ) -> HeldResource:
-        return self.run(self.converting(lockspace, key, pid, shared))
+    def convert(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool,
+                owner_nowait: bool = False) -> HeldResource:
+        return self.run(self.converting(lockspace, key, pid, shared, owner_nowait))
 
     def release_after_exit(self, lockspace: Lockspace | None, key: ResourceKey,
                            pid: int) -> None:
@@ -291,10 +292,12 @@ class ResourceService:
 
     def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,
                   shared: bool = False, lver: int | None = None, lvb: bool = False,
-                  persistent: bool = False, adopt: bool = False) -> Algorithm[HeldResource]:
+                  persistent: bool = False, adopt: bool = False, owner_nowait: bool = False
+                  ) -> Algorithm[HeldResource]:
         """Acquire `key` for pid. `persistent`: an exit keeps it as an orphan. `adopt`: an
         orphan of it in the same mode is taken over (without it an orphan refuses the
-        acquire: LeaseOrphaned)."""
+        acquire: LeaseOrphaned). `owner_nowait`: AcquireOwnedRetry rather than waiting to see
+        an owner's host lease renew or expire."""
         with self.gate.admit(key[0]):
             with self._lock:
                 self._acquiring_pids[pid] += 1
@@ -302,7 +305,7 @@ class ResourceService:
                 self._holders_changed()  # before the first I/O
                 return (yield from self._acquiring(lockspace, key, pid, shared=shared,
                                                    lver=lver, lvb=lvb, persistent=persistent,
-                                                   adopt=adopt))
+                                                   adopt=adopt, owner_nowait=owner_nowait))
             finally:
                 with self._lock:
                     self._acquiring_pids[pid] -= 1
@@ -311,8 +314,8 @@ class ResourceService:
                 self._holders_changed()
 
     def _acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *, shared: bool,
-                   lver: int | None, lvb: bool, persistent: bool, adopt: bool
-                   ) -> Algorithm[HeldResource]:
+                   lver: int | None, lvb: bool, persistent: bool, adopt: bool,
+                   owner_nowait: bool) -> Algorithm[HeldResource]:
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
@@ -337,7 +340,8 @@ class ResourceService:
             if lvb:
                 lvb_offset(params.geometry)  # refused before any write if there is none
             try:
-                lease = yield from acquire(params, shared=shared, lver=lver)
+                lease = yield from acquire(params, shared=shared, lver=lver,
+                                           owner_nowait=owner_nowait)
             except ClaimNotWithdrawn as exc:
                 retrying = True
                 claim = exc.dblock
@@ -367,8 +371,8 @@ class ResourceService:
                 with self._lock:
                     self._busy.discard(key)
 
-    def converting(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool
-                   ) -> Algorithm[HeldResource]:
+    def converting(self, lockspace: Lockspace, key: ResourceKey, pid: int, shared: bool,
+                   owner_nowait: bool = False) -> Algorithm[HeldResource]:
         """Turn pid's holding of `key` shared or exclusive (paxos.convert). Only a sole local
         holder may take a shared lease exclusive (SharedHolders otherwise, as for a live
         sharer elsewhere); the key is busy meanwhile, so no local acquire joins or starts. A
@@ -390,7 +394,8 @@ class ResourceService:
             self._converting.add(key)
         try:
             try:
-                lease = yield from convert(held.params, held.lease, shared=shared)
+                lease = yield from convert(held.params, held.lease, shared=shared,
+                                           owner_nowait=owner_nowait)
             except StillShared as exc:
                 with self._lock:
                     held.lease = exc.held

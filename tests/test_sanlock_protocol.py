@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import leasestore.daemon.sanlock_proto as sp
-from leasestore import client, direct
+from leasestore import client, daemonless, direct
 from leasestore.clock import lease_now_s
 from leasestore.daemon import recent_log
 from leasestore.daemon.config import DaemonConfig
@@ -28,6 +28,7 @@ from leasestore.daemon.sanlock_proto import Cmd, Header
 from leasestore.daemon.server import Daemon, Peer, Session
 from leasestore.errors import (
     AcquireLver,
+    AcquireOwnedRetry,
     BadMagic,
     LeaseAlreadyInMode,
     LeaseNotHeld,
@@ -551,4 +552,27 @@ def test_a_release_with_rename_writes_the_free_leader_under_the_new_name(
         with pytest.raises(LeaseNotHeld):
             client.release(LS, "after", disk, slkfd=fd, rename="again")
         assert direct.read_paxos_leader(serving.path, at).resource_name == "after"
+        client._registrations.pop(fd).close()
+
+
+def test_owner_nowait_refuses_instead_of_waiting_for_an_owner(serving: Serving) -> None:
+    """A lease owned by host 2, whose host record was written once and never renewed since:
+    an acquire would watch it for host_dead; with OWNER_NOWAIT it is refused at once (-247)
+    and nothing is written."""
+    at = 7 * MiB
+    direct.format_resource(serving.path, LS, "owned", at)
+    now = int(lease_now_s())
+    daemonless.write_leader(serving.path, 0, LS, host_id=2, force=True, changes={
+        "owner_id": 2, "owner_generation": 1, "timestamp": now, "io_timeout": 1})
+    daemonless.write_leader(serving.path, at, LS, resource="owned", force=True, changes={
+        "owner_id": 2, "owner_generation": 1, "timestamp": now, "lver": 1})
+    before = direct.read_paxos_leader(serving.path, at)
+    disk: list[tuple[str | bytes, int]] = [(serving.path, at)]
+    with client.using(serving.daemon.config.run_dir):
+        fd = client.register()
+        started = lease_now_s()
+        with pytest.raises(AcquireOwnedRetry):
+            client.acquire(LS, "owned", disk, slkfd=fd, owner_nowait=True)
+        assert lease_now_s() - started < 2
+        assert direct.read_paxos_leader(serving.path, at) == before
         client._registrations.pop(fd).close()

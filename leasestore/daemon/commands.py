@@ -131,6 +131,8 @@ class Acquire(ResourceCommand):
     """Kept as an orphan when the holder exits without releasing it."""
     adopt: bool = False
     """Adopt an orphan of the lease in the same mode (otherwise an orphan refuses)."""
+    owner_nowait: bool = False
+    """Refuse (-247) rather than wait to see an owner's host lease renew or expire."""
     """Read the lease's lock value block after the grant, for set_lvb / get_lvb (lvb.py)."""
 
     def validate(self) -> None:

@@ -596,7 +596,8 @@ class SanlockFrontEnd:
                                        lver=resource.lver if resource.flags & sp.RES_LVER
                                        else -1, lvb=bool(header.cmd_flags & sp.ACQUIRE_LVB),
                                        persistent=bool(resource.flags & sp.RES_PERSISTENT),
-                                       adopt=adopt)
+                                       adopt=adopt, owner_nowait=bool(
+                                           header.cmd_flags & sp.ACQUIRE_OWNER_NOWAIT))
                 _validated(command)
                 results.append(self.daemon._acquire(command, session))
                 acquired.append(commands.Release(resource.lockspace, resource.name, disk.path,
@@ -782,7 +783,7 @@ class SanlockFrontEnd:
     def _convert(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """One resource struct (no disks), matched among the target's leases: SHARED in its
         flags asks for shared mode, otherwise exclusive. -ENOENT if not held. A convert waits
-        for an owner's lease as an acquire does (CONVERT_OWNER_NOWAIT is accepted)."""
+        for an owner's lease as an acquire does, unless CONVERT_OWNER_NOWAIT (-247)."""
         wanted = sp.Resource.decode(payload.take(sp.RESOURCE_B))
         shared = bool(wanted.flags & sp.RES_SHARED)
         with self._acting_for(header, session) as target:
@@ -792,8 +793,9 @@ class SanlockFrontEnd:
                 raise _refuse(-sp.ENOENT, LeaseNotHeld, f"pid {target.peer.pid} does not hold "
                               f"{wanted.name!r}")
             lockspace = self.daemon._named(wanted.lockspace)
-            converted = self.daemon.resources.convert(lockspace, match[0].key,
-                                                      target.peer.pid, shared)
+            converted = self.daemon.resources.convert(
+                lockspace, match[0].key, target.peer.pid, shared,
+                owner_nowait=bool(header.cmd_flags & sp.CONVERT_OWNER_NOWAIT))
         return _Reply(detail=converted.to_json())
 
     def _set_lvb(self, header: Header, payload: _Payload, session: Session) -> _Reply:

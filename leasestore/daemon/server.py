@@ -668,7 +668,8 @@ class Daemon:
             try:
                 held = self.resources.acquire(lockspace, key, target.peer.pid,
                                               shared=cmd.shared, lver=lver, lvb=cmd.lvb,
-                                              persistent=cmd.persistent, adopt=cmd.adopt)
+                                              persistent=cmd.persistent, adopt=cmd.adopt,
+                                              owner_nowait=cmd.owner_nowait)
             except AcquireLver as exc:
                 if not implied:
                     raise
