@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "leasestore"
 
 L0 = {"errors", "units", "timeouts", "ondisk", "specs", "tomlfile"}
-L1 = {"effects", "delta", "paxos", "liveness", "latency", "lvb"}
+L1 = {"effects", "delta", "paxos", "liveness", "latency", "lvb", "rindex"}
 L2 = {"storage", "clock"}
 L3 = {"direct", "daemonless", "lockspace", "resource", "hoststate", "removal", "renewal_timing",
       "ownership"}
