@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -115,9 +116,9 @@ class HeldResource:
     holders set since; None without the flag (lvb.py)."""
     lvb_set: bool = False
     """A holder set the LVB: an exclusive release writes it back first."""
-    persistent: bool = False
-    """Acquired persistent (by its last holder, for a shared lease): when the last holder
-    exits without releasing it, the lease is kept as an orphan."""
+    persistent_pids: set[int] = field(default_factory=set)
+    """The holders that acquired it persistent: if the last holder exits without releasing
+    it and is one of them, the lease is kept as an orphan."""
     orphan: bool = False
     """Held on disk by this host for no process (its persistent holder exited), until a
     process adopts it or it is released as an orphan."""
@@ -140,7 +141,8 @@ class HeldResource:
         lockspace, resource, path, offset = self.key
         return {"lockspace": lockspace, "resource": resource, "path": path, "offset": offset,
                 "lver": self.lease.lver, "shared": self.lease.shared, "pid": self.pid,
-                "state": self.state, "persistent": self.persistent, "orphan": self.orphan}
+                "state": self.state, "persistent": bool(self.persistent_pids),
+                "orphan": self.orphan}
 
 
 class AcquireGate:
@@ -328,7 +330,8 @@ class ResourceService:
             if (local is not None and local.lease.shared and shared and pid not in local.sharers
                     and key not in self._busy):
                 local.sharers.add(pid)
-                local.persistent = local.persistent or persistent
+                if persistent:
+                    local.persistent_pids.add(pid)
                 return local
             if local is not None or key in self._busy:
                 raise LeaseAlreadyHeld(f"lease {key[1]!r} is already held (or being acquired "
@@ -362,7 +365,7 @@ class ResourceService:
                     retrying = yield from self._give_back(lockspace, key, params, lease)
                     raise
             held = HeldResource(key, lease, params, pid, {pid} if shared else set(), value,
-                                persistent=persistent)
+                                persistent_pids={pid} if persistent else set())
             with self._lock:
                 self.held[key] = held
             return held
@@ -400,10 +403,19 @@ class ResourceService:
                 with self._lock:
                     held.lease = exc.held
                 raise exc.cause from None
+            now_s = yield Now()
+            if not lockspace.valid_at(now_s):
+                # As for an acquire: a ballot that ends after our host lease expired grants
+                # nothing (others may take the lease over); the holding stays as it was.
+                with self._lock:
+                    held.lease = dataclasses.replace(held.lease, dblock=lease.dblock)
+                raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired "
+                                         f"while converting {key[1]!r}")
             with self._lock:
                 held.lease = lease
                 held.pid = pid  # a shared lease's first holder may have left since
                 held.sharers = {pid} if shared else set()
+                held.persistent_pids &= {pid}
             log.info("pid %d converted %s", pid, held.state)
             return held
         finally:
@@ -424,7 +436,7 @@ class ResourceService:
         orphan.orphan = False
         orphan.pid = pid
         orphan.sharers = {pid} if shared else set()
-        orphan.persistent = persistent
+        orphan.persistent_pids = {pid} if persistent else set()
         log.info("pid %d adopted the orphan %s", pid, orphan.state)
         return orphan
 
@@ -478,7 +490,10 @@ class ResourceService:
                 held = self._held_for(key, pid)
                 if held is None:
                     raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
+                if releasing and key in self._converting:
+                    raise _ConvertInFlight
                 held.sharers.discard(pid)
+                held.persistent_pids.discard(pid)
                 if held.sharers:
                     return None
                 if releasing:
@@ -495,14 +510,17 @@ class ResourceService:
         and others take the lease after host_dead anyway."""
         if rename and (held := self.holding(key, pid)) is not None and held.lease.shared:
             raise UsageError(f"lease {key[1]!r} is held shared: no leader to rename")
-        while self._is_converting(key):  # a holder that exits mid-convert
-            yield Sleep(CONVERT_POLL_S)
         if not _writable(lockspace):
             if self.holding(key, pid) is None:
                 raise LeaseNotHeld(f"pid {pid} does not hold {key[1]!r}")
             self.drop(key, pid)
             return
-        held = self._unhold(key, pid, releasing=True)
+        while True:
+            try:
+                held = self._unhold(key, pid, releasing=True)
+                break
+            except _ConvertInFlight:  # a holder that exits mid-convert: release its outcome
+                yield Sleep(CONVERT_POLL_S)
         if held is not None:
             yield from self._releasing_on_disk(lockspace, held, rename)
 
@@ -562,9 +580,10 @@ class ResourceService:
         its lockspace is ours to write."""
         with self._lock:
             held = self._held_for(key, pid)
-            if (held is None or not held.persistent or held.pids != {pid}
+            if (held is None or pid not in held.persistent_pids or held.pids != {pid}
+                    or key in self._converting or self.gate.closed(lockspace.name)
                     or not _ours_to_write(lockspace, held)):
-                return False
+                return False  # (a lockspace being removed: its leases are released)
             held.orphan = True
             held.sharers.clear()
         log.info("pid %d left; %s kept as an orphan", pid, held.state)
@@ -693,6 +712,10 @@ def _writable(lockspace: Lockspace) -> bool:
 def _ours_to_write(lockspace: Lockspace, held: HeldResource) -> bool:
     """Whether `held` was granted under the host lease we hold now, and that lease lives."""
     return _writable(lockspace) and held.params.generation == lockspace.generation
+
+
+class _ConvertInFlight(Exception):
+    """A release found the holding being converted: it waits for the convert to end."""
 
 
 class _OpenOnUse(Mapping[str, DirectDevice]):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from leasestore.effects import Algorithm, Now, Read, Write
+from leasestore.effects import Algorithm, Now, Read, Sleep, Write
 from leasestore.errors import (
     CorruptRecord,
     DeviceTooSmall,
@@ -27,6 +27,7 @@ from leasestore.errors import (
     RindexFull,
     RindexLockspace,
     RindexNotFound,
+    StorageError,
 )
 from leasestore.ondisk.areas import resource_area_image
 from leasestore.ondisk.leader import LeaderMagic, decode_leader
@@ -148,12 +149,25 @@ def deleting(path: str, header: RindexHeader, entries: list[RindexEntry], name: 
     return found
 
 
+RELEASE_ATTEMPTS = 3
+
+
 def under_lease(params: PaxosParams, body: Callable[[], Algorithm[RindexEntry]]
                 ) -> Algorithm[RindexEntry]:
-    """Run `body` holding the index's `rindex_lease` (acquired exclusively, then released)."""
+    """Run `body` holding the index's `rindex_lease` (acquired exclusively, then released;
+    a release that fails is tried again every io_timeout, RELEASE_ATTEMPTS times in all:
+    until it lands, other hosts' index changes wait for our host lease). The caller keeps
+    two of its own from running at once: to the lease they are one host."""
     held = yield from acquire(params)
     try:
         return (yield from body())
     finally:
-        yield from release(params, held)
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                yield from release(params, held)
+                break
+            except StorageError:
+                if attempt == RELEASE_ATTEMPTS - 1:
+                    raise
+                yield Sleep(params.io_timeout_s)
 

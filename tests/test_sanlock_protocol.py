@@ -57,7 +57,7 @@ class Serving:
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     base = tmp_path_factory.mktemp("proto")
-    path = make_file(base / "leases.img", 16 * MiB)
+    path = make_file(base / "leases.img", 24 * MiB)
     direct.format_lockspace(path, LS, 0, io_timeout_s=1)
     for index in range(1, 5):
         direct.format_resource(path, LS, f"r{index}", index * MiB)
@@ -576,3 +576,78 @@ def test_owner_nowait_refuses_instead_of_waiting_for_an_owner(serving: Serving) 
         assert lease_now_s() - started < 2
         assert direct.read_paxos_leader(serving.path, at) == before
         client._registrations.pop(fd).close()
+
+
+def _holder(run_dir: str, spec: str, *flags: str) -> subprocess.Popen[str]:
+    """`leasestore client command -r SPEC FLAGS -c sleep 60`, once it holds the lease."""
+    holder = subprocess.Popen([sys.executable, "-m", "leasestore.cli.main", "client",
+                               "--run-dir", run_dir, "command", "-r", spec, *flags, "-c",
+                               "/bin/sleep", "60"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    return holder
+
+
+def test_a_removal_releases_a_persistent_holders_lease(serving: Serving) -> None:
+    """rem_lockspace kills the holder of a persistent lease: its lease is released (not kept
+    as an orphan, which would keep the removal waiting), and the host_id is given up."""
+    at = 16 * MiB
+    direct.format_lockspace(serving.path, "rm-ls", at, io_timeout_s=1)
+    direct.format_resource(serving.path, "rm-ls", "kept", at + MiB)
+    run_dir = serving.daemon.config.run_dir
+    with client.using(run_dir):
+        client.add_lockspace("rm-ls", 1, serving.path, at)
+        holder = _holder(run_dir, f"rm-ls:kept:{serving.path}:{at + MiB}", "-P", "1")
+        try:
+            poll(lambda: "kept" in _held(serving), 20, what="the persistent holding")
+            client.rem_lockspace("rm-ls", 1, serving.path, at)
+            assert holder.wait(10) == -9
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
+        assert direct.read_paxos_leader(serving.path, at + MiB).timestamp == 0
+        assert not _orphans(serving) and "rm-ls" not in serving.daemon.lockspaces
+
+
+def test_a_shared_lease_is_orphaned_only_by_a_persistent_last_holder(serving: Serving) -> None:
+    """Two processes share a lease, the first persistent: once that one has released it, the
+    other's exit releases the lease; it is left an orphan by nobody."""
+    at = 18 * MiB
+    direct.format_resource(serving.path, LS, "shared-two", at)
+    run_dir = serving.daemon.config.run_dir
+    spec = f"{LS}:shared-two:{serving.path}:{at}:SH"
+    first = _holder(run_dir, spec, "-P", "1")
+    second: subprocess.Popen[str] | None = None
+    try:
+        poll(lambda: "shared-two" in _held(serving), 20, what="the first holder")
+        second = _holder(run_dir, spec)
+        key = (LS, "shared-two", serving.path, at)
+        poll(lambda: len(serving.daemon.resources.held[key].pids) == 2, 20,
+             what="the second holder")
+        with client.using(run_dir):
+            client.release(LS, "shared-two", [(serving.path, at)], pid=first.pid)
+        second.kill()
+        second.wait(10)
+        poll(lambda: "shared-two" not in _held(serving), 20, what="the lease released")
+        assert not direct.resource_owners(serving.path, at)
+    finally:
+        for holder in (first, second):
+            if holder is not None and holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
+
+
+def test_index_changes_on_one_host_take_turns(serving: Serving, sanlock_bin: str) -> None:
+    """Two creates at once through sanlock's CLI: to the index's lease they are one host, so
+    the daemon runs them one after the other and each gets its own slot."""
+    at = 20 * MiB
+    env = {**os.environ, "SANLOCK_RUN_DIR": serving.daemon.config.run_dir}
+    rx = f"{LS}:{serving.path}:{at}"
+    formatted = subprocess.run([sanlock_bin, "client", "format", "-x", rx], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert formatted.stdout.strip() == "format done 0", formatted.stdout
+    creates = [subprocess.Popen([sanlock_bin, "client", "create", "-x", rx, "-e", name],
+                                env=env, stdout=subprocess.PIPE, text=True)
+               for name in ("first", "second")]
+    offsets = sorted(create.communicate(timeout=60)[0].split()[-1] for create in creates)
+    assert offsets == [str(at + 2 * MiB), str(at + 3 * MiB)]

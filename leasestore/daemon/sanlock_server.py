@@ -141,6 +141,8 @@ class SanlockFrontEnd:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self._rindex_lock = threading.Lock()
+        """Held by one index change at a time (create, delete, rebuild on this host)."""
         self._handlers: dict[int, Callable[[Header, _Payload, Session], _Reply]] = {
             Cmd.REGISTER: self._register,
             Cmd.ADD_LOCKSPACE: self._add_lockspace,
@@ -712,7 +714,8 @@ class SanlockFrontEnd:
         held), or without it if the request says RX_NO_LOCKSPACE."""
         service = self.daemon.resources
         if rx.flags & sp.RX_NO_LOCKSPACE:
-            return service.run(body())
+            with self._rindex_lock:
+                return service.run(body())
         lockspace = self.daemon._named(rx.lockspace)
         key = (rx.lockspace, LEASE_NAME, rx.disk.path, index.lease_offset_b)
 
@@ -720,7 +723,8 @@ class SanlockFrontEnd:
             params = yield from service.lease_params(lockspace, key)
             return (yield from rindex.under_lease(params, body))
 
-        return service.run(leased())
+        with self._rindex_lock:  # our own changes one at a time: to the lease we are one
+            return service.run(leased())
 
     def _update_rindex(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """RXUP_ADD sets the entry of the slot the rentry's offset names, RXUP_REM clears it

@@ -915,6 +915,8 @@ class PaxosCluster:
                         f"the {settle:.0f} s fault-free phase ({self.config.describe()})"))
             self._quiesce()
             self._find_orphans()
+        self.violations.extend(Violation(world.seed, world.now, f"a task crashed: {crash}")
+                               for crash in world.crashes)
         return self.violations + self.liveness_failures + self.orphans
 
     def _quiesce(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
-from leasestore.errors import Cancelled, IOFailed, IOTimeout, StorageError
+from leasestore.errors import Cancelled, IOFailed, IOTimeout, LeasestoreError, StorageError
 from leasestore.testing.simdisk import SimDisk
 
 
@@ -77,6 +77,9 @@ class SimWorld:
         self.faults = faults or Faults()
         self.now = 0.0
         self.steps = 0
+        self.crashes: list[str] = []
+        """Tasks that ended with an exception no algorithm raises on purpose (not a
+        LeasestoreError): a programming error, which a checker must report."""
         self.fault_counts: dict[str, int] = {}
         self._events: list[_Event] = []
         self._seq = 0
@@ -155,6 +158,9 @@ class SimWorld:
                 return
             except Exception as exc:  # the algorithm failed: record it as its outcome
                 task.done, task.error = True, exc
+                if not isinstance(exc, LeasestoreError):
+                    self.crashes.append(f"t={self.now:.3f}s {task.name}: "
+                                        f"{type(exc).__name__}: {exc}")
                 return
             value, error = None, None
             if isinstance(effect, Now):
