@@ -124,6 +124,12 @@ class IOFailed(StorageError):
     code = -201
 
 
+class NoDiskMajority(StorageError):
+    """Fewer than a majority of a multi-disk lease's disks answered with a valid copy."""
+
+    code = -201
+
+
 class IOTimeout(StorageError):
     """An I/O outlived its io_timeout; it was abandoned (its buffer stays pinned until reaped)."""
 

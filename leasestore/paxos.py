@@ -28,6 +28,16 @@ convert: shared to exclusive runs an exclusive acquire's ballots with our SHARED
   the lease shared; exclusive to shared writes the mark, then the RELEASED dblock (with it) and
   the free leader.
 
+several disks (1-4, the same records at an offset of each; `PaxosParams.disks`): every write
+  goes to all of them at once and succeeds once a majority did; every read asks all of them and
+  needs a majority of copies that read and verify (a copy with a bad checksum counts as a disk
+  that failed). Dblocks are the union of the copies read: a ballot aborts on any copy ahead of
+  it and adopts the highest bal of any copy. The leader is the one a majority of the disks hold
+  byte for byte; failing that, the oldest copy read, which the dblocks then show to be behind
+  (as a rolled-back leader), so the next writer repairs every disk. A RELEASED mark or a SHARED
+  mode block on any copy counts (only its owner writes them). With one disk every rule is the
+  single-disk one and the effects are the same.
+
 Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
 lver, never beside a valid shared holder, and lver only grows.
 """
@@ -36,8 +46,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +69,7 @@ from leasestore.errors import (
     DblockMbal,
     LeaderStale,
     LeasestoreError,
+    NoDiskMajority,
     NumHostsTooSmall,
     ReleaseLver,
     ReleaseOwner,
@@ -88,6 +101,11 @@ from leasestore.timeouts import Timeouts
 
 OWNER_POLL_S = 1.0
 SH_RETRIES = 8
+MAX_DISKS = 4
+
+_Record = TypeVar("_Record")
+DiskRef = tuple[str, int]
+"""(device, offset_b) of one disk's copy of a lease."""
 
 
 def _no_view(host_id: int) -> OwnerView | None:
@@ -113,6 +131,21 @@ class PaxosParams:
     """A mode block every write of our dblock carries unless told otherwise: our SHARED mark,
     kept while a convert to exclusive runs its ballots (were it dropped by a ballot that then
     fails, we would hold the lease shared with no mark an exclusive acquirer waits for)."""
+    extra_disks: tuple[DiskRef, ...] = ()
+    """The lease's further disks, after (device, offset_b): up to MAX_DISKS in all."""
+
+    def __post_init__(self) -> None:
+        if len(self.disks) > MAX_DISKS:
+            raise UsageError(f"lease {self.resource!r}: {len(self.disks)} disks, at most "
+                             f"{MAX_DISKS}")
+
+    @property
+    def disks(self) -> tuple[DiskRef, ...]:
+        return ((self.device, self.offset_b), *self.extra_disks)
+
+    @property
+    def majority(self) -> int:
+        return len(self.disks) // 2 + 1
 
     @property
     def io_timeout_s(self) -> float:
@@ -162,6 +195,72 @@ class _Restart(Exception):
     """The leader changed while we waited: start again from read 1."""
 
 
+# --- the disks: majority rules ---------------------------------------------------------------
+
+
+def _need_majority(p: PaxosParams, good: int, failures: Sequence[LeasestoreError], what: str
+                   ) -> None:
+    """Raise unless `good` copies make a majority of the lease's disks."""
+    if good >= p.majority:
+        return
+    if len(p.disks) == 1 or not any(isinstance(f, StorageError) for f in failures):
+        raise failures[0]
+    causes = "; ".join(str(f) for f in failures)
+    raise NoDiskMajority(f"lease {p.resource!r}: {what} on {good} of {len(p.disks)} disks, "
+                         f"{p.majority} needed ({causes})")
+
+
+def _read_copies(p: PaxosParams, rel_b: int, length_b: int, *, view: bool = False
+                 ) -> Algorithm[list[bytes | memoryview]]:
+    """`length_b` bytes at `rel_b` into the lease, from every disk that answered (a majority)."""
+    if not p.extra_disks:
+        raw = yield Read(p.device, p.offset_b + rel_b, length_b, p.io_timeout_s, view=view)
+        return [raw]
+    outcomes = yield Batch(tuple(Read(device, offset_b + rel_b, length_b, p.io_timeout_s,
+                                      view=view) for device, offset_b in p.disks))
+    failures = [o for o in outcomes if isinstance(o, StorageError)]
+    _need_majority(p, len(outcomes) - len(failures), failures, "read")
+    return [o for o in outcomes if not isinstance(o, StorageError)]
+
+
+def _write_copies(p: PaxosParams, rel_b: int, data: bytes) -> Algorithm[None]:
+    """Write `data` at `rel_b` into the lease on every disk at once; a majority must succeed."""
+    if not p.extra_disks:
+        yield Write(p.device, p.offset_b + rel_b, data, p.io_timeout_s)
+        return
+    outcomes = yield Batch(tuple(Write(device, offset_b + rel_b, data, p.io_timeout_s)
+                                 for device, offset_b in p.disks))
+    failures = [o for o in outcomes if isinstance(o, StorageError)]
+    _need_majority(p, len(outcomes) - len(failures), failures, "written")
+
+
+def _valid_copies(p: PaxosParams, copies: Sequence[bytes | memoryview],
+                  decode: Callable[[bytes | memoryview], _Record]) -> list[_Record]:
+    """The copies that decode; a majority of the disks must give one."""
+    decoded: list[_Record] = []
+    failures: list[LeasestoreError] = []
+    for raw in copies:
+        try:
+            decoded.append(decode(raw))
+        except LeasestoreError as exc:
+            failures.append(exc)
+    _need_majority(p, len(decoded), failures, "a valid copy")
+    return decoded
+
+
+def _leader_of(p: PaxosParams, leaders: Sequence[Leader]) -> Leader:
+    """The leader a majority of the disks hold; failing that the oldest copy, which the dblocks
+    then show to be behind, so that the next writer brings every disk forward."""
+    if len(leaders) == 1:
+        return leaders[0]
+    held_by = Counter(leader.encode() for leader in leaders)
+    for leader in leaders:
+        if held_by[leader.encode()] >= p.majority:
+            return leader
+    return min(leaders, key=lambda leader: (leader.lver, leader.timestamp == 0,
+                                            leader.write_timestamp))
+
+
 # --- reading --------------------------------------------------------------------------------
 
 
@@ -204,18 +303,28 @@ def _dblock_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
     return rows, touched, bad
 
 
-def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
-    """Read 1: the leader and every dblock; any bad dblock checksum fails it."""
-    size = p.geometry.ballot_read_size(p.geometry.max_hosts)
-    raw = yield Read(p.device, p.offset_b, size, p.io_timeout_s, view=True)
+def _lease_copy(raw: bytes | memoryview, p: PaxosParams
+                ) -> tuple[Leader, npt.NDArray[np.void]]:
+    """One disk's leader and dblock rows; any bad dblock checksum fails the copy."""
     leader = verify_paxos_leader(raw, p)
-    rows, touched, bad = _dblock_rows(raw, p, leader.num_hosts)
+    rows, _, bad = _dblock_rows(raw, p, leader.num_hosts)
     if bad:
         host = min(bad) + 1
         raise BadDblockChecksum("dblock", f"host {host}: checksum mismatch",
                                 p.offset_b + p.geometry.dblock_offset(host))
-    max_mbal = int(rows["mbal"][touched].max()) if touched else 0
-    own = p.host_id - 1
+    return leader, rows
+
+
+def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
+    """Read 1: the leader and every dblock, from a majority of the disks; any bad dblock
+    checksum fails that disk's copy (with one disk, the read)."""
+    size = p.geometry.ballot_read_size(p.geometry.max_hosts)
+    copies = yield from _read_copies(p, 0, size, view=True)
+    found = _valid_copies(p, copies, lambda raw: _lease_copy(raw, p))
+    leader = _leader_of(p, [copy_leader for copy_leader, _ in found])
+    rows = found[0][1] if len(found) == 1 else np.concatenate([r for _, r in found])
+    hosts = np.concatenate([np.arange(len(r)) for _, r in found]) + 1
+    max_mbal = int(rows["mbal"].max()) if len(rows) else 0
     lvers = rows["lver"].astype(np.int64)
     released = (rows["flags"] & DBLOCK_FLAG_RELEASED) != 0
     carries_value = (rows["bal"] != 0) & (rows["inp"] != 0)
@@ -227,7 +336,8 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     stale_free = highest_phase1 - 1 if highest_phase1 > stale_target else 0
     if stale_free:
         stale_target = 0
-    own_dblock = _row_dblock(rows[own]) if own < len(rows) else None
+    own_rows = [_row_dblock(rows[i]) for i in np.flatnonzero(hosts == p.host_id).tolist()]
+    own_dblock = max(own_rows, key=lambda d: (d.lver, d.bal, d.mbal)) if own_rows else None
     released_values = frozenset(
         (int(rows[i]["inp"]), int(rows[i]["inp2"]), int(rows[i]["inp3"]))
         for i in np.flatnonzero(released & (lvers == stale_target)).tolist()
@@ -242,8 +352,14 @@ def _row_dblock(row: np.void) -> Dblock:
 
 
 def read_leader(p: PaxosParams) -> Algorithm[Leader]:
-    raw = yield Read(p.device, p.offset_b, p.geometry.sector_size, p.io_timeout_s)
-    return verify_paxos_leader(raw, p)
+    copies = yield from _read_copies(p, 0, p.geometry.sector_size)
+    return _leader_of(p, _valid_copies(p, copies, lambda raw: verify_paxos_leader(raw, p)))
+
+
+def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes | memoryview]]:
+    """Host `host_id`'s dblock sector from each disk that answered."""
+    return (yield from _read_copies(p, p.geometry.dblock_offset(host_id),
+                                    p.geometry.sector_size))
 
 
 # --- deciding whether the current owner is gone -------------------------------------------------
@@ -253,11 +369,10 @@ def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
     """The owner's dblock says it let this version go: RELEASED, at the leader's lver, carrying
     the owner's own value. Only the owner (or a recovery that saw its mark) writes that, once
     its holding of the version is over or never began (a grant whose I/O failed)."""
-    at = p.offset_b + p.geometry.dblock_offset(leader.owner_id)
-    raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
-    dblock = decode_dblock(raw)
-    return (dblock.released and dblock.lver == leader.lver
-            and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation))
+    sectors = yield from _read_dblock_sectors(p, leader.owner_id)
+    return any(dblock.released and dblock.lver == leader.lver
+               and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation)
+               for dblock in _valid_copies(p, sectors, decode_dblock))
 
 
 def _owner_gone(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[bool]:
@@ -321,42 +436,47 @@ def _may_ballot(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[
 def _write_dblock(p: PaxosParams, dblock: Dblock, mode: ModeBlock | None = None
                   ) -> Algorithm[None]:
     sector = encode_dblock_sector(dblock, p.geometry.sector_size, mode or p.own_mode)
-    yield Write(p.device, p.dblock_at, sector, p.io_timeout_s)
+    yield from _write_copies(p, p.geometry.dblock_offset(p.host_id), sector)
 
 
 def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
                 ) -> Algorithm[tuple[Dblock | None, list[int]]]:
-    """Read all dblocks; return the accepted dblock with the highest bal, and shared holders."""
-    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s,
-                     view=True)
-    rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+    """Read all dblocks (every copy); return the accepted dblock with the highest bal, and
+    shared holders."""
+    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
     best: Dblock | None = None
-    shared = []
-    for index in touched:
-        if index in bad:
-            continue
-        row = rows[index]
-        if int(row["mode_flags"]) & MODE_FLAG_SHARED:
-            shared.append(index + 1)
-        lver = int(row["lver"])
-        if lver < next_lver:
-            continue
-        if lver > next_lver:
-            raise DblockLver(f"host {index + 1} is at lver {lver} > {next_lver}")
-        if int(row["mbal"]) > our_mbal:
-            raise DblockMbal(f"host {index + 1} has mbal {int(row['mbal'])} > {our_mbal}")
-        if int(row["inp"]) and int(row["bal"]) and (best is None or int(row["bal"]) > best.bal):
-            best = _row_dblock(row)
-    return best, shared
+    shared: set[int] = set()
+    for raw in copies:
+        rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+        for index in touched:
+            if index in bad:
+                continue
+            row = rows[index]
+            if int(row["mode_flags"]) & MODE_FLAG_SHARED:
+                shared.add(index + 1)
+            lver = int(row["lver"])
+            if lver < next_lver:
+                continue
+            if lver > next_lver:
+                raise DblockLver(f"host {index + 1} is at lver {lver} > {next_lver}")
+            if int(row["mbal"]) > our_mbal:
+                raise DblockMbal(f"host {index + 1} has mbal {int(row['mbal'])} > {our_mbal}")
+            if (int(row["inp"]) and int(row["bal"])
+                    and (best is None or int(row["bal"]) > best.bal)):
+                best = _row_dblock(row)
+    return best, sorted(shared)
 
 
 def _shared_holders(p: PaxosParams, num_hosts: int) -> Algorithm[list[int]]:
-    """Host ids whose dblocks carry a SHARED mode block (what a phase read reports)."""
-    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(num_hosts), p.io_timeout_s,
-                     view=True)
-    rows, touched, bad = _dblock_rows(raw, p, num_hosts)
-    return [i + 1 for i in touched
-            if i not in bad and int(rows[i]["mode_flags"]) & MODE_FLAG_SHARED]
+    """Host ids whose dblocks (any copy) carry a SHARED mode block (what a phase read
+    reports)."""
+    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
+    shared: set[int] = set()
+    for raw in copies:
+        rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+        shared.update(i + 1 for i in touched
+                      if i not in bad and int(rows[i]["mode_flags"]) & MODE_FLAG_SHARED)
+    return sorted(shared)
 
 
 def _phase1_dblock(own: Dblock | None, lver: int, our_mbal: int) -> Dblock:
@@ -405,8 +525,7 @@ def _commit(p: PaxosParams, cur: Leader, accepted: Dblock, shared: bool, free: b
                          flags=flags,
                          write_id=p.host_id, write_generation=p.generation,
                          write_timestamp=max(1, int(now_s)))
-    yield Write(p.device, p.offset_b, pad_sector(leader.encode(), p.geometry.sector_size),
-                p.io_timeout_s)
+    yield from _write_copies(p, 0, pad_sector(leader.encode(), p.geometry.sector_size))
     return leader
 
 
@@ -564,8 +683,7 @@ def _commit_free(p: PaxosParams, cur: Leader, lver: int) -> Algorithm[None]:
     holding over, and that nothing later was decided."""
     now_s: float = yield Now()
     free = _freed_by_us(p, cur.replace(lver=lver), now_s)
-    yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
-                p.io_timeout_s)
+    yield from _write_copies(p, 0, pad_sector(free.encode(), p.geometry.sector_size))
 
 
 def _acquire_once(p: PaxosParams, shared: bool, lver: int | None,
@@ -615,8 +733,7 @@ def _become_shared(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorith
         now_s: float = yield Now()
         free = leader.replace(timestamp=0, flags=leader.flags & ~FLAG_SHORT_HOLD,
                               write_timestamp=max(1, int(now_s)))
-        yield Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
-                    p.io_timeout_s)
+        yield from _write_copies(p, 0, pad_sector(free.encode(), p.geometry.sector_size))
     except StorageError:
         yield from _retract(p, accepted)
         raise
@@ -653,16 +770,17 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
     """We won exclusively; shared holders that are dead lose their mode block, live ones make
     us give the leader back (SharedHolders)."""
     for host_id in holders:
-        at = p.offset_b + p.geometry.dblock_offset(host_id)
-        raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
-        mode = decode_mode_block(raw)
-        if not mode.shared:
+        sectors = yield from _read_dblock_sectors(p, host_id)
+        marks = [mode for mode in map(decode_mode_block, sectors) if mode.shared]
+        if not marks:
             continue
+        mode = max(marks, key=lambda m: m.generation)
         alive = yield from _shared_holder_alive(p, host_id, mode.generation)
         if alive:
             yield from _give_back(p, leader, accepted)
             raise SharedHolders(f"lease {p.resource!r} is held shared by live host {host_id}")
-        yield Write(p.device, at, bytes(p.geometry.sector_size), p.io_timeout_s)
+        yield from _write_copies(p, p.geometry.dblock_offset(host_id),
+                                 bytes(p.geometry.sector_size))
 
 
 class StillShared(LeasestoreError):
@@ -776,15 +894,16 @@ def _write_released(p: PaxosParams, released: Dblock, leader: Leader, rename: st
     # The RELEASED dblock (proof, should a late write roll the leader back, that this version
     # is over) and the free leader go out together. The leader is what matters: its failure
     # fails the release; a failed dblock write only slows a later recovery down.
-    dblock_written, leader_written = yield Batch((
-        Write(p.device, p.dblock_at,
-              encode_dblock_sector(released, p.geometry.sector_size, p.own_mode),
-              p.io_timeout_s),
-        Write(p.device, p.offset_b, pad_sector(free.encode(), p.geometry.sector_size),
-              p.io_timeout_s)))
-    del dblock_written
-    if isinstance(leader_written, StorageError):
-        raise leader_written
+    dblock_sector = encode_dblock_sector(released, p.geometry.sector_size, p.own_mode)
+    leader_sector = pad_sector(free.encode(), p.geometry.sector_size)
+    dblock_at = p.geometry.dblock_offset(p.host_id)
+    outcomes = yield Batch(
+        tuple(Write(device, offset_b + dblock_at, dblock_sector, p.io_timeout_s)
+              for device, offset_b in p.disks)
+        + tuple(Write(device, offset_b, leader_sector, p.io_timeout_s)
+                for device, offset_b in p.disks))
+    leader_failures = [o for o in outcomes[len(p.disks):] if isinstance(o, StorageError)]
+    _need_majority(p, len(p.disks) - len(leader_failures), leader_failures, "written")
 
 
 def request(p: PaxosParams, lver: int | None, force_mode: int) -> Algorithm[int]:
@@ -795,27 +914,24 @@ def request(p: PaxosParams, lver: int | None, force_mode: int) -> Algorithm[int]
     A request for lver 0 with mode 0 clears the record.
     """
     leader = yield from read_leader(p)
-    at = p.offset_b + p.geometry.request_offset
+    at = p.geometry.request_offset
     if lver == 0 and force_mode == 0:
-        yield Write(p.device, at, pad_sector(Request().encode(), p.geometry.sector_size),
-                    p.io_timeout_s)
+        yield from _write_copies(p, at, pad_sector(Request().encode(), p.geometry.sector_size))
         return 0
     if leader.timestamp == 0:
         return 0
     wanted = leader.lver + 1 if lver is None else lver
     if leader.lver >= wanted:
         raise RequestOld(f"lease {p.resource!r} is already at lver {leader.lver}")
-    raw = yield Read(p.device, at, p.geometry.sector_size, p.io_timeout_s)
-    current = decode_request(raw)
+    current = yield from read_request(p)
     if current.lver > wanted:
         raise RequestLver(f"a request for lver {current.lver} is already recorded")
     record = Request(lver=wanted, force_mode=force_mode)
-    yield Write(p.device, at, pad_sector(record.encode(), p.geometry.sector_size),
-                p.io_timeout_s)
+    yield from _write_copies(p, at, pad_sector(record.encode(), p.geometry.sector_size))
     return leader.owner_id
 
 
 def read_request(p: PaxosParams) -> Algorithm[Request]:
-    raw = yield Read(p.device, p.offset_b + p.geometry.request_offset, p.geometry.sector_size,
-                     p.io_timeout_s)
-    return decode_request(raw)
+    """The request record (of the disks that disagree, the one for the highest lver)."""
+    copies = yield from _read_copies(p, p.geometry.request_offset, p.geometry.sector_size)
+    return max(_valid_copies(p, copies, decode_request), key=lambda r: r.lver)

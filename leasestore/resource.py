@@ -83,6 +83,7 @@ from leasestore.ondisk.leader import LeaderMagic, decode_leader
 from leasestore.ondisk.request import Request
 from leasestore.paxos import (
     ClaimNotWithdrawn,
+    DiskRef,
     HeldLease,
     PaxosParams,
     StillShared,
@@ -201,6 +202,9 @@ class ResourceService:
         self._lock = threading.Lock()
         self._devices: dict[str, DirectDevice] = {}
         self._geometries: dict[tuple[str, int], Geometry] = {}
+        self.further_disks: dict[ResourceKey, tuple[DiskRef, ...]] = {}
+        """The further disks (device, offset) of leases on more than one disk, by key (whose
+        path and offset name the first). A key not here is a lease on one disk."""
         self.held: dict[ResourceKey, HeldResource] = {}
         self._busy: set[ResourceKey] = set()
         """Keys being acquired, converted, or whose failed release is being retried."""
@@ -265,18 +269,26 @@ class ResourceService:
 
     # -- the algorithms ------------------------------------------------------------------------
 
-    def _geometry(self, path: str, offset_b: int, io_timeout_s: float) -> Algorithm[Geometry]:
-        cached = self._geometries.get((path, offset_b))
+    def _geometry(self, disks: tuple[DiskRef, ...], io_timeout_s: float
+                  ) -> Algorithm[Geometry]:
+        """The lease's geometry, from its leader on the first of `disks` that gives one."""
+        cached = self._geometries.get(disks[0])
         if cached is not None:
             return cached
-        raw = yield Read(path, offset_b, PROBE_SIZE_B, io_timeout_s)
-        try:
-            leader = decode_leader(raw, (LeaderMagic.PAXOS,))
-            geometry = leader.geometry()
-        except CorruptRecord as exc:
-            raise exc.at(offset_b) from None
-        self._geometries[(path, offset_b)] = geometry
-        return geometry
+        for index, (path, offset_b) in enumerate(disks):
+            try:
+                raw = yield Read(path, offset_b, PROBE_SIZE_B, io_timeout_s)
+                geometry = decode_leader(raw, (LeaderMagic.PAXOS,)).geometry()
+            except CorruptRecord as exc:
+                if index == len(disks) - 1:
+                    raise exc.at(offset_b) from None
+            except StorageError:
+                if index == len(disks) - 1:
+                    raise
+            else:
+                self._geometries[disks[0]] = geometry
+                return geometry
+        raise AssertionError("a lease has at least one disk")
 
     def lease_params(self, lockspace: Lockspace, key: ResourceKey) -> Algorithm[PaxosParams]:
         """The ballot parameters of lease `key` for our host in `lockspace`."""
@@ -285,11 +297,13 @@ class ResourceService:
         table = lockspace.table
         if table is None:
             raise LockspaceNotJoined(f"lockspace {name!r} has no host table yet")
-        geometry = yield from self._geometry(path, offset_b, timeouts.io_timeout_s)
+        further = self.further_disks.get(key, ())
+        geometry = yield from self._geometry(((path, offset_b), *further),
+                                             timeouts.io_timeout_s)
         return PaxosParams(
             path, offset_b, geometry, name, resource, lockspace.spec.host_id,
             lockspace.generation, timeouts, lockspace.spec.path, lockspace.spec.offset_b,
-            table.geometry, host_info=lockspace.owner_view,
+            table.geometry, host_info=lockspace.owner_view, extra_disks=further,
         )
 
     def acquiring(self, lockspace: Lockspace, key: ResourceKey, pid: int, *,

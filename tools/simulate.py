@@ -33,7 +33,9 @@ def replay_hint(seed: int, shape: Shape) -> str:
             + (f" --resources {shape.resources}" if shape.resources is not None else "")
             + f" --chaos-seconds {shape.chaos_s:g}"
             + (f" --settle-seconds {shape.settle_s:g}" if shape.settle_s is not None else "")
-            + ("" if shape.varied else " --fixed"))
+            + ("" if shape.varied else " --fixed")
+            + (" --disks drawn" if shape.lease_disks is None
+               else f" --disks {shape.lease_disks}" if shape.lease_disks != 1 else ""))
 
 
 _MAIN_PID = os.getpid()
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="virtual seconds of the liveness phase (default 6 × host_dead × "
                              "(1 + resources); it ends once every host and resource has been "
                              "granted)")
+    parser.add_argument("--disks", choices=("1", "2", "3", "4", "drawn"), default="1",
+                        help="disks per resource lease (drawn: 2-4 per seed; default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     args = parser.parse_args(argv)
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need --seeds ≥ 1, --hosts ≥ 2, --resources ≥ 1")
 
     shape = Shape(args.hosts, args.resources, args.chaos_seconds, args.settle_seconds,
-                  varied=not args.fixed)
+                  varied=not args.fixed,
+                  lease_disks=None if args.disks == "drawn" else int(args.disks))
     totals = Totals()
     started = time.monotonic()
     seeds = range(args.first_seed, args.first_seed + args.seeds)

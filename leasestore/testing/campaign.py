@@ -7,6 +7,7 @@ liveness failures and orphaned leases, which replay exactly from (seed, shape).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import random
@@ -30,11 +31,15 @@ class Shape:
     chaos_s: float
     settle_s: float | None
     varied: bool = True
+    lease_disks: int | None = 1
+    """Disks per resource lease; None: 2-4, drawn per seed."""
 
     def config(self, seed: int) -> ClusterConfig:
         if not self.varied:
-            return ClusterConfig.fixed(self.hosts or 4, self.resources or 2)
-        return ClusterConfig.draw(random.Random(f"config-{seed}"), self.hosts, self.resources)
+            return dataclasses.replace(ClusterConfig.fixed(self.hosts or 4, self.resources or 2),
+                                       lease_disks=self.lease_disks or 3)
+        return ClusterConfig.draw(random.Random(f"config-{seed}"), self.hosts, self.resources,
+                                  self.lease_disks)
 
 
 @dataclass
@@ -104,6 +109,7 @@ def config_dimensions(config: ClusterConfig) -> dict[str, str]:
         "persistent": "yes" if config.persistent_fraction else "no",
         "convert": "yes" if config.convert_fraction else "no",
         "sanlock_like_hosts": "some" if any(config.silent_hosts) else "none",
+        "lease_disks": str(config.lease_disks),
         "clock_drift": ("none" if not config.clock_drifts
                         else "up to 1e-4" if max(map(abs, config.clock_drifts)) <= 1e-4
                         else "up to 1e-3"),

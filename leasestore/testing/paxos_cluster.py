@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -46,12 +47,18 @@ from leasestore import removal
 from leasestore.daemon.holders import HolderProcess
 from leasestore.daemon.supervisor import Supervisor, monitor_interval_s
 from leasestore.effects import Algorithm, Now, Sleep
-from leasestore.errors import AcquireIdLive, AcquireOwned, LeaseOrphaned, LeasestoreError
+from leasestore.errors import (
+    AcquireIdLive,
+    AcquireOwned,
+    CorruptRecord,
+    LeaseOrphaned,
+    LeasestoreError,
+)
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
-from leasestore.paxos import HeldLease
+from leasestore.paxos import DiskRef, HeldLease
 from leasestore.resource import ResourceKey, ResourceService
 from leasestore.specs import LockspaceSpec
 from leasestore.testing.cluster import Violation
@@ -104,6 +111,9 @@ class ClusterConfig:
     watchdog_counts_in_suspend: bool = True
     """A watchdog outside the suspended OS (a BMC's) runs on; False: it stops while the host is
     suspended, as a software or chipset watchdog does, the gap the README names."""
+    lease_disks: int = 1
+    """Disks per resource lease. With more than one, the leases have disks of their own
+    (the lockspace stays on its disk), and the chaos takes disks down one at a time."""
 
     @classmethod
     def fixed(cls, hosts: int, resources: int, io_timeout_s: int = 10,
@@ -114,8 +124,9 @@ class ClusterConfig:
 
     @classmethod
     def draw(cls, rng: random.Random, hosts: int | None = None,
-             resources: int | None = None) -> ClusterConfig:
-        """A configuration as users bring them: sizes and timeouts vary per seed and host."""
+             resources: int | None = None, lease_disks: int | None = 1) -> ClusterConfig:
+        """A configuration as users bring them: sizes and timeouts vary per seed and host
+        (and disks per lease, 1-4, if `lease_disks` is None)."""
         n = hosts if hosts is not None else rng.randint(2, 8)
         sector_size, align_size = rng.choices(GEOMETRIES, GEOMETRY_WEIGHTS)[0]
         max_hosts = Geometry(sector_size, align_size).max_hosts
@@ -142,7 +153,9 @@ class ClusterConfig:
                    if rng.random() < 0.3 else (),
                    silent_hosts=silent if any(silent) else (),
                    persistent_fraction=rng.choice((0.0, 0.0, 0.3)),
-                   convert_fraction=rng.choice((0.0, 0.0, 0.3)))
+                   convert_fraction=rng.choice((0.0, 0.0, 0.3)),
+                   lease_disks=lease_disks if lease_disks is not None
+                   else rng.choice((2, 3, 3, 4)))
 
     @property
     def geometry(self) -> Geometry:
@@ -164,7 +177,8 @@ class ClusterConfig:
                 f"fire timeouts {list(self.fire_timeouts_s)} s"
                 + (f", sanlock-like (unpublished fire timeout) hosts "
                    f"{[i for i, quiet in enumerate(self.silent_hosts) if quiet]}"
-                   if any(self.silent_hosts) else ""))
+                   if any(self.silent_hosts) else "")
+                + (f", {self.lease_disks} disks per lease" if self.lease_disks > 1 else ""))
 
 
 @dataclass
@@ -275,10 +289,15 @@ class PaxosCluster:
         size = self.geometry.align_size * (1 + config.resources)
         self.disk = SimDisk(size, self.geometry.sector_size, DEVICE)
         self.disk.land(0, lockspace_area_image(SPACE, self.geometry, config.format_io_timeout_s))
-        for r in range(config.resources):
-            self.disk.land(self._offset(r), resource_area_image(
-                SPACE, f"res{r}", self.geometry, config.num_hosts[r] if config.num_hosts else 0))
-        self.world = SimWorld(seed, {DEVICE: self.disk}, faults)
+        self.lease_disks = ([self.disk] if config.lease_disks == 1 else
+                            [SimDisk(size, self.geometry.sector_size, f"/dev/lease{i}")
+                             for i in range(config.lease_disks)])
+        for disk in self.lease_disks:
+            for r in range(config.resources):
+                disk.land(self._offset(r), resource_area_image(
+                    SPACE, f"res{r}", self.geometry,
+                    config.num_hosts[r] if config.num_hosts else 0))
+        self.world = SimWorld(seed, {d.name: d for d in (self.disk, *self.lease_disks)}, faults)
         rng = self.world.rng
         self.hosts = [DaemonHost(i, config.host_ids[i], config.timeouts(i),
                                  rng.uniform(100.0, 100000.0),
@@ -311,7 +330,12 @@ class PaxosCluster:
         return self.geometry.align_size * (1 + resource)
 
     def _key(self, resource: int) -> ResourceKey:
-        return (SPACE, f"res{resource}", DEVICE, self._offset(resource))
+        return (SPACE, f"res{resource}", self.lease_disks[0].name, self._offset(resource))
+
+    def _further_disks(self) -> dict[ResourceKey, tuple[DiskRef, ...]]:
+        """What a daemon is told of the leases' disks after the first."""
+        return {self._key(r): tuple((d.name, self._offset(r)) for d in self.lease_disks[1:])
+                for r in range(self.resources) if len(self.lease_disks) > 1}
 
     def _count(self, what: str) -> None:
         self._count_many(what, 1)
@@ -396,8 +420,16 @@ class PaxosCluster:
                     f"{leader.timestamp}"))
 
     def _leader(self, resource: int) -> Leader:
-        raw = self.disk.read(self._offset(resource), self.geometry.sector_size)
-        return decode_leader(raw, (LeaderMagic.PAXOS,))
+        """The resource's leader as most of its disks hold it (for reports)."""
+        copies: list[Leader] = []
+        for disk in self.lease_disks:
+            with contextlib.suppress(CorruptRecord):
+                copies.append(decode_leader(disk.read(self._offset(resource),
+                                                      self.geometry.sector_size),
+                                            (LeaderMagic.PAXOS,)))
+        if not copies:
+            raise CorruptRecord("paxos leader", f"res{resource}: no disk holds a valid one")
+        return Counter(copies).most_common(1)[0][0]
 
     def _probe(self, lockspace: Lockspace, service: ResourceService,
                resource: int) -> Algorithm[None]:
@@ -445,6 +477,7 @@ class PaxosCluster:
         service = ResourceService(
             spawn=lambda name, algorithm: self._spawn(host, name, algorithm),
             on_holders_changed=lambda: self._record_holders(host, service))
+        service.further_disks.update(self._further_disks())
         host.resources = service
         host.supervisor = Supervisor(lambda pid, graceful: self._signal(host, pid, graceful))
         host.daemon_running = True
@@ -821,10 +854,24 @@ class PaxosCluster:
         if world.now >= end_s:
             return
         host = rng.choice(self.hosts)
-        action = rng.choice(["crash", "stall", "stall", "outage", "outage", "kill_process",
-                             "corrupt", "kill_daemon", "rem_lockspace", "suspend"])
+        actions = ["crash", "stall", "stall", "outage", "outage", "kill_process",
+                   "corrupt", "kill_daemon", "rem_lockspace", "suspend"]
+        if len(self.lease_disks) > 1:
+            actions += ["disk_outage", "disk_outage", "disk_path_outage", "disk_path_outage"]
+        action = rng.choice(actions)
         if action == "corrupt":
             self._corrupt_a_resource_sector()
+        elif action == "disk_outage":
+            self._count("disk_outage")
+            disk = rng.choice(self.lease_disks)
+            seconds = rng.uniform(0, 4 * host.timeouts.host_dead_s)
+            world.disk_outages[disk.name] = (world.now + seconds, rng.random() < 0.5)
+        elif action == "disk_path_outage":
+            self._count("disk_path_outage")
+            disk = rng.choice(self.lease_disks)
+            seconds = rng.uniform(0, 4 * host.timeouts.host_dead_s)
+            world.path_outages[(host.machine, disk.name)] = (world.now + seconds,
+                                                             rng.random() < 0.5)
         elif action == "outage":
             self._count("storage_outage")
             seconds = rng.uniform(0, 2 * host.timeouts.host_dead_s)
@@ -855,8 +902,10 @@ class PaxosCluster:
 
     def _corrupt_a_resource_sector(self) -> None:
         """Flip a checksummed byte of one resource's leader or of one host's dblock in it (a
-        media error): the resource must never look free for it; it may stay unusable, and is
-        then left out of the liveness and orphan checks. At most one resource per run."""
+        media error), on one of its disks: the resource must never look free for it. On one
+        or two disks it may stay unusable, and is then left out of the liveness and orphan
+        checks; with three or four the other disks make a majority, so it must not. At most
+        one resource per run."""
         rng = self.world.rng
         if self.corrupted or (self.resources == 1 and rng.random() < 0.5):
             return
@@ -866,8 +915,10 @@ class PaxosCluster:
         else:
             host_id = rng.choice(self.config.host_ids)
             at, span = self._offset(resource) + self.geometry.dblock_offset(host_id), 48
-        self.disk.corrupt(at, rng.randrange(span))
-        self.corrupted.add(resource)
+        disk = self.lease_disks[0] if len(self.lease_disks) == 1 else rng.choice(self.lease_disks)
+        disk.corrupt(at, rng.randrange(span))
+        if len(self.lease_disks) < 3:
+            self.corrupted.add(resource)
         self._count("corrupt_sector")
 
     # -- a run ---------------------------------------------------------------------------------
@@ -892,6 +943,8 @@ class PaxosCluster:
         world.run_until(chaos_s)
         world.faults = Faults.none()
         world.outages.clear()
+        world.disk_outages.clear()
+        world.path_outages.clear()
         drained_s = max(chaos_s, world.backlog_clears_at())
         end_s = drained_s + settle
         world.run_until(drained_s)

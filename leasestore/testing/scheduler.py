@@ -91,6 +91,11 @@ class SimWorld:
         self.outages: dict[str, tuple[float, bool]] = {}
         """host -> (until, hangs): its path to storage is down until then; each I/O either
         fails at once or, if `hangs`, times out and never lands (a lost SAN path)."""
+        self.disk_outages: dict[str, tuple[float, bool]] = {}
+        """disk -> (until, hangs): the disk itself is down for every host until then (as
+        above); it comes back as it was, behind the writes it missed."""
+        self.path_outages: dict[tuple[str, str], tuple[float, bool]] = {}
+        """(host, disk) -> (until, hangs): that host's path to that disk alone is down."""
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -240,7 +245,9 @@ class SimWorld:
                 blocked: StorageError = IOTimeout("an earlier write is still in flight")
                 return self.now + effect.timeout_s, lambda: blocked
             start = max(self.now, earlier)
-        outage_until, hangs = self.outages.get(task.host, (0.0, False))
+        outage_until, hangs = max(self.outages.get(task.host, (0.0, False)),
+                                  self.disk_outages.get(disk.name, (0.0, False)),
+                                  self.path_outages.get((task.host, disk.name), (0.0, False)))
         if self.now < outage_until:
             self.count("outage_io")
             lost: StorageError = (IOTimeout(f"simulated hang on {disk.name}") if hangs

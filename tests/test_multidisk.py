@@ -1,0 +1,175 @@
+"""Resource leases on several disks: the majority rules of paxos.py, in the simulator (the
+shipped algorithm and ResourceService), and a checker shown to catch a broken rule."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+import leasestore.paxos as paxos_module
+from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
+from leasestore.effects import Algorithm
+from leasestore.errors import LeasestoreError, NoDiskMajority
+from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
+from leasestore.ondisk.dblock import decode_dblock
+from leasestore.ondisk.geometry import Geometry
+from leasestore.ondisk.leader import Leader, decode_leader
+from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.testing.campaign import Shape, run_seed
+from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
+from leasestore.testing.scheduler import Faults, SimTask, SimWorld
+from leasestore.testing.simdisk import SimDisk
+from leasestore.timeouts import Timeouts
+
+G = Geometry(512, 1 << 20)
+T = Timeouts(10, 60)
+LS, RES = "px", "res"
+RES_AT = G.align_size
+LEASE_DISKS = ("a", "b", "c")
+
+
+class ThreeDisks:
+    """A lockspace on its own disk and one resource on disks a, b and c (at one offset)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.space = SimDisk(G.align_size, 512, "ls")
+        self.space.land(0, lockspace_area_image(LS, G, 10))
+        self.disks = {name: SimDisk(2 * G.align_size, 512, name) for name in LEASE_DISKS}
+        for disk in self.disks.values():
+            disk.land(RES_AT, resource_area_image(LS, RES, G))
+        self.world = SimWorld(seed, {"ls": self.space, **self.disks}, Faults.none())
+
+    def join(self, host_id: int) -> None:
+        joined: list[Leader] = []
+
+        class Observer(HostLeaseObserver):
+            def joined(self, leader: Leader) -> None:
+                joined.append(leader)
+
+        params = DeltaParams("ls", 0, G, LS, host_id, f"host{host_id}", T)
+        self.world.spawn(f"delta{host_id}", host_lease_loop(params, Observer()), 0.0)
+        self.world.run_until(self.world.now + 25)
+        assert joined
+
+    def params(self, host_id: int) -> PaxosParams:
+        return PaxosParams("a", RES_AT, G, LS, RES, host_id, 1, T, "ls", 0, G,
+                           extra_disks=(("b", RES_AT), ("c", RES_AT)))
+
+    def cut(self, disk: str) -> None:
+        """The disk is gone for every host, until `restore`."""
+        self.world.disk_outages[disk] = (float("inf"), False)
+
+    def restore(self, disk: str) -> None:
+        del self.world.disk_outages[disk]
+
+    def run(self, algorithm: Algorithm[Any]) -> SimTask:
+        task = self.world.spawn("op", algorithm, 0.0)
+        end = self.world.now + 400
+        while not task.done and self.world.now < end:
+            self.world.run_until(self.world.now + 0.5)
+        assert task.done, "operation did not finish"
+        return task
+
+    def leaders(self) -> dict[str, Leader]:
+        return {name: decode_leader(disk.read(RES_AT, 512)) for name, disk in self.disks.items()}
+
+
+def test_a_lease_works_with_one_of_three_disks_gone_and_the_next_write_repairs_it() -> None:
+    d = ThreeDisks()
+    d.join(1)
+    d.join(2)
+    d.cut("b")
+    held: HeldLease = d.run(acquire(d.params(1))).result
+    assert held.lver == 1
+    leaders = d.leaders()
+    assert leaders["a"].owner_id == leaders["c"].owner_id == 1 and leaders["b"].lver == 0
+    refused = d.run(acquire(d.params(2)))
+    assert isinstance(refused.error, LeasestoreError)  # held by live host 1
+    assert "live host 1" in str(refused.error)
+    d.run(release(d.params(1), held))
+    d.restore("b")  # back, behind: it missed the grant and the release
+    again = d.run(acquire(d.params(2))).result
+    assert again.lver == 2
+    leaders = d.leaders()
+    assert len({leader.encode() for leader in leaders.values()}) == 1  # all three agree again
+    assert leaders["b"].owner_id == 2 and leaders["b"].lver == 2
+    dblock = decode_dblock(d.disks["b"].read(RES_AT + G.dblock_offset(2), 512))
+    assert dblock.lver == 2 and dblock.inp == 2
+
+
+def test_two_of_three_disks_gone_fails_the_acquire_and_nobody_holds_it() -> None:
+    d = ThreeDisks()
+    d.join(1)
+    d.cut("a")
+    d.cut("c")
+    failed = d.run(acquire(d.params(1)))
+    assert isinstance(failed.error, NoDiskMajority)
+    assert "1 of 3 disks, 2 needed" in str(failed.error)
+    d.restore("a")
+    d.restore("c")
+    assert all(leader.timestamp == 0 for leader in d.leaders().values())
+    held = d.run(acquire(d.params(1))).result  # whatever the failed try left, it is free
+    assert held.lver >= 1
+
+
+def test_a_corrupt_copy_counts_as_a_missing_disk_never_as_free() -> None:
+    d = ThreeDisks()
+    d.join(1)
+    d.join(2)
+    held = d.run(acquire(d.params(1))).result
+    d.disks["a"].corrupt(RES_AT, 40)  # the leader copy on a
+    refused = d.run(acquire(d.params(2)))
+    assert refused.error is not None and "live host 1" in str(refused.error)
+    d.cut("b")  # with b gone too, no majority of valid copies: an error, not "free"
+    refused = d.run(acquire(d.params(2)))
+    assert refused.error is not None and refused.result is None
+    d.restore("b")
+    d.run(release(d.params(1), held))
+    assert d.run(acquire(d.params(2))).result.lver == 2
+
+
+def test_more_than_four_disks_is_refused() -> None:
+    with pytest.raises(LeasestoreError, match="at most 4"):
+        PaxosParams("a", 0, G, LS, RES, 1, 1, T, "ls", 0, G,
+                    extra_disks=tuple((f"d{i}", 0) for i in range(4)))
+
+
+def _one_copy_is_enough(p: PaxosParams, good: int, failures: Any, what: str) -> None:
+    """A broken majority rule: any disk that answers will do."""
+    if good < 1:
+        raise failures[0]
+
+
+def _split_paths(cluster: PaxosCluster) -> None:
+    """Host 1 reaches lease disk 0 only; host 2 every disk but 0 (until the faults end)."""
+    first, second = cluster.hosts
+    for disk in ("/dev/lease1", "/dev/lease2"):
+        cluster.world.path_outages[(first.machine, disk)] = (float("inf"), False)
+    cluster.world.path_outages[(second.machine, "/dev/lease0")] = (float("inf"), False)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_checker_catches_a_lease_granted_on_a_minority_of_disks(
+        monkeypatch: pytest.MonkeyPatch, broken: bool) -> None:
+    if broken:
+        monkeypatch.setattr(paxos_module, "_need_majority", _one_copy_is_enough)
+    config = dataclasses.replace(ClusterConfig.fixed(2, 1), lease_disks=3)
+    cluster = PaxosCluster(0, config, faults=Faults.none())
+    _split_paths(cluster)
+    failures = [str(v) for v in cluster.run(chaos_s=300)]
+    assert not any("a task crashed" in f for f in failures)
+    caught = any("held by live processes" in f for f in failures)
+    assert caught == broken, failures
+
+
+def test_campaign_slice_over_two_to_four_disks() -> None:
+    shape = Shape(None, None, 400, None, lease_disks=None)
+    disks_seen = set()
+    for seed in range(8_000_000, 8_000_024):
+        result = run_seed((seed, shape))
+        assert not result.failures, (seed, result.failures)
+        disks_seen.add(result.config["lease_disks"])
+        assert result.acquisitions > 0
+    assert disks_seen == {"2", "3", "4"}
