@@ -13,6 +13,7 @@ lists its records. Sectors that should hold records but do not verify are listed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -115,19 +116,34 @@ def format_resource(
     num_hosts: int = 0,
     force: bool = False,
     clear: bool = False,
+    extra_disks: Sequence[tuple[str, int]] = (),
 ) -> Geometry:
-    """Initialise a resource (paxos lease) area; returns the geometry used. With `clear`, leave
-    it cleared (sanlock's WRITE_CLEAR): no read accepts the lease until it is initialised."""
-    with DirectDevice(path) as device:
-        geometry = resolve_geometry(device, sector_size, align)
-        _check_area(device, offset_b, geometry)
+    """Initialise a resource (paxos lease) area, on `path` and on each of `extra_disks` (a
+    lease on several disks: the same area on each); returns the geometry used. Every disk is
+    checked before any is written: with one holding records (and not `force`), or one whose
+    sectors are larger than the first's geometry takes, nothing is written. With `clear`,
+    leave it cleared (sanlock's WRITE_CLEAR): no read accepts the lease until it is
+    initialised."""
+    disks = [(path, offset_b), *extra_disks]
+    if len(disks) > 4:
+        raise UsageError(f"at most 4 disks per resource, not {len(disks)}")
+    if len(set(disks)) < len(disks):
+        raise UsageError("a resource's disks repeat; each copy needs its own place")
+    with contextlib.ExitStack() as stack:
+        devices = [stack.enter_context(DirectDevice(disk_path)) for disk_path, _ in disks]
+        geometry = resolve_geometry(devices[0], sector_size, align)
+        for device, (_, disk_offset_b) in zip(devices, disks, strict=True):
+            resolve_geometry(device, geometry.sector_size, geometry.align_size)  # fits each
+            _check_area(device, disk_offset_b, geometry)
         if not 0 <= num_hosts <= geometry.max_hosts:
             raise UsageError(f"num_hosts must be 0..{geometry.max_hosts}")
         if not force:
-            refuse_if_in_use(device, offset_b, geometry)
+            for device, (_, disk_offset_b) in zip(devices, disks, strict=True):
+                refuse_if_in_use(device, disk_offset_b, geometry)
         image = resource_area_image(lockspace, resource, geometry, num_hosts,
                                     cleared_at=int(time.monotonic()) if clear else None)
-        device.write(offset_b, image, WRITE_INIT_IO_TIMEOUT_S)
+        for device, (_, disk_offset_b) in zip(devices, disks, strict=True):
+            device.write(disk_offset_b, image, WRITE_INIT_IO_TIMEOUT_S)
     return geometry
 
 

@@ -269,6 +269,17 @@ class ResourceService:
 
     # -- the algorithms ------------------------------------------------------------------------
 
+    def use_disks(self, key: ResourceKey, further: tuple[DiskRef, ...]) -> None:
+        """Lease `key` lives on its first disk and on `further` ones: a lease held now keeps
+        the disks it was acquired on, and is refused another set (UsageError)."""
+        with self._lock:
+            if key in self.held and self.further_disks.get(key, ()) != further:
+                raise UsageError(f"lease {key[1]!r} is held on other disks than these")
+            if further:
+                self.further_disks[key] = further
+            else:
+                self.further_disks.pop(key, None)
+
     def _geometry(self, disks: tuple[DiskRef, ...], io_timeout_s: float
                   ) -> Algorithm[Geometry]:
         """The lease's geometry, from its leader on the first of `disks` that gives one."""

@@ -60,16 +60,18 @@ def run_format(args: argparse.Namespace) -> int:
               f"{geometry.max_hosts} hosts)")
         return 0
     res = ResourceSpec.parse(args.resource.replace("{}", "0"))  # a valid name to parse
-    if len(res.disks) != 1:
-        raise UsageError("format takes one disk per resource")
     if args.count != 1 or "{}" in args.resource:
+        if len(res.disks) != 1:
+            raise UsageError("--count formats leases on one disk")
         return _format_many(args, res)
     geometry = direct.format_resource(
         res.path, res.lockspace, res.name, res.offset_b, sector_size=args.sector_size,
         align=args.align, num_hosts=args.num_hosts, force=args.force,
+        extra_disks=res.disks[1:],
     )
-    print(f"formatted resource {res.name!r} of lockspace {res.lockspace!r} at "
-          f"{res.path}:{res.offset_b} ({geometry})")
+    places = ", ".join(f"{path}:{offset_b}" for path, offset_b in res.disks)
+    print(f"formatted resource {res.name!r} of lockspace {res.lockspace!r} at {places} "
+          f"({geometry})")
     return 0
 
 

@@ -191,10 +191,7 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def _resources(texts: list[str]) -> list[ResourceSpec]:
-    specs = [ResourceSpec.parse(text) for text in texts]
-    if any(len(spec.disks) != 1 for spec in specs):
-        raise UsageError("leasestore leases live on exactly one disk")
-    return specs
+    return [ResourceSpec.parse(text) for text in texts]
 
 
 def _acquire_each(specs: list[ResourceSpec], slkfd: int | None, pid: int | None,

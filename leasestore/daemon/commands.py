@@ -112,12 +112,22 @@ class ResourceCommand(Command):
     offset: int = 0
     pid: int = 0
     """0: the registered caller itself; otherwise (root only) another registered process."""
+    extra_disks: tuple[tuple[str, int], ...] = ()
+    """A lease on several disks: (path, offset) of each after the first (at most 3 more)."""
 
     def validate(self) -> None:
         _check_name(self.lockspace, "lockspace")
         _check_name(self.resource, "resource")
         _check_path(self.path)
         _check_non_negative(offset=self.offset, pid=self.pid)
+        if len(self.extra_disks) > 3:
+            raise ProtocolError(f"at most 4 disks per lease, not {1 + len(self.extra_disks)}")
+        for path, offset in self.extra_disks:
+            _check_path(path)
+            _check_non_negative(offset=offset)
+        disks = [(self.path, self.offset), *self.extra_disks]
+        if len(set(disks)) < len(disks):
+            raise ProtocolError("a lease's disks repeat")
 
 
 @dataclass(frozen=True)

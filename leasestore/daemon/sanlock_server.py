@@ -10,9 +10,10 @@ codes sanlock replies with, and encodes. Invariants:
   request still had in flight is drained by its length, so the next header is read in step;
 - a registered connection is never closed by us: its leases end when its process closes it
   (or on shutdown, whose holders are killed first);
-- every command of sanlock 3.8.5 has a handler; what leasestore does not do (leases on more
-  than one disk) is answered with -EOPNOTSUPP, never silence; unknown commands are skipped,
-  as 3.8.5 skips them;
+- every command of sanlock 3.8.5 has a handler; unknown commands are skipped, as 3.8.5
+  skips them. Leases on several disks are acquired, requested and formatted on all of them
+  (majority rules, paxos.py); READ_RESOURCE and READ_RESOURCE_OWNERS read the first disk
+  that holds a valid leader;
 - with LS_DETAIL in cmd_flags (leasestore's own client) the same command gets the same result
   code, and a JSON payload that says what sanlock's binary reply cannot (error class and text,
   µs timings, host names): one protocol, one set of handlers.
@@ -565,9 +566,9 @@ class SanlockFrontEnd:
             found.append((resource, disks))
         return found
 
-    def _one_resource(self, payload: _Payload) -> tuple[sp.Resource, sp.Disk]:
+    def _one_resource(self, payload: _Payload) -> tuple[sp.Resource, list[sp.Disk]]:
         [(resource, disks)] = self._resources_with_disks(payload, 1)
-        return resource, _single_disk(disks)
+        return resource, disks
 
     def _acquire(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         count = header.data
@@ -591,9 +592,9 @@ class SanlockFrontEnd:
         results = []
         try:
             for resource, disks in wanted:
-                disk = _single_disk(disks)
+                disk = disks[0]
                 command = commands.Acquire(resource.lockspace, resource.name, disk.path,
-                                       disk.offset, pid=pid,
+                                       disk.offset, pid=pid, extra_disks=_further(disks),
                                        shared=bool(resource.flags & sp.RES_SHARED),
                                        lver=resource.lver if resource.flags & sp.RES_LVER
                                        else -1, lvb=bool(header.cmd_flags & sp.ACQUIRE_LVB),
@@ -823,13 +824,15 @@ class SanlockFrontEnd:
         return _Reply(payload=value, detail={"lvb": value.hex()})
 
     def _request(self, header: Header, payload: _Payload, session: Session) -> _Reply:
-        resource, disk = self._one_resource(payload)
+        resource, disks = self._one_resource(payload)
+        disk = disks[0]
         if header.cmd_flags & sp.REQUEST_NEXT_LVER or not resource.flags & sp.RES_LVER:
             lver = -1
         else:
             lver = resource.lver
         command = commands.RequestRelease(resource.lockspace, resource.name, disk.path,
-                                      disk.offset, lver=lver, force_mode=header.data)
+                                      disk.offset, lver=lver, force_mode=header.data,
+                                      extra_disks=_further(disks))
         _validated(command)
         return _Reply(detail=self.daemon._request(command, session))
 
@@ -876,14 +879,15 @@ class SanlockFrontEnd:
 
     def _write_resource(self, header: Header, payload: _Payload,
                         session: Session) -> _Reply:
-        resource, disk = self._one_resource(payload)
+        resource, disks = self._one_resource(payload)
         self.daemon._require_admin(session.peer, "format resources")
         sector, align = sp.geometry_flags(resource.flags)
+        further = tuple((_checked_path(d.path), d.offset) for d in disks[1:])
         _on_device(lambda: direct.format_resource(
-            _checked_path(disk.path), resource.lockspace, resource.name, disk.offset,
+            _checked_path(disks[0].path), resource.lockspace, resource.name, disks[0].offset,
             sector_size=sector if align else None, align=align if sector else None,
             num_hosts=max(header.data, 0), force=True,
-            clear=bool(header.cmd_flags & sp.WRITE_CLEAR)))
+            clear=bool(header.cmd_flags & sp.WRITE_CLEAR), extra_disks=further))
         return _Reply()
 
     def _refuse_joined_area(self, disk: sp.Disk) -> None:
@@ -915,7 +919,17 @@ class SanlockFrontEnd:
         return _Reply(payload=found.encode(), data2=leader.io_timeout,
                       detail={"lockspace": leader.space_name, "io_timeout": leader.io_timeout})
 
-    def _paxos_leader(self, disk: sp.Disk) -> sp.Resource:
+    def _paxos_leader(self, disks: list[sp.Disk]) -> tuple[sp.Resource, sp.Disk]:
+        """The leader of the first of `disks` that holds a valid one (and that disk)."""
+        for index, disk in enumerate(disks):
+            try:
+                return self._paxos_leader_on(disk), disk
+            except (LeasestoreError, _Refused):
+                if index == len(disks) - 1:
+                    raise
+        raise AssertionError("a resource has at least one disk")
+
+    def _paxos_leader_on(self, disk: sp.Disk) -> sp.Resource:
         try:
             leader = direct.read_paxos_leader(_checked_path(disk.path), disk.offset)
         except CorruptRecord:
@@ -929,9 +943,9 @@ class SanlockFrontEnd:
 
     def _read_resource(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """The struct always follows the header: libsanlock reads it even on error."""
-        asked, disk = self._one_resource(payload)
+        asked, disks = self._one_resource(payload)
         try:
-            found = self._paxos_leader(disk)
+            found, _ = self._paxos_leader(disks)
         except (LeasestoreError, _Refused) as exc:
             code = exc.code if isinstance(exc, _Refused) else result_code(exc)
             return _Reply(code, payload=asked.encode())
@@ -940,9 +954,9 @@ class SanlockFrontEnd:
 
     def _read_resource_owners(self, header: Header, payload: _Payload,
                               session: Session) -> _Reply:
-        _asked, disk = self._one_resource(payload)
+        _asked, disks = self._one_resource(payload)
         try:
-            found = self._paxos_leader(disk)
+            found, disk = self._paxos_leader(disks)
         except BadMagic as exc:  # sanlock answers an uninitialised area so here
             raise _Refused(-sp.EINVAL, exc) from None
         owners = _on_device(lambda: direct.resource_owners(disk.path, disk.offset))
@@ -1084,7 +1098,7 @@ def _rentry_reply(entry: RindexEntry) -> _Reply:
 
 
 def _resource_record(held: HeldResource, pid: int, res_id: int) -> bytes:
-    lockspace, name, path, offset = held.key
+    lockspace, name = held.key[:2]
     shared = held.lease.shared
     sector = held.params.geometry.sector_size
     text = _fields(list="orphan" if held.orphan else "held",
@@ -1092,19 +1106,25 @@ def _resource_record(held: HeldResource, pid: int, res_id: int) -> bytes:
                    sector_size=sector,
                    align_size=held.params.geometry.align_size, lver=held.lease.lver, reused=0,
                    res_id=res_id, token_id=0)
+    disks = held.params.disks
     resource = sp.Resource(lockspace, name, 0, flags=sp.RES_SHARED if shared else 0,
-                           num_disks=1)
-    disk = sp.Disk(path, offset, sector, sp.SELF)
+                           num_disks=len(disks))
     return (sp.state_record(sp.StateType.RESOURCE, name, text, data32=pid,
-                            data64=held.lease.lver) + resource.encode() + disk.encode())
+                            data64=held.lease.lver) + resource.encode()
+            + b"".join(sp.Disk(path, offset, sector, sp.SELF).encode() for path, offset in disks))
+
+
+def _escaped(path: str) -> str:
+    """A path as libsanlock escapes it in a state string."""
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(" ", "\\ ")
 
 
 def _state_string(held: HeldResource) -> str:
-    """sanlock's state string for one lease (paths escaped as libsanlock escapes them)."""
-    lockspace, name, path, offset = held.key
-    escaped = path.replace("\\", "\\\\").replace(":", "\\:").replace(" ", "\\ ")
+    """sanlock's state string for one lease: every disk, then the version (or SH)."""
+    lockspace, name = held.key[:2]
+    disks = ":".join(f"{_escaped(path)}:{offset}" for path, offset in held.params.disks)
     tail = "SH" if held.lease.shared else str(held.lease.lver)
-    return f"{lockspace}:{name}:{escaped}:{offset}:{tail}"
+    return f"{lockspace}:{name}:{disks}:{tail}"
 
 
 def _acquire_code(exc: LeasestoreError) -> int:
@@ -1126,11 +1146,9 @@ def _validated(command: commands.Command) -> None:
         raise _Refused(-sp.EINVAL, UsageError(str(exc))) from None
 
 
-def _single_disk(disks: list[sp.Disk]) -> sp.Disk:
-    if len(disks) != 1:
-        raise _refuse(-sp.EOPNOTSUPP, UsageError, "leases on more than one disk are not "
-                      "implemented yet")
-    return disks[0]
+def _further(disks: list[sp.Disk]) -> tuple[tuple[str, int], ...]:
+    """A lease's disks after the first, as commands carry them."""
+    return tuple((disk.path, disk.offset) for disk in disks[1:])
 
 
 def _checked_path(path: str) -> str:

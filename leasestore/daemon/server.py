@@ -653,6 +653,7 @@ class Daemon:
         target = self._target(session, cmd.pid)
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        self.resources.use_disks(key, cmd.extra_disks)
         with self._lock:
             shared_already = self.resources.holding(key, target.peer.pid)
             if (cmd.shared and shared_already is not None and shared_already.lease.shared
@@ -733,6 +734,7 @@ class Daemon:
     def _request(self, cmd: commands.RequestRelease, session: Session) -> dict[str, int]:
         lockspace = self._named(cmd.lockspace)
         key: ResourceKey = (cmd.lockspace, cmd.resource, cmd.path, cmd.offset)
+        self.resources.use_disks(key, cmd.extra_disks)
         owner = self.resources.request(lockspace, key, None if cmd.lver < 0 else cmd.lver,
                                        cmd.force_mode)
         if owner and owner != lockspace.spec.host_id:

@@ -2,13 +2,17 @@
 
 Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `stop` so that a
 removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
+A Batch's I/Os on one device go out together; those on several devices go to each device at
+once (one thread per further device), and a device that fails, or cannot be opened, fails
+only its own outcomes.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from leasestore.clock import lease_now_s
@@ -17,6 +21,8 @@ from leasestore.errors import Cancelled, StorageError
 from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
 
 T = TypeVar("T")
+_DEVICE_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="batch-device")
+"""Where a batch's I/O on its second and later devices waits (each bounded by its timeout)."""
 
 
 class DeviceRunner:
@@ -69,12 +75,25 @@ class DeviceRunner:
         by_device: dict[str, list[int]] = {}
         for index, effect in enumerate(batch.effects):
             by_device.setdefault(effect.device, []).append(index)
-        for name, indices in by_device.items():
-            ops = [self._op(batch.effects[i]) for i in indices]
-            timeout_s = max(batch.effects[i].timeout_s for i in indices)
-            for i, outcome in zip(indices, self.devices[name].submit(ops, timeout_s), strict=True):
+        groups = list(by_device.items())
+        further = [_DEVICE_THREADS.submit(self._on_device, name, [batch.effects[i] for i in ix])
+                   for name, ix in groups[1:]]
+        first_name, first_indices = groups[0] if groups else ("", [])
+        results = ([self._on_device(first_name, [batch.effects[i] for i in first_indices])]
+                   if groups else []) + [future.result() for future in further]
+        for (_, indices), found in zip(groups, results, strict=True):
+            for i, outcome in zip(indices, found, strict=True):
                 outcomes[i] = outcome
         return outcomes
+
+    def _on_device(self, name: str, effects: Sequence[Read | Write]) -> list[IOOutcome]:
+        """The outcomes of `effects`, all on device `name`: its failure is each one's."""
+        try:
+            device = self.devices[name]
+            timeout_s = max(effect.timeout_s for effect in effects)
+            return device.submit([self._op(effect) for effect in effects], timeout_s)
+        except StorageError as exc:
+            return [exc] * len(effects)
 
     @staticmethod
     def _op(effect: Read | Write) -> ReadOp | WriteOp:

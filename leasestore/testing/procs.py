@@ -62,6 +62,9 @@ def make_file(path: Path, size_b: int, allocate: bool = False) -> str:
     return str(path)
 
 
+DETACH_WAIT_S = 10.0
+
+
 class LoopDevices:
     """Attaches loop devices over backing files and detaches every one at teardown."""
 
@@ -79,10 +82,20 @@ class LoopDevices:
         return device
 
     def detach_all(self) -> None:
+        """Detach each device, trying again for a while where it is still busy (a process
+        that held it open may still be closing it); a device left attached is an error."""
+        left = []
         for device in reversed(self.attached):
             subprocess.run(["blockdev", "--setrw", device], capture_output=True)
-            subprocess.run(["losetup", "-d", device], capture_output=True)
+            deadline = time.monotonic() + DETACH_WAIT_S
+            while subprocess.run(["losetup", "-d", device], capture_output=True).returncode:
+                if time.monotonic() > deadline:
+                    left.append(device)
+                    break
+                time.sleep(0.2)
         self.attached.clear()
+        if left:
+            raise RuntimeError(f"loop devices still attached: {', '.join(left)}")
 
 
 def _accepts(socket_path: str) -> bool:
