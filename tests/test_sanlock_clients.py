@@ -231,12 +231,17 @@ def test_reference_py_run_complete(py_runs: dict[str, PyRun]) -> None:
     assert results["lvb"]["lvb_on_disk_before_release"] == {"ok": "b:" + "\0" * 16}
     assert results["lvb"]["lvb_on_disk_after_release"] == {"ok": "b:hello" + "q" * 11}
     assert results["lvb"]["set_lvb_larger_than_sector"]["errno"] == 7
+    # Leases on several disks: acquired and listed with every disk, refused to another pid.
+    multidisk = results["multidisk"]
+    assert multidisk["acquire_3_disks"] == multidisk["acquire_2_disks"] == {"ok": None}
+    assert [len(lease["disks"]) for lease in multidisk["inquire_multi"]["ok"]] == [3, 2]
+    assert multidisk["acquire_3_disks_held_by_other_pid"]["errno"] == 17  # EEXIST
 
 
 def test_py_groups_found() -> None:
     """PY_GROUPS is read from PY_SCRIPT: every group has steps, each named once."""
     assert list(PY_GROUPS) == ["lockspace", "leases", "restrict", "hangup", "bypid", "disk",
-                               "errors", "same_pid", "lvb", "events", "teardown"]
+                               "errors", "same_pid", "lvb", "events", "multidisk", "teardown"]
     for group, names in PY_GROUPS.items():
         assert names and len(names) == len(set(names)), group
         assert f"def group_{group}():" in PY_SCRIPT

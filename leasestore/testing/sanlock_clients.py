@@ -858,6 +858,31 @@ def group_events():
     step("end_event_not_joined", lambda: sanlock.end_event(-1, b"NOLS"))
 
 
+def group_multidisk():
+    g = {}
+    md3 = [(F, 9 * MiB), (F, 11 * MiB), (F, 14 * MiB)]
+    md2 = [(F, 15 * MiB), (F, 5 * MiB)]
+    step("write_resource_3_disks", lambda: sanlock.write_resource(LS, b"MD", md3))
+    step("write_resource_2_disks", lambda: sanlock.write_resource(LS, b"MD2", md2))
+    step("read_resource_3rd_disk", lambda: sanlock.read_resource(F, 14 * MiB))
+    step("read_resource_owners_3_disks", lambda: sanlock.read_resource_owners(LS, b"MD", md3))
+    step("register", lambda: g.setdefault("fd", sanlock.register()) >= 0)
+    fd = g["fd"]
+    step("acquire_3_disks", lambda: sanlock.acquire(LS, b"MD", md3, slkfd=fd))
+    step("acquire_2_disks", lambda: sanlock.acquire(LS, b"MD2", md2, slkfd=fd))
+    step("inquire_multi", lambda: sanlock.inquire(slkfd=fd))
+    step_other("acquire_3_disks_held_by_other_pid",
+               "sanlock.acquire(LS, b'MD', [(F, 9 * M), (F, 11 * M), (F, 14 * M)], "
+               "slkfd=sanlock.register())")
+    step("release_3_disks", lambda: sanlock.release(LS, b"MD", md3, slkfd=fd))
+    step("release_2_disks", lambda: sanlock.release(LS, b"MD2", md2, slkfd=fd))
+    step("read_resource_owners_released", lambda: sanlock.read_resource_owners(LS, b"MD", md3))
+    step("acquire_5_disks", lambda: sanlock.acquire(LS, b"MD", md3 + md2, slkfd=fd))
+    step("acquire_disks_in_another_order",
+         lambda: sanlock.acquire(LS, b"MD", md3[::-1], slkfd=fd))
+    step("inquire_after_multi", lambda: sanlock.inquire(slkfd=fd))
+
+
 def group_teardown():
     step("rem_lockspace", lambda: sanlock.rem_lockspace(LS, 1, F, 0))
     step("inq_lockspace_removed", lambda: sanlock.inq_lockspace(LS, 1, F, 0))
