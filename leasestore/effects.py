@@ -7,7 +7,10 @@ Result of each effect sent back into the generator:
            with view=True possibly a read-only memoryview of the runner's buffer instead, which
            the runner does not reuse while any view of it lives
   Write -> None             (likewise)
-  Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results)
+  Batch -> tuple of outcomes, failures as StorageError values (majorities need partial results);
+           with `need`, the runner may end it once that many of its first `need_among`
+           effects have succeeded: the I/O still in flight then is abandoned and reported as
+           IOTimeout (a write abandoned may still land; a later write over it waits for it)
   Sleep -> None             (Cancelled is thrown in if the runner is told to stop)
   Now   -> float, seconds on the local lease clock (clock.py: never set, counts suspend)
   Random -> float in [0, 1), from the runner's source (seeded in the simulator)
@@ -43,6 +46,17 @@ class Write:
 @dataclass(frozen=True)
 class Batch:
     effects: tuple[Read | Write, ...]
+    need: int = 0
+    """0: every effect's outcome; n: enough once n of the counted effects have succeeded."""
+    need_among: int = 0
+    """The counted effects are the first need_among (0: all of them)."""
+
+    def enough(self, succeeded: list[int]) -> bool:
+        """Whether the effects at indices `succeeded` let the batch end early."""
+        if not self.need:
+            return False
+        counted = self.need_among or len(self.effects)
+        return sum(1 for index in succeeded if index < counted) >= self.need
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,11 @@ convert: shared to exclusive runs an exclusive acquire's ballots with our SHARED
 
 several disks (1-4, the same records at an offset of each; `PaxosParams.disks`): every write
   goes to all of them at once and succeeds once a majority did; every read asks all of them and
-  needs a majority of copies that read and verify (a copy with a bad checksum counts as a disk
-  that failed). Dblocks are the union of the copies read: a ballot aborts on any copy ahead of
+  goes on with a majority of copies that read and verify (a copy with a bad checksum counts as
+  a disk that failed). Each waits only for the first majority to answer (the I/O still in
+  flight is abandoned, as at a timeout), so one slow disk delays no step; a read waits for every
+  disk only when one of the first copies fails to verify. Dblocks are the union of the copies
+  read: a ballot aborts on any copy ahead of
   it and adopts the highest bal of any copy. The leader is the one a majority of the disks hold
   byte for byte; failing that, the oldest copy read, which the dblocks then show to be behind
   (as a rolled-back leader), so the next writer repairs every disk. A RELEASED mark or a SHARED
@@ -210,14 +213,16 @@ def _need_majority(p: PaxosParams, good: int, failures: Sequence[LeasestoreError
                          f"{p.majority} needed ({causes})")
 
 
-def _read_copies(p: PaxosParams, rel_b: int, length_b: int, *, view: bool = False
-                 ) -> Algorithm[list[bytes | memoryview]]:
-    """`length_b` bytes at `rel_b` into the lease, from every disk that answered (a majority)."""
+def _read_copies(p: PaxosParams, rel_b: int, length_b: int, *, view: bool = False,
+                 every: bool = False) -> Algorithm[list[bytes | memoryview]]:
+    """`length_b` bytes at `rel_b` into the lease, from the disks that answered (a majority):
+    the first majority to answer, or with `every`, all that answer within the timeout."""
     if not p.extra_disks:
         raw = yield Read(p.device, p.offset_b + rel_b, length_b, p.io_timeout_s, view=view)
         return [raw]
     outcomes = yield Batch(tuple(Read(device, offset_b + rel_b, length_b, p.io_timeout_s,
-                                      view=view) for device, offset_b in p.disks))
+                                      view=view) for device, offset_b in p.disks),
+                           need=0 if every else p.majority)
     failures = [o for o in outcomes if isinstance(o, StorageError)]
     _need_majority(p, len(outcomes) - len(failures), failures, "read")
     return [o for o in outcomes if not isinstance(o, StorageError)]
@@ -229,21 +234,27 @@ def _write_copies(p: PaxosParams, rel_b: int, data: bytes) -> Algorithm[None]:
         yield Write(p.device, p.offset_b + rel_b, data, p.io_timeout_s)
         return
     outcomes = yield Batch(tuple(Write(device, offset_b + rel_b, data, p.io_timeout_s)
-                                 for device, offset_b in p.disks))
+                                 for device, offset_b in p.disks), need=p.majority)
     failures = [o for o in outcomes if isinstance(o, StorageError)]
     _need_majority(p, len(outcomes) - len(failures), failures, "written")
 
 
-def _valid_copies(p: PaxosParams, copies: Sequence[bytes | memoryview],
-                  decode: Callable[[bytes | memoryview], _Record]) -> list[_Record]:
-    """The copies that decode; a majority of the disks must give one."""
-    decoded: list[_Record] = []
-    failures: list[LeasestoreError] = []
-    for raw in copies:
-        try:
-            decoded.append(decode(raw))
-        except LeasestoreError as exc:
-            failures.append(exc)
+def _read_valid(p: PaxosParams, rel_b: int, length_b: int,
+                decode: Callable[[bytes | memoryview], _Record], *, view: bool = False
+                ) -> Algorithm[list[_Record]]:
+    """The copies at `rel_b` that decode, from a majority of the disks. Should the first
+    majority to answer include a copy that does not decode, every disk is waited for."""
+    for every in (False, True):
+        copies = yield from _read_copies(p, rel_b, length_b, view=view, every=every)
+        decoded: list[_Record] = []
+        failures: list[LeasestoreError] = []
+        for raw in copies:
+            try:
+                decoded.append(decode(raw))
+            except LeasestoreError as exc:
+                failures.append(exc)
+        if len(decoded) >= p.majority or not p.extra_disks or len(copies) == len(p.disks):
+            break
     _need_majority(p, len(decoded), failures, "a valid copy")
     return decoded
 
@@ -319,8 +330,7 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     """Read 1: the leader and every dblock, from a majority of the disks; any bad dblock
     checksum fails that disk's copy (with one disk, the read)."""
     size = p.geometry.ballot_read_size(p.geometry.max_hosts)
-    copies = yield from _read_copies(p, 0, size, view=True)
-    found = _valid_copies(p, copies, lambda raw: _lease_copy(raw, p))
+    found = yield from _read_valid(p, 0, size, lambda raw: _lease_copy(raw, p), view=True)
     leader = _leader_of(p, [copy_leader for copy_leader, _ in found])
     rows = found[0][1] if len(found) == 1 else np.concatenate([r for _, r in found])
     hosts = np.concatenate([np.arange(len(r)) for _, r in found]) + 1
@@ -352,8 +362,9 @@ def _row_dblock(row: np.void) -> Dblock:
 
 
 def read_leader(p: PaxosParams) -> Algorithm[Leader]:
-    copies = yield from _read_copies(p, 0, p.geometry.sector_size)
-    return _leader_of(p, _valid_copies(p, copies, lambda raw: verify_paxos_leader(raw, p)))
+    leaders = yield from _read_valid(p, 0, p.geometry.sector_size,
+                                     lambda raw: verify_paxos_leader(raw, p))
+    return _leader_of(p, leaders)
 
 
 def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes | memoryview]]:
@@ -369,10 +380,11 @@ def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
     """The owner's dblock says it let this version go: RELEASED, at the leader's lver, carrying
     the owner's own value. Only the owner (or a recovery that saw its mark) writes that, once
     its holding of the version is over or never began (a grant whose I/O failed)."""
-    sectors = yield from _read_dblock_sectors(p, leader.owner_id)
+    dblocks = yield from _read_valid(p, p.geometry.dblock_offset(leader.owner_id),
+                                     p.geometry.sector_size, decode_dblock)
     return any(dblock.released and dblock.lver == leader.lver
                and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation)
-               for dblock in _valid_copies(p, sectors, decode_dblock))
+               for dblock in dblocks)
 
 
 def _owner_gone(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[bool]:
@@ -445,15 +457,14 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
     shared holders."""
     copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
     best: Dblock | None = None
-    shared: set[int] = set()
+    latest: dict[int, _CopyOrder] = {}
     for raw in copies:
         rows, touched, bad = _dblock_rows(raw, p, num_hosts)
         for index in touched:
             if index in bad:
                 continue
             row = rows[index]
-            if int(row["mode_flags"]) & MODE_FLAG_SHARED:
-                shared.add(index + 1)
+            latest[index] = max(latest.get(index, _NO_COPY), _copy_order(row))
             lver = int(row["lver"])
             if lver < next_lver:
                 continue
@@ -464,19 +475,40 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
             if (int(row["inp"]) and int(row["bal"])
                     and (best is None or int(row["bal"]) > best.bal)):
                 best = _row_dblock(row)
-    return best, sorted(shared)
+    return best, _marked(latest)
 
 
 def _shared_holders(p: PaxosParams, num_hosts: int) -> Algorithm[list[int]]:
     """Host ids whose dblocks (any copy) carry a SHARED mode block (what a phase read
     reports)."""
     copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
-    shared: set[int] = set()
+    latest: dict[int, _CopyOrder] = {}
     for raw in copies:
         rows, touched, bad = _dblock_rows(raw, p, num_hosts)
-        shared.update(i + 1 for i in touched
-                      if i not in bad and int(rows[i]["mode_flags"]) & MODE_FLAG_SHARED)
-    return sorted(shared)
+        for index in touched:
+            if index not in bad:
+                latest[index] = max(latest.get(index, _NO_COPY), _copy_order(rows[index]))
+    return _marked(latest)
+
+
+_CopyOrder = tuple[int, int, int, int]
+_NO_COPY: _CopyOrder = (-1, -1, -1, -1)
+
+
+def _copy_order(row: np.void) -> _CopyOrder:
+    """Orders one host's dblock copies by when it wrote them: lver, then mbal, then RELEASED
+    after not; the last field says whether the copy carries a SHARED mark, so that of two
+    copies alike but for the mark the marked one counts (a mark is never passed over on a
+    guess). A host writes no lower lver, and no lower mbal for one lver, than it wrote before;
+    to end a shared holding on several disks it writes its RELEASED dblock with a higher mbal,
+    so the copy without the mark orders after any copy a disk behind still shows marked."""
+    return (int(row["lver"]), int(row["mbal"]), int(row["flags"]) & DBLOCK_FLAG_RELEASED,
+            int(row["mode_flags"]) & MODE_FLAG_SHARED)
+
+
+def _marked(latest: dict[int, _CopyOrder]) -> list[int]:
+    """Host ids (from dblock indices) whose latest copy carries a SHARED mark."""
+    return sorted(index + 1 for index, order in latest.items() if order[3])
 
 
 def _phase1_dblock(own: Dblock | None, lver: int, our_mbal: int) -> Dblock:
@@ -765,16 +797,32 @@ def _give_back(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[No
         yield from _retract(p, accepted)
 
 
+def _latest_mode(sectors: Sequence[bytes | memoryview]) -> ModeBlock | None:
+    """The mode block of the copy of a host's dblock sector it wrote last (_copy_order). With
+    no valid dblock to order them by, any copy's SHARED mark counts."""
+    found: list[tuple[_CopyOrder, ModeBlock]] = []
+    for sector in sectors:
+        mode = decode_mode_block(sector)
+        try:
+            dblock = decode_dblock(sector)
+        except LeasestoreError:
+            if mode.shared:
+                return mode
+            continue
+        found.append(((dblock.lver, dblock.mbal, dblock.flags & DBLOCK_FLAG_RELEASED,
+                       mode.flags & MODE_FLAG_SHARED), mode))
+    return max(found, key=lambda entry: entry[0])[1] if found else None
+
+
 def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders: list[int]
                        ) -> Algorithm[None]:
     """We won exclusively; shared holders that are dead lose their mode block, live ones make
     us give the leader back (SharedHolders)."""
     for host_id in holders:
         sectors = yield from _read_dblock_sectors(p, host_id)
-        marks = [mode for mode in map(decode_mode_block, sectors) if mode.shared]
-        if not marks:
+        mode = _latest_mode(sectors)
+        if mode is None or not mode.shared:
             continue
-        mode = max(marks, key=lambda m: m.generation)
         alive = yield from _shared_holder_alive(p, host_id, mode.generation)
         if alive:
             yield from _give_back(p, leader, accepted)
@@ -855,6 +903,8 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False,
     if held.shared:
         if rename:
             raise UsageError(f"lease {p.resource!r} is held shared: no leader to rename")
+        if p.extra_disks:  # ordered after the marked copy a disk behind may keep (_copy_order)
+            released = dataclasses.replace(released, mbal=released.mbal + held.leader.max_hosts)
         yield from _write_dblock(p, released)
         return
     if leader_unchanged:
@@ -896,13 +946,21 @@ def _write_released(p: PaxosParams, released: Dblock, leader: Leader, rename: st
     # fails the release; a failed dblock write only slows a later recovery down.
     dblock_sector = encode_dblock_sector(released, p.geometry.sector_size, p.own_mode)
     leader_sector = pad_sector(free.encode(), p.geometry.sector_size)
+    if not p.extra_disks:
+        _, leader_written = yield Batch((
+            Write(p.device, p.dblock_at, dblock_sector, p.io_timeout_s),
+            Write(p.device, p.offset_b, leader_sector, p.io_timeout_s)))
+        if isinstance(leader_written, StorageError):
+            raise leader_written
+        return
     dblock_at = p.geometry.dblock_offset(p.host_id)
+    # The leaders come first: the batch may end once a majority of them are written.
     outcomes = yield Batch(
-        tuple(Write(device, offset_b + dblock_at, dblock_sector, p.io_timeout_s)
+        tuple(Write(device, offset_b, leader_sector, p.io_timeout_s)
               for device, offset_b in p.disks)
-        + tuple(Write(device, offset_b, leader_sector, p.io_timeout_s)
-                for device, offset_b in p.disks))
-    leader_failures = [o for o in outcomes[len(p.disks):] if isinstance(o, StorageError)]
+        + tuple(Write(device, offset_b + dblock_at, dblock_sector, p.io_timeout_s)
+                for device, offset_b in p.disks), need=p.majority, need_among=len(p.disks))
+    leader_failures = [o for o in outcomes[:len(p.disks)] if isinstance(o, StorageError)]
     _need_majority(p, len(p.disks) - len(leader_failures), leader_failures, "written")
 
 
@@ -933,5 +991,6 @@ def request(p: PaxosParams, lver: int | None, force_mode: int) -> Algorithm[int]
 
 def read_request(p: PaxosParams) -> Algorithm[Request]:
     """The request record (of the disks that disagree, the one for the highest lver)."""
-    copies = yield from _read_copies(p, p.geometry.request_offset, p.geometry.sector_size)
-    return max(_valid_copies(p, copies, decode_request), key=lambda r: r.lver)
+    records = yield from _read_valid(p, p.geometry.request_offset, p.geometry.sector_size,
+                                     decode_request)
+    return max(records, key=lambda r: r.lver)

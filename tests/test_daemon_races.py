@@ -72,9 +72,10 @@ class Holds:
 
 def held_device(holds: Holds) -> Callable[[str], DirectDevice]:
     class HeldDevice(DirectDevice):
-        def submit(self, ops: Sequence[IOOp], timeout_s: float) -> list[IOOutcome]:
+        def submit(self, ops: Sequence[IOOp], timeout_s: float,
+                   give_up: threading.Event | None = None) -> list[IOOutcome]:
             holds.passing(ops)
-            return super().submit(ops, timeout_s)
+            return super().submit(ops, timeout_s, give_up)
 
     return HeldDevice
 

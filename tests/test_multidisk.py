@@ -173,3 +173,30 @@ def test_campaign_slice_over_two_to_four_disks() -> None:
         disks_seen.add(result.config["lease_disks"])
         assert result.acquisitions > 0
     assert disks_seen == {"2", "3", "4"}
+
+
+def test_a_shared_holders_mark_left_on_a_disk_behind_does_not_outlive_its_release() -> None:
+    """Host 1 holds the lease shared, then releases it while disk c is gone: c keeps the
+    SHARED mark. Back, c must not make host 1 (alive, holding nothing) a shared holder that
+    refuses every exclusive acquire (campaign seed 8100006 at 0ae2ef4 found it so)."""
+    d = ThreeDisks()
+    d.join(1)
+    d.join(2)
+    held = d.run(acquire(d.params(1), shared=True)).result
+    assert held.shared
+    d.cut("c")
+    d.run(release(d.params(1), held))
+    d.restore("c")
+    stale = decode_dblock(d.disks["c"].read(RES_AT + G.dblock_offset(1), 512))
+    assert stale.released  # c still shows host 1's shared holding as it was
+    taken = d.run(acquire(d.params(2)))
+    assert taken.error is None, taken.error
+    assert taken.result.lver == held.lver + 1
+
+
+def test_a_multidisk_run_corrupts_at_most_one_copy() -> None:
+    config = dataclasses.replace(ClusterConfig.fixed(2, 2), lease_disks=3)
+    cluster = PaxosCluster(0, config, faults=Faults.none())
+    for _ in range(20):
+        cluster._corrupt_a_resource_sector()
+    assert cluster.counts.get("corrupt_sector", 0) <= 1 and not cluster.corrupted

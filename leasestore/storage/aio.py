@@ -26,6 +26,8 @@ _SYSCALLS = {
 }
 
 IOCB_CMD_PREAD = 0
+GIVE_UP_POLL_S = 0.005
+"""How often a wait that may be given up (`AioContext.wait`) looks whether it has been."""
 IOCB_CMD_PWRITE = 1
 
 
@@ -218,10 +220,12 @@ class AioContext:
             submitted += rc
         return completions
 
-    def wait(self, completions: list[Completion], deadline: float) -> None:
-        """Reap events until every completion is done or `deadline` (monotonic) passes.
+    def wait(self, completions: list[Completion], deadline: float,
+             give_up: threading.Event | None = None) -> None:
+        """Reap events until every completion is done, `deadline` (monotonic) passes, or
+        `give_up` is set (looked at every GIVE_UP_POLL_S).
 
-        Completions still pending at the deadline are marked abandoned; their buffers stay pinned.
+        Completions still pending then are marked abandoned; their buffers stay pinned.
         Threads sharing the context wait at once: one at a time calls io_getevents, outside the
         lock so that others can still submit, and records every event it gets for whichever
         thread owns it; the others sleep until it has, or until their own deadline.
@@ -229,11 +233,13 @@ class AioContext:
         with self._lock:
             while not all(c.done for c in completions):
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (give_up is not None and give_up.is_set()):
                     for c in completions:
                         if not c.done:
                             c.abandoned = True
                     return
+                if give_up is not None:
+                    remaining = min(remaining, GIVE_UP_POLL_S)
                 if self._reaping:
                     self._reaped.wait(remaining)
                     continue

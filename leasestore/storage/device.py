@@ -8,6 +8,7 @@ concurrently and returns each outcome as a value, so a majority can be judged fr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +54,7 @@ class Device(Protocol):
 
     def write(self, offset_b: int, data: bytes, timeout_s: float) -> None: ...
 
-    def submit(self, ops: Sequence[IOOp], timeout_s: float) -> list[IOOutcome]: ...
+    def submit(self, ops: Sequence[IOOp], timeout_s: float,
+               give_up: threading.Event | None = None) -> list[IOOutcome]: ...
 
     def close(self) -> None: ...

@@ -137,8 +137,11 @@ class DirectDevice:
             raise outcome
         return outcome
 
-    def submit(self, ops: Sequence[IOOp], timeout_s: float) -> list[IOOutcome]:
-        """Run `ops` concurrently; each outcome is bytes (read), None (write) or its error."""
+    def submit(self, ops: Sequence[IOOp], timeout_s: float,
+               give_up: threading.Event | None = None) -> list[IOOutcome]:
+        """Run `ops` concurrently; each outcome is bytes (read), None (write) or its error.
+        Once `give_up` is set, those still in flight are abandoned (IOTimeout), as at the
+        deadline: a later write over an abandoned one waits for it to complete."""
         deadline = time.monotonic() + timeout_s
         for op in ops:
             self._check_bounds(op)
@@ -146,7 +149,8 @@ class DirectDevice:
         if blocked:
             # The blocked writes are never issued; the others go out together as usual.
             rest = [i for i in range(len(ops)) if i not in blocked]
-            issued = self.submit([ops[i] for i in rest], max(0.0, deadline - time.monotonic()))
+            issued = self.submit([ops[i] for i in rest], max(0.0, deadline - time.monotonic()),
+                                 give_up)
             outcomes_by_index: dict[int, IOOutcome] = dict(zip(rest, issued, strict=True))
             return [outcomes_by_index[i] if i not in blocked else IOTimeout(
                 f"{self._path}: an earlier write at {op.offset_b} is still in flight; "
@@ -162,7 +166,7 @@ class DirectDevice:
             completions = self._aio.submit(
                 self._fd, [self._continuation(ops[i], buffers[i], done[i]) for i in pending]
             )
-            self._aio.wait(completions, deadline)
+            self._aio.wait(completions, deadline, give_up)
             pending = self._settle(ops, buffers, pending, completions, done, outcomes)
         for i, op in enumerate(ops):
             buffer = buffers[i]
@@ -255,7 +259,8 @@ class DirectDevice:
             if not completion.done:
                 outcomes[index] = IOTimeout(
                     f"{self._path}: {'read' if isinstance(op, ReadOp) else 'write'} at "
-                    f"{op.offset_b} did not complete in time (abandoned)"
+                    f"{op.offset_b} was abandoned unfinished (its deadline passed, or the "
+                    "disks that mattered had answered)"
                 )
             elif completion.result < 0:
                 outcomes[index] = self._io_error(op, -completion.result)

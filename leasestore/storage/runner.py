@@ -4,7 +4,8 @@ Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `st
 removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
 A Batch's I/Os on one device go out together; those on several devices go to each device at
 once (one thread per further device), and a device that fails, or cannot be opened, fails
-only its own outcomes.
+only its own outcomes. A batch that `need`s only some outcomes ends once it has them: the
+devices still busy give up their waits (their I/O is abandoned, as at a deadline).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from leasestore.clock import lease_now_s
@@ -76,6 +77,8 @@ class DeviceRunner:
         for index, effect in enumerate(batch.effects):
             by_device.setdefault(effect.device, []).append(index)
         groups = list(by_device.items())
+        if batch.need and len(groups) > 1:
+            return self._batch_until_enough(batch, groups)
         further = [_DEVICE_THREADS.submit(self._on_device, name, [batch.effects[i] for i in ix])
                    for name, ix in groups[1:]]
         first_name, first_indices = groups[0] if groups else ("", [])
@@ -86,12 +89,35 @@ class DeviceRunner:
                 outcomes[i] = outcome
         return outcomes
 
-    def _on_device(self, name: str, effects: Sequence[Read | Write]) -> list[IOOutcome]:
+    def _batch_until_enough(self, batch: Batch, groups: list[tuple[str, list[int]]]
+                            ) -> list[IOOutcome]:
+        """Every device in its own thread; once the outcomes in hand are enough, the others
+        give up waiting (and report IOTimeout)."""
+        outcomes: list[IOOutcome] = [None] * len(batch.effects)
+        give_up = threading.Event()
+        running = {_DEVICE_THREADS.submit(self._on_device, name,
+                                          [batch.effects[i] for i in indices], give_up): indices
+                   for name, indices in groups}
+        succeeded: list[int] = []
+        pending = set(running)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                for i, outcome in zip(running[future], future.result(), strict=True):
+                    outcomes[i] = outcome
+                    if not isinstance(outcome, StorageError):
+                        succeeded.append(i)
+            if batch.enough(succeeded):
+                give_up.set()
+        return outcomes
+
+    def _on_device(self, name: str, effects: Sequence[Read | Write],
+                   give_up: threading.Event | None = None) -> list[IOOutcome]:
         """The outcomes of `effects`, all on device `name`: its failure is each one's."""
         try:
             device = self.devices[name]
             timeout_s = max(effect.timeout_s for effect in effects)
-            return device.submit([self._op(effect) for effect in effects], timeout_s)
+            return device.submit([self._op(effect) for effect in effects], timeout_s, give_up)
         except StorageError as exc:
             return [exc] * len(effects)
 

@@ -907,7 +907,7 @@ class PaxosCluster:
         checks; with three or four the other disks make a majority, so it must not. At most
         one resource per run."""
         rng = self.world.rng
-        if self.corrupted or (self.resources == 1 and rng.random() < 0.5):
+        if self.counts.get("corrupt_sector") or (self.resources == 1 and rng.random() < 0.5):
             return
         resource = rng.randrange(self.resources)
         if rng.random() < 0.5:

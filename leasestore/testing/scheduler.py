@@ -191,7 +191,7 @@ class SimWorld:
         elif isinstance(effect, Batch):
             self._batch(task, token, effect)
         elif isinstance(effect, Read | Write):
-            done_at, outcome = self._io(effect, task)
+            done_at, outcome, _ = self._io(effect, task)
 
             def finish() -> None:
                 result = outcome()
@@ -205,20 +205,42 @@ class SimWorld:
             raise TypeError(f"unknown effect {effect!r}")
 
     def _batch(self, task: SimTask, token: int, batch: Batch) -> None:
+        """The batch's I/Os at once; it ends when all have, or (with `need`) once enough
+        succeeded: the others are then abandoned, as a real runner abandons them (IOTimeout),
+        and a write abandoned still lands, with later writes over it waiting for it."""
         planned = [self._io(effect, task) for effect in batch.effects]
         results: list[Any] = [None] * len(planned)
-        remaining = [len(planned)]
+        finished: set[int] = set()
+        succeeded: list[int] = []
+        ended = [False]
 
         def collect(index: int, outcome: Callable[[], Any]) -> None:
+            if ended[0]:
+                return
             results[index] = outcome()
-            remaining[0] -= 1
-            if remaining[0] == 0:
+            finished.add(index)
+            if not isinstance(results[index], StorageError):
+                succeeded.append(index)
+            if len(finished) == len(planned) or batch.enough(succeeded):
+                ended[0] = True
+                for i in set(range(len(planned))) - finished:
+                    self._abandon(task, batch.effects[i], planned[i][2])
+                    results[i] = IOTimeout("simulated: abandoned once the disks that mattered "
+                                           "had answered")
                 self._step(task, token, tuple(results), None)
 
         if not planned:
             self._resume(task, token, self.now, ())
-        for index, (done_at, outcome) in enumerate(planned):
+        for index, (done_at, outcome, _) in enumerate(planned):
             self.at(done_at, lambda i=index, o=outcome: collect(i, o))  # type: ignore[misc]
+
+    def _abandon(self, task: SimTask, effect: Read | Write, lands_at: float | None) -> None:
+        """An I/O nobody waits for any more: a write still to land is one later writes wait
+        for."""
+        if isinstance(effect, Write) and lands_at is not None and lands_at > self.now:
+            disk = self.disks[effect.device].name
+            self._late_writes.append((task.host, disk, effect.offset_b,
+                                      effect.offset_b + len(effect.data), lands_at))
 
     def _latency(self) -> float:
         return self.rng.uniform(self.faults.min_latency_s, self.faults.max_latency_s)
@@ -235,15 +257,17 @@ class SimWorld:
                     if w[0] == task.host and w[1] == disk and w[2] < end and write.offset_b < w[3]),
                    default=0.0)
 
-    def _io(self, effect: Read | Write, task: SimTask) -> tuple[float, Callable[[], Any]]:
-        """When the task hears back, and a thunk giving what it hears (evaluated then)."""
+    def _io(self, effect: Read | Write, task: SimTask
+            ) -> tuple[float, Callable[[], Any], float | None]:
+        """When the task hears back, a thunk giving what it hears (evaluated then), and when a
+        write lands (None: a read, or a write that never does)."""
         disk = self.disks[effect.device]
         start = self.now
         if isinstance(effect, Write):
             earlier = self._earlier_write_lands_at(task, disk.name, effect)
             if earlier > self.now + effect.timeout_s:
                 blocked: StorageError = IOTimeout("an earlier write is still in flight")
-                return self.now + effect.timeout_s, lambda: blocked
+                return self.now + effect.timeout_s, lambda: blocked, None
             start = max(self.now, earlier)
         outage_until, hangs = max(self.outages.get(task.host, (0.0, False)),
                                   self.disk_outages.get(disk.name, (0.0, False)),
@@ -253,7 +277,7 @@ class SimWorld:
             lost: StorageError = (IOTimeout(f"simulated hang on {disk.name}") if hangs
                                   else IOFailed(f"simulated path failure on {disk.name}"))
             return (self.now + effect.timeout_s if hangs else self.now + self._latency()), \
-                lambda: lost
+                lambda: lost, None
         targeted = self.fail_when is not None and self.fail_when(effect)
         roll = self.rng.random()  # drawn either way, so that a seed replays alike
         if targeted or roll < self.faults.io_error:
@@ -261,12 +285,13 @@ class SimWorld:
             failure: StorageError = IOFailed(
                 f"simulated I/O error on {disk.name} at {effect.offset_b}"
             )
-            return self.now + self._latency(), lambda: failure
+            return self.now + self._latency(), lambda: failure, None
         slow = roll < self.faults.io_error + self.faults.slow_io
         latency = (effect.timeout_s * self.rng.uniform(*self.faults.slow_factor) if slow
                    else min(self._latency(), effect.timeout_s * 0.5))
         if slow:
             self.count("slow_io")
+        lands_at: float | None = None
         if isinstance(effect, Write):
             lands_at = self._schedule_landing(disk, effect, start, latency)
             if slow:
@@ -276,13 +301,13 @@ class SimWorld:
             timeout: StorageError = IOTimeout(
                 f"simulated timeout on {disk.name} at {effect.offset_b}"
             )
-            return self.now + effect.timeout_s, lambda: timeout
+            return self.now + effect.timeout_s, lambda: timeout, None  # already a late write
         if isinstance(effect, Read):
             offset, length = effect.offset_b, effect.length_b
             if length > disk.sector_size and self.rng.random() < self.faults.torn_read:
-                return start + latency, self._torn_read(disk, offset, length)
-            return start + latency, lambda: disk.read(offset, length)
-        return start + latency, lambda: None
+                return start + latency, self._torn_read(disk, offset, length), None
+            return start + latency, lambda: disk.read(offset, length), None
+        return start + latency, lambda: None, lands_at
 
     def _torn_read(self, disk: SimDisk, offset: int, length: int) -> Callable[[], bytes]:
         """A read whose sectors are taken some at its start, the rest at its end."""
