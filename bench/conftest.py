@@ -24,6 +24,8 @@ STORM_REPORTS: list[dict[str, Any]] = []
 """Filled by test_boot_storm_bench (100 processes at once, python3-sanlock to either daemon)."""
 RENEWAL_REPORTS: list[dict[str, Any]] = []
 """Filled by test_renewal_interleaved_with_raw (raw and leasestore rounds alternating)."""
+MULTIDISK_REPORTS: list[dict[str, Any]] = []
+"""Filled by test_multidisk_bench (three disks beside one, then one of the three slowed)."""
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +90,26 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
             terminalreporter.write_line(
                 f"{metric:<24} sanlock {row['sanlock']:8.3f} {unit}  leasestore "
                 f"{row['leasestore']:8.3f} {unit}  ratio {row['ratio']:5.2f}")
+    for report in MULTIDISK_REPORTS:
+        terminalreporter.section("leases on three disks vs one disk (same devices, median / p99)")
+        for op in ("acquire", "release"):
+            row = report[op]
+            for side, baseline in (("one disk", ""), ("three disks", "ratio_to_one_disk"),
+                                   ("three disks, one slow", "ratio_to_three_healthy"),
+                                   ("slowed disk alone", "ratio_to_one_disk")):
+                ours = row[side]
+                against = (f"  {baseline} {ours[baseline]['median']:5.2f} "
+                           f"(p99 {ours[baseline]['p99']:5.2f})" if baseline else "")
+                terminalreporter.write_line(
+                    f"{op:<8} {side:<22} {ours['median_us']:8.0f} us (p99 "
+                    f"{ours['p99_us']:8.0f}){against}")
+        floor = report["floor_six_ios"]
+        terminalreporter.write_line(
+            f"{'floor':<8} six raw I/Os: one disk {floor['one disk']['median_us']:8.0f} us, "
+            f"three disks {floor['three disks']['median_us']:8.0f} us (ratio "
+            f"{floor['three disks']['ratio_to_one_disk']['median']:5.2f}); acquire / floor: "
+            f"one disk {floor['acquire_over_floor']['one disk']:5.2f}, three disks "
+            f"{floor['acquire_over_floor']['three disks']:5.2f}")
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return

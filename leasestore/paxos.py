@@ -34,12 +34,11 @@ several disks (1-4, the same records at an offset of each; `PaxosParams.disks`):
   a disk that failed). Each waits only for the first majority to answer (the I/O still in
   flight is abandoned, as at a timeout), so one slow disk delays no step; a read waits for every
   disk only when one of the first copies fails to verify. Dblocks are the union of the copies
-  read: a ballot aborts on any copy ahead of
-  it and adopts the highest bal of any copy. The leader is the one a majority of the disks hold
-  byte for byte; failing that, the oldest copy read, which the dblocks then show to be behind
-  (as a rolled-back leader), so the next writer repairs every disk. A RELEASED mark or a SHARED
-  mode block on any copy counts (only its owner writes them). With one disk every rule is the
-  single-disk one and the effects are the same.
+  read: a ballot aborts on any copy ahead of it and adopts the highest bal of any copy. The
+  leader is the newest copy read (every leader written is a decided grant or a final release);
+  the next leader write brings every disk forward. A RELEASED mark on any copy counts (only its
+  owner writes one); whether a host holds the lease shared is read from its latest copy
+  (_copy_order). With one disk every rule is the single-disk one and the effects the same.
 
 Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
 lver, never beside a valid shared holder, and lver only grows.
@@ -49,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -259,17 +257,16 @@ def _read_valid(p: PaxosParams, rel_b: int, length_b: int,
     return decoded
 
 
-def _leader_of(p: PaxosParams, leaders: Sequence[Leader]) -> Leader:
-    """The leader a majority of the disks hold; failing that the oldest copy, which the dblocks
-    then show to be behind, so that the next writer brings every disk forward."""
+def _leader_of(leaders: Sequence[Leader]) -> Leader:
+    """The newest of the copies read: the highest lver and, at one lver, free after held.
+    Every leader ever written says something true for good: a grant of a version decided by
+    a majority of dblocks, or (free) that its holding is over. So the newest copy a majority
+    of the disks gives is what the latest writer that any majority saw wrote; a disk behind
+    it is brought forward by the next leader write, which goes to every disk."""
     if len(leaders) == 1:
         return leaders[0]
-    held_by = Counter(leader.encode() for leader in leaders)
-    for leader in leaders:
-        if held_by[leader.encode()] >= p.majority:
-            return leader
-    return min(leaders, key=lambda leader: (leader.lver, leader.timestamp == 0,
-                                            leader.write_timestamp))
+    return max(leaders, key=lambda leader: (leader.lver, leader.timestamp == 0,
+                                            leader.write_timestamp, leader.encode()))
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -331,7 +328,7 @@ def read_lease(p: PaxosParams) -> Algorithm[LeaseRead]:
     checksum fails that disk's copy (with one disk, the read)."""
     size = p.geometry.ballot_read_size(p.geometry.max_hosts)
     found = yield from _read_valid(p, 0, size, lambda raw: _lease_copy(raw, p), view=True)
-    leader = _leader_of(p, [copy_leader for copy_leader, _ in found])
+    leader = _leader_of([copy_leader for copy_leader, _ in found])
     rows = found[0][1] if len(found) == 1 else np.concatenate([r for _, r in found])
     hosts = np.concatenate([np.arange(len(r)) for _, r in found]) + 1
     max_mbal = int(rows["mbal"].max()) if len(rows) else 0
@@ -364,7 +361,7 @@ def _row_dblock(row: np.void) -> Dblock:
 def read_leader(p: PaxosParams) -> Algorithm[Leader]:
     leaders = yield from _read_valid(p, 0, p.geometry.sector_size,
                                      lambda raw: verify_paxos_leader(raw, p))
-    return _leader_of(p, leaders)
+    return _leader_of(leaders)
 
 
 def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes | memoryview]]:

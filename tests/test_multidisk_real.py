@@ -7,6 +7,7 @@ and the other host takes the lease over. Every copy is read back with `dump`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -168,6 +169,14 @@ def test_one_disk_read_only_leases_still_work_and_it_is_repaired_after(
     copies = cluster.leaders()
     assert copies[0] is not None and copies[0].owner_id == 1 and copies[0].timestamp != 0
     assert copies[0] == copies[1] == copies[2]
+    dumped = subprocess.run([sys.executable, "-m", "leasestore.cli.main", "dump", "--json",
+                             *(f"{disk}:{AT}:{MiB}" for disk in cluster.disks)],
+                            capture_output=True, text=True, check=True)
+    documents = json.loads(dumped.stdout)
+    assert [d["target"] for d in documents] == [f"{disk}:{AT}:{MiB}" for disk in cluster.disks]
+    leaders = [d["records"][0] for d in documents]  # each area begins with its leader
+    assert {r["kind"] for r in leaders} == {"paxos"}
+    assert len({(r["owner_id"], r["lver"], r["timestamp"]) for r in leaders}) == 1
     cluster.stop_holder(holder)
 
 

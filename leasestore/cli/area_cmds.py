@@ -44,7 +44,8 @@ def add_format_arguments(fmt: argparse.ArgumentParser) -> None:
 
 
 def add_dump_arguments(dmp: argparse.ArgumentParser) -> None:
-    dmp.add_argument("target", metavar="PATH[:OFFSET[:LENGTH]]")
+    dmp.add_argument("target", metavar="PATH[:OFFSET[:LENGTH]]", nargs="+",
+                     help="one range, or several (each disk of a lease, say), dumped in turn")
     dmp.add_argument("--json", action="store_true", help="print one JSON array")
     dmp.add_argument("--all", action="store_true", help="also list never-acquired host sectors")
 
@@ -105,18 +106,29 @@ def parse_dump_target(text: str) -> tuple[str, int, int | None]:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    path, offset, length = parse_dump_target(args.target)
-    records = direct.dump(path, offset, length)
-    shown = [r for r in records if args.all or r.kind != "delta" or r.acquired or r.error]
-    hidden = len(records) - len(shown)
-    if args.json:
-        json.dump([r.to_json() for r in shown], sys.stdout, indent=1)
-        print()
-    else:
+    """Each target's records in turn (with several, each under a `== TARGET` line, or in JSON
+    as one {"target", "records"} object per target); exit 1 if any record is an error."""
+    targets = [(text, parse_dump_target(text)) for text in args.target]  # all checked first
+    several = len(targets) > 1
+    documents: list[dict[str, object]] = []
+    failed = False
+    for text, (path, offset, length) in targets:
+        records = direct.dump(path, offset, length)
+        failed = failed or any(r.error for r in records)
+        shown = [r for r in records if args.all or r.kind != "delta" or r.acquired or r.error]
+        hidden = len(records) - len(shown)
+        if args.json:
+            documents.append({"target": text, "records": [r.to_json() for r in shown]})
+            continue
+        if several:
+            print(f"== {text}")
         print_table(shown)
         if hidden:
             print(f"({hidden} never-acquired host sectors not shown; --all lists them)")
-    return 1 if any(r.error for r in records) else 0
+    if args.json:
+        json.dump(documents if several else documents[0]["records"], sys.stdout, indent=1)
+        print()
+    return 1 if failed else 0
 
 
 def print_table(records: list[direct.DumpRecord]) -> None:

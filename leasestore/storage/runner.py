@@ -3,13 +3,16 @@
 Each Read/Write is bounded by the timeout the effect carries. Sleep waits on `stop` so that a
 removal or shutdown interrupts long delays at once (Cancelled is thrown into the algorithm).
 A Batch's I/Os on one device go out together; those on several devices go to each device at
-once (one thread per further device), and a device that fails, or cannot be opened, fails
-only its own outcomes. A batch that `need`s only some outcomes ends once it has them: the
-devices still busy give up their waits (their I/O is abandoned, as at a deadline).
+once, each through that device's own queue (one thread per device, taking its batches in the
+order they came, so that no write overtakes an earlier one on the same device), and a device
+that fails, or cannot be opened, fails only its own outcomes. A batch that `need`s only some
+outcomes ends once it has them: the devices still busy give up their waits (their I/O is
+abandoned, as at a deadline) and are not waited for; what they still do, they do in order.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Mapping, Sequence
@@ -18,12 +21,22 @@ from typing import Any, TypeVar
 
 from leasestore.clock import lease_now_s
 from leasestore.effects import Algorithm, Batch, Effect, Now, Random, Read, Sleep, Write
-from leasestore.errors import Cancelled, StorageError
+from leasestore.errors import Cancelled, IOTimeout, StorageError
 from leasestore.storage.device import Device, IOOutcome, ReadOp, WriteOp
 
 T = TypeVar("T")
-_DEVICE_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="batch-device")
-"""Where a batch's I/O on its second and later devices waits (each bounded by its timeout)."""
+_DEVICE_QUEUES: dict[str, ThreadPoolExecutor] = {}
+_DEVICE_QUEUES_LOCK = threading.Lock()
+
+
+def _device_queue(name: str) -> ThreadPoolExecutor:
+    """The one thread that issues multi-device batches' I/O on device `name`, in order."""
+    with _DEVICE_QUEUES_LOCK:
+        queue = _DEVICE_QUEUES.get(name)
+        if queue is None:
+            queue = _DEVICE_QUEUES[name] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"device-{os.path.basename(name)}")
+        return queue
 
 
 class DeviceRunner:
@@ -77,27 +90,23 @@ class DeviceRunner:
         for index, effect in enumerate(batch.effects):
             by_device.setdefault(effect.device, []).append(index)
         groups = list(by_device.items())
-        if batch.need and len(groups) > 1:
-            return self._batch_until_enough(batch, groups)
-        further = [_DEVICE_THREADS.submit(self._on_device, name, [batch.effects[i] for i in ix])
-                   for name, ix in groups[1:]]
-        first_name, first_indices = groups[0] if groups else ("", [])
-        results = ([self._on_device(first_name, [batch.effects[i] for i in first_indices])]
-                   if groups else []) + [future.result() for future in further]
-        for (_, indices), found in zip(groups, results, strict=True):
-            for i, outcome in zip(indices, found, strict=True):
-                outcomes[i] = outcome
-        return outcomes
+        if len(groups) <= 1:
+            for name, indices in groups:
+                found = self._on_device(name, [batch.effects[i] for i in indices])
+                for i, outcome in zip(indices, found, strict=True):
+                    outcomes[i] = outcome
+            return outcomes
+        return self._batch_on_queues(batch, groups)
 
-    def _batch_until_enough(self, batch: Batch, groups: list[tuple[str, list[int]]]
-                            ) -> list[IOOutcome]:
-        """Every device in its own thread; once the outcomes in hand are enough, the others
-        give up waiting (and report IOTimeout)."""
+    def _batch_on_queues(self, batch: Batch, groups: list[tuple[str, list[int]]]
+                         ) -> list[IOOutcome]:
+        """Each device's part on its queue; all awaited, or once the outcomes in hand are
+        enough (`Batch.need`), the rest given up (reported IOTimeout, left to finish)."""
         outcomes: list[IOOutcome] = [None] * len(batch.effects)
         give_up = threading.Event()
-        running = {_DEVICE_THREADS.submit(self._on_device, name,
-                                          [batch.effects[i] for i in indices], give_up): indices
-                   for name, indices in groups}
+        running = {_device_queue(name).submit(self._on_device, name,
+                                              [batch.effects[i] for i in indices], give_up):
+                   indices for name, indices in groups}
         succeeded: list[int] = []
         pending = set(running)
         while pending:
@@ -107,8 +116,14 @@ class DeviceRunner:
                     outcomes[i] = outcome
                     if not isinstance(outcome, StorageError):
                         succeeded.append(i)
-            if batch.enough(succeeded):
+            if pending and batch.enough(succeeded):
                 give_up.set()
+                for future in pending:
+                    for i in running[future]:
+                        outcomes[i] = IOTimeout(f"{batch.effects[i].device}: abandoned "
+                                                "unfinished, the disks that mattered had "
+                                                "answered")
+                break
         return outcomes
 
     def _on_device(self, name: str, effects: Sequence[Read | Write],
