@@ -404,7 +404,8 @@ class ResourceService:
         """Turn pid's holding of `key` shared or exclusive (paxos.convert). Only a sole local
         holder may take a shared lease exclusive (SharedHolders otherwise, as for a live
         sharer elsewhere); the key is busy meanwhile, so no local acquire joins or starts. A
-        failed convert to exclusive leaves the holding shared."""
+        failed convert to exclusive leaves the holding shared; a convert to shared that
+        returns has made it shared."""
         if lockspace.state != LockspaceState.HELD:
             raise LockspaceNotJoined(f"lockspace {key[0]!r} is {lockspace.state}, not held")
         with self._lock:
@@ -429,9 +430,11 @@ class ResourceService:
                     held.lease = exc.held
                 raise exc.cause from None
             now_s = yield Now()
-            if not lockspace.valid_at(now_s):
+            if not shared and not lockspace.valid_at(now_s):
                 # As for an acquire: a ballot that ends after our host lease expired grants
-                # nothing (others may take the lease over); the holding stays as it was.
+                # nothing (others may take the lease over); the holding stays shared. (A
+                # convert to shared grants nothing: once it returns, the lease is shared on
+                # disk, and so is the holding, whatever our host lease.)
                 with self._lock:
                     held.lease = dataclasses.replace(held.lease, dblock=lease.dblock)
                 raise LockspaceNotJoined(f"lockspace {key[0]!r}: the host lease expired "
