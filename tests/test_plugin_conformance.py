@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from leasestore import client
-from leasestore.direct import format_lockspace, format_resource
+from leasestore.direct import format_lockspace, format_resource, read_paxos_leader
 from leasestore.plugin import (
     Capability,
     ConfigUnsupported,
@@ -81,23 +81,35 @@ SCENARIO_LEASES = ("excl", "shared", "ro", "death", "pause", "restrict", "boot",
 
 
 @pytest.mark.slow
-def test_diskpaxos_passes_with_named_leases_on_a_loop_device(
-    diskpaxos_daemon: DaemonProc, tmp_path: Path
+@pytest.mark.parametrize("disks", [1, 3])
+def test_diskpaxos_passes_with_named_leases_on_loop_devices(
+    diskpaxos_daemon: DaemonProc, tmp_path: Path, disks: int
 ) -> None:
+    """Named leases on one loop device, and on three (each lease on all three disks)."""
     loops = LoopDevices()
     try:
-        device = loops.attach(make_file(tmp_path / "leases.img", (2 + len(SCENARIO_LEASES)) << 20))
+        size = (2 + len(SCENARIO_LEASES)) << 20
+        devices = [loops.attach(make_file(tmp_path / f"leases{i}.img", size))
+                   for i in range(disks)]
+        device = devices[0]
         format_lockspace(device, "conf-ls", 0, io_timeout_s=1)
         offsets = {name: (i + 1) << 20 for i, name in enumerate(SCENARIO_LEASES)}
         for name, offset in offsets.items():
-            format_resource(device, "conf-ls", name, offset)
+            format_resource(device, "conf-ls", name, offset,
+                            extra_disks=[(d, offset) for d in devices[1:]])
         diskpaxos_daemon.call(client.add_lockspace, "conf-ls", 1, device, 0)
         config = {"run_dir": diskpaxos_daemon.run_dir}
         target = ConformanceTarget(
             lambda: DiskPaxosDriver(config), lambda name: name,
             lease=lambda name: (name, {"lockspace": "conf-ls", "path": device,
-                                       "offset": offsets[name]}))
+                                       "offset": offsets[name],
+                                       "further_disks": [(d, offsets[name])
+                                                         for d in devices[1:]]}))
         assert len(check_lock_manager(target)) == ALL_SCENARIOS
+        lvers = {name: {read_paxos_leader(d, offset).lver for d in devices}
+                 for name, offset in offsets.items()}
+        assert all(len(found) == 1 for found in lvers.values()), lvers  # every disk written
+        assert any(found != {0} for found in lvers.values())
         diskpaxos_daemon.call(client.rem_lockspace, "conf-ls", 1, device, 0)
     finally:
         loops.detach_all()

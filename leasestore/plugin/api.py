@@ -8,7 +8,8 @@ manager, so a manager process may restart while the VM runs.
 
 Rules common to every backend, enforced here (`LockManager`):
 - resources are added only before acquire; READONLY resources take no lock; a LEASE resource
-  names its path and offset;
+  names its path and offset (and, for a backend that has them, leases on several disks, its
+  further disks in `further_disks`);
 - operations a backend did not declare are refused with OperationDenied: passing a state to a
   backend without USES_STATE, locking or unlocking resources of a running object without
   HOTPLUG;

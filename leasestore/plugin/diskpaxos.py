@@ -5,8 +5,9 @@ is the registration, to be inherited by the VM program); its leases are released
 registration closes, and the daemon kills it if the host loses its lease. Locking from the
 manager process acts for the registered VM pid (root only, as sanlock allows).
 
-The state string is sanlock's text form: space-separated `lockspace:resource:path:offset:lver`
-(`SH` instead of lver when shared). Unlike libvirt's sanlock driver, acquiring with a state
+The state string is sanlock's text form: space-separated
+`lockspace:resource:path:offset[:path:offset...]:lver` (`SH` instead of lver when shared). A
+LEASE resource on several disks names the further ones in its `further_disks` param. Unlike libvirt's sanlock driver, acquiring with a state
 *enforces* each exclusive lease's version: if the lease moved on since the state was taken (for
 example another host acquired it during a migration), acquire raises StateMismatch.
 
@@ -55,6 +56,8 @@ from leasestore.specs import ResourceSpec
 from leasestore.units import MiB
 
 AUTO_LOCKSPACE = "__LEASESTORE_DISKS__"
+_Lease = tuple[str, str, tuple[tuple[str, int], ...]]
+"""(lockspace, name, disks) of one lease."""
 _restricted: set[int] = set()
 
 
@@ -91,21 +94,21 @@ def _create_area(path: str, formatter: Callable[[], object]) -> None:
 class DiskPaxosManager(LockManager):
     driver: DiskPaxosDriver
 
-    def _lease_of(self, resource: Resource) -> tuple[str, str, str, int] | None:
-        """(lockspace, name, path, offset) for a resource, or None if it takes no lock."""
+    def _lease_of(self, resource: Resource) -> _Lease | None:
+        """(lockspace, name, disks) for a resource, or None if it takes no lock."""
         if resource.readonly:
             return None
         if resource.type == ResourceType.LEASE:
             lockspace = str(resource.params.get("lockspace") or "")
             if not lockspace:
                 raise OperationInvalid(f"lease {resource.name!r} needs a lockspace param")
-            return lockspace, resource.name, str(resource.params["path"]), int(
-                resource.params["offset"])
+            return lockspace, resource.name, _lease_disks(resource)
         if not self.driver.config["auto_disk_leases"]:
             return None
-        return self.driver.disk_lease(resource.name)
+        lockspace, name, path, offset = self.driver.disk_lease(resource.name)
+        return lockspace, name, ((path, offset),)
 
-    def _leases(self) -> list[tuple[tuple[str, str, str, int], Resource]]:
+    def _leases(self) -> list[tuple[_Lease, Resource]]:
         pairs = [(self._lease_of(r), r) for r in self.resources]
         return [(lease, r) for lease, r in pairs if lease is not None]
 
@@ -134,19 +137,19 @@ class DiskPaxosManager(LockManager):
     def _lock_all(self, versions: dict[tuple[str, str], int | None]) -> None:
         leases = self._leases()
         self._check_disks_covered(bool(leases))
-        taken: list[tuple[str, str, str, int]] = []
+        taken: list[_Lease] = []
         try:
             for lease, resource in leases:
-                lockspace, name, path, offset = lease
+                lockspace, name, disks = lease
                 version = versions.get((lockspace, name))
                 with _errors():
-                    client.acquire(lockspace, name, [(path, offset)], shared=resource.shared,
+                    client.acquire(lockspace, name, list(disks), shared=resource.shared,
                                    version=version, **self._for())
                 taken.append(lease)
         except LockManagerError:
-            for lockspace, name, path, offset in taken:
+            for lockspace, name, disks in taken:
                 with contextlib.suppress(LeasestoreError):
-                    client.release(lockspace, name, [(path, offset)], **self._for())
+                    client.release(lockspace, name, list(disks), **self._for())
             raise
 
     def _do_release(self) -> str | None:
@@ -154,11 +157,11 @@ class DiskPaxosManager(LockManager):
             raise OperationDenied("this process restricted itself from changing locks")
         state = self._do_inquire()
         held = _parse_held(state)
-        leases = [lease for lease, _ in self._leases()] or list(held)
-        for lockspace, name, path, offset in leases:
-            if (lockspace, name, path, offset) in held:
+        leases = [lease for lease, _ in self._leases()] or list(held.values())
+        for lockspace, name, disks in leases:
+            if (lockspace, name, disks[0]) in held:
                 with _errors():
-                    client.release(lockspace, name, [(path, offset)], **self._for())
+                    client.release(lockspace, name, list(disks), **self._for())
         return state
 
     def _do_inquire(self) -> str | None:
@@ -177,9 +180,21 @@ def _parse_state(state: str | None) -> dict[tuple[str, str], int | None]:
     return versions
 
 
-def _parse_held(state: str | None) -> set[tuple[str, str, str, int]]:
-    return {(s.lockspace, s.name, s.path, s.offset_b)
-            for s in (ResourceSpec.parse(item) for item in (state or "").split())}
+def _parse_held(state: str | None) -> dict[tuple[str, str, tuple[str, int]], _Lease]:
+    """The leases a state string names, by (lockspace, name, first disk)."""
+    specs = (ResourceSpec.parse(item) for item in (state or "").split())
+    return {(s.lockspace, s.name, s.disks[0]): (s.lockspace, s.name, s.disks) for s in specs}
+
+
+def _lease_disks(resource: Resource) -> tuple[tuple[str, int], ...]:
+    """A LEASE resource's disks: its `path` and `offset`, then those of its optional
+    `further_disks` param ([(path, offset), ...]: a lease on several disks, 4 at most)."""
+    disks = ((str(resource.params["path"]), int(resource.params["offset"])),
+             *((str(path), int(offset))
+               for path, offset in resource.params.get("further_disks", ())))
+    if len(disks) > 4:
+        raise OperationInvalid(f"lease {resource.name!r} names {len(disks)} disks; 4 at most")
+    return disks
 
 
 class DiskPaxosDriver(LockDriver):
