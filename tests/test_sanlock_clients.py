@@ -61,7 +61,8 @@ PY_BUDGET_S = 100.0
 """At most this long for all python groups against one daemon (each group has its own limit
 too): a daemon that never answers makes the rest "not run" instead of a long wait."""
 STATUS_STEPS = [name for name in CLI_STEP_NAMES
-                if name.startswith("status") and name != "status_detail"]
+                if (name.startswith("status") and name != "status_detail")
+                or name.startswith("@exits_seen")]  # these run `client status` too
 
 
 @dataclass
