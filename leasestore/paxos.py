@@ -376,12 +376,22 @@ def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes |
 def _owner_released(p: PaxosParams, leader: Leader) -> Algorithm[bool]:
     """The owner's dblock says it let this version go: RELEASED, at the leader's lver, carrying
     the owner's own value. Only the owner (or a recovery that saw its mark) writes that, once
-    its holding of the version is over or never began (a grant whose I/O failed)."""
-    dblocks = yield from _read_valid(p, p.geometry.dblock_offset(leader.owner_id),
-                                     p.geometry.sector_size, decode_dblock)
+    its holding of the version is over or never began (a grant whose I/O failed).
+
+    On several disks, a RELEASED copy that carries a SHARED mark does not count: the owner is
+    becoming (or is) a shared holder, and its mark may so far be on fewer disks than a
+    majority, where the phase reads of a ballot begun now might miss it. (On one disk the mark
+    is in the very sector that says RELEASED: a ballot's phase reads, later, see it.)"""
+    copies = yield from _read_valid(p, p.geometry.dblock_offset(leader.owner_id),
+                                    p.geometry.sector_size, _dblock_and_mode)
     return any(dblock.released and dblock.lver == leader.lver
                and (dblock.inp, dblock.inp2) == (leader.owner_id, leader.owner_generation)
-               for dblock in dblocks)
+               and not (p.extra_disks and mode.shared)
+               for dblock, mode in copies)
+
+
+def _dblock_and_mode(sector: bytes | memoryview) -> tuple[Dblock, ModeBlock]:
+    return decode_dblock(sector), decode_mode_block(sector)
 
 
 def _owner_gone(p: PaxosParams, cur: Leader, nowait: bool = False) -> Algorithm[bool]:
@@ -579,7 +589,16 @@ def withdraw_claim(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
     other hosts even while we live (`_owner_released`)."""
     if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
         return
-    yield from _write_dblock(p, _released(accepted))
+    yield from _write_dblock(p, _later_on_every_disk(p, _released(accepted)))
+
+
+def _later_on_every_disk(p: PaxosParams, dblock: Dblock) -> Dblock:
+    """On several disks, `dblock` with a higher mbal, so that it orders after any copy of
+    our earlier dblock a disk behind still shows (`_copy_order`: a SHARED mark we wrote
+    there, say, which this write takes back). On one disk, `dblock` itself."""
+    if not p.extra_disks:
+        return dblock
+    return dataclasses.replace(dblock, mbal=dblock.mbal + p.geometry.max_hosts)
 
 
 def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
@@ -900,9 +919,7 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False,
     if held.shared:
         if rename:
             raise UsageError(f"lease {p.resource!r} is held shared: no leader to rename")
-        if p.extra_disks:  # ordered after the marked copy a disk behind may keep (_copy_order)
-            released = dataclasses.replace(released, mbal=released.mbal + held.leader.max_hosts)
-        yield from _write_dblock(p, released)
+        yield from _write_dblock(p, _later_on_every_disk(p, released))
         return
     if leader_unchanged:
         yield from _write_released(p, released, held.leader, rename)

@@ -10,10 +10,16 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
-from leasestore.effects import Algorithm
-from leasestore.errors import LeasestoreError, NoDiskMajority
+from leasestore.effects import Algorithm, Read
+from leasestore.errors import AcquireIdLive, LeasestoreError, NoDiskMajority
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
-from leasestore.ondisk.dblock import decode_dblock
+from leasestore.ondisk.dblock import (
+    DBLOCK_FLAG_RELEASED,
+    MODE_FLAG_SHARED,
+    ModeBlock,
+    decode_dblock,
+    encode_dblock_sector,
+)
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, decode_leader
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release
@@ -200,3 +206,24 @@ def test_a_multidisk_run_corrupts_at_most_one_copy() -> None:
     for _ in range(20):
         cluster._corrupt_a_resource_sector()
     assert cluster.counts.get("corrupt_sector", 0) <= 1 and not cluster.corrupted
+
+
+def test_a_released_copy_with_a_shared_mark_on_one_disk_frees_nothing() -> None:
+    """Host 1 is becoming a shared holder: its RELEASED dblock with the SHARED mark has landed
+    on disk a, not yet on b and c, and its leader still names it. An exclusive acquirer whose
+    look at host 1's dblock finds that copy, but whose ballot reads b and c, once took the
+    RELEASED copy to mean the lease was free, missed the mark, and won beside the shared
+    holder host 1 was about to be (campaign seed 8500186 at fda10f4)."""
+    d = ThreeDisks()
+    d.join(1)
+    d.join(2)
+    held: HeldLease = d.run(acquire(d.params(1))).result
+    marked = encode_dblock_sector(dataclasses.replace(held.dblock, flags=DBLOCK_FLAG_RELEASED),
+                                  512, ModeBlock(MODE_FLAG_SHARED, 1))
+    d.disks["a"].land(RES_AT + G.dblock_offset(1), marked)
+    area = G.ballot_read_size(G.max_hosts)
+    d.world.fail_when = lambda effect: (effect.device == "a" and effect.offset_b == RES_AT
+                                        and isinstance(effect, Read)
+                                        and effect.length_b == area)
+    refused = d.run(acquire(d.params(2)))
+    assert isinstance(refused.error, AcquireIdLive), refused.error or refused.result

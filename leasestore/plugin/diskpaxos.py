@@ -7,9 +7,10 @@ manager process acts for the registered VM pid (root only, as sanlock allows).
 
 The state string is sanlock's text form: space-separated
 `lockspace:resource:path:offset[:path:offset...]:lver` (`SH` instead of lver when shared). A
-LEASE resource on several disks names the further ones in its `further_disks` param. Unlike libvirt's sanlock driver, acquiring with a state
-*enforces* each exclusive lease's version: if the lease moved on since the state was taken (for
-example another host acquired it during a migration), acquire raises StateMismatch.
+LEASE resource on several disks names the further ones in its `further_disks` param. Unlike
+libvirt's sanlock driver, acquiring with a state *enforces* each exclusive lease's version: if
+the lease moved on since the state was taken (for example another host acquired it during a
+migration), acquire raises StateMismatch.
 
 With `auto_disk_leases`, each writable disk gets a lease named by the MD5 of its path in the
 `__LEASESTORE_DISKS__` lockspace under `disk_lease_dir`; the lockspace and lease files are
