@@ -37,8 +37,9 @@ several disks (1-4, the same records at an offset of each; `PaxosParams.disks`):
   read: a ballot aborts on any copy ahead of it and adopts the highest bal of any copy. The
   leader is the newest copy read (every leader written is a decided grant or a final release);
   the next leader write brings every disk forward. A RELEASED mark on any copy counts (only its
-  owner writes one); whether a host holds the lease shared is read from its latest copy
-  (_copy_order). With one disk every rule is the single-disk one and the effects the same.
+  owner writes one) unless it carries a SHARED mark (_owner_released); whether a host holds the
+  lease shared is read from its latest copy (_copy_order). With one disk every rule is the
+  single-disk one and the effects the same.
 
 Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
 lver, never beside a valid shared holder, and lver only grows.
