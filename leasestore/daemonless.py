@@ -31,11 +31,11 @@ from leasestore.errors import (
     LeaseNotHeld,
     LockspaceNotJoined,
     ReleaseOwner,
+    StorageError,
     UsageError,
     WrongLockspace,
     WrongResource,
 )
-from leasestore.ondisk.dblock import decode_dblock
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import (
     DELTA_VERSION,
@@ -304,30 +304,39 @@ def resource_host(lockspace: LockspaceSpec, generation: int | None) -> ResourceH
 
 
 def _check_names(resource: ResourceSpec, host: ResourceHost) -> None:
-    if len(resource.disks) != 1:
-        raise UsageError("daemon-less verbs take one disk per resource")
     if resource.lockspace != host.lockspace.name:
         raise UsageError(f"resource {resource.name!r} is in lockspace {resource.lockspace!r}, "
                          f"not {host.lockspace.name!r}")
 
 
 def _resource_params(resource: ResourceSpec, host: ResourceHost) -> paxos.PaxosParams:
-    found = read_leader(resource.path, resource.offset_b, resource.lockspace,
-                        resource=resource.name)
-    if found.error is not None:
-        raise found.error
+    """The ballot parameters, the geometry from the first of the resource's disks whose
+    leader is this lease's (the ballots then read every disk, by majority)."""
+    for index, (path, offset_b) in enumerate(resource.disks):
+        try:
+            found = read_leader(path, offset_b, resource.lockspace, resource=resource.name)
+        except StorageError:
+            if index == len(resource.disks) - 1:
+                raise
+            continue
+        if found.error is None:
+            break
+        if index == len(resource.disks) - 1:
+            raise found.error
     assert found.leader is not None
     ls = host.lockspace
     return paxos.PaxosParams(resource.path, resource.offset_b, found.leader.geometry(),
                              resource.lockspace, resource.name, ls.host_id, host.generation,
-                             Timeouts(host.io_timeout_s), ls.path, ls.offset_b, host.geometry)
+                             Timeouts(host.io_timeout_s), ls.path, ls.offset_b, host.geometry,
+                             extra_disks=resource.disks[1:])
 
 
 def acquire_resource(resource: ResourceSpec, host: ResourceHost, *, shared: bool = False,
                      lver: int | None = None) -> paxos.HeldLease:
-    """One acquire of the resource for `host` by the daemon's Disk Paxos ballot."""
+    """One acquire of the resource for `host` by the daemon's Disk Paxos ballot (on each of
+    the resource's disks, by majority)."""
     _check_names(resource, host)
-    with _runner(resource.path, host.lockspace.path) as runner:
+    with _runner(*(path for path, _ in resource.disks), host.lockspace.path) as runner:
         params = _resource_params(resource, host)
         return runner.run(paxos.acquire(params, shared=shared, lver=lver))
 
@@ -335,7 +344,7 @@ def acquire_resource(resource: ResourceSpec, host: ResourceHost, *, shared: bool
 def release_resource(resource: ResourceSpec, host: ResourceHost) -> Leader:
     """Release the resource if its leader says `host` holds it; returns that leader."""
     _check_names(resource, host)
-    with _runner(resource.path, host.lockspace.path) as runner:
+    with _runner(*(path for path, _ in resource.disks), host.lockspace.path) as runner:
         params = _resource_params(resource, host)
         leader = runner.run(paxos.read_leader(params))
         owner = (leader.owner_id, leader.owner_generation)
@@ -344,8 +353,10 @@ def release_resource(resource: ResourceSpec, host: ResourceHost) -> Leader:
                                f"generation {params.generation} (owner {owner[0]} generation "
                                f"{owner[1]}, lver {leader.lver}"
                                f"{', free' if leader.timestamp == 0 else ''})")
-        raw = _read(resource.path, params.dblock_at, params.geometry.sector_size)
-        held = paxos.HeldLease(leader, decode_dblock(raw), leader.lver)
+        own = runner.run(paxos.read_lease(params)).own  # the latest copy of our dblock
+        if own is None:
+            raise ReleaseOwner(f"lease {resource.name!r}: host {params.host_id} has no dblock")
+        held = paxos.HeldLease(leader, own, leader.lver)
         runner.run(paxos.release(params, held))
         return leader
 

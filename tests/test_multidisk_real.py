@@ -19,7 +19,7 @@ import pytest
 
 from leasestore import client
 from leasestore.direct import format_lockspace, read_paxos_leader
-from leasestore.errors import AcquireIdLive, LeasestoreError
+from leasestore.errors import AcquireIdLive, AcquireOwnedRetry, LeasestoreError
 from leasestore.ondisk.leader import Leader
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
@@ -222,6 +222,36 @@ def test_two_of_three_gone_fails_clearly_and_nobody_holds_it(cluster: Cluster) -
     b.call(client.release, LS, "md", cluster.lease, slkfd=fd)
     copies = cluster.leaders()
     assert copies[0] == copies[1] == copies[2]
+
+
+def _direct(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "leasestore.cli.main", "direct", *args],
+                          capture_output=True, text=True)
+
+
+def test_a_daemonless_acquire_and_release_on_three_disks(cluster: Cluster) -> None:
+    """`leasestore direct acquire|release` as host 3 (no daemon), with one disk read-only
+    throughout: written on the other two, refused to a daemon's host while held, released."""
+    host3 = f"{LS}:3:{cluster.lockspace_device}:0"
+    assert _direct("acquire_id", "-s", host3, "-o", "1").returncode == 0
+    cluster.read_only(2, True)
+    try:
+        taken = _direct("acquire", "-r", cluster.spec, "-s", host3)
+        assert taken.returncode == 0, taken.stderr
+        copies = cluster.leaders()
+        assert copies[0] == copies[1] and copies[0] is not None and copies[0].owner_id == 3
+        # Host 3 renews no more (no daemon): a daemon would take it after host_dead; it is
+        # refused at once while nobody has seen host 3 renew or expire.
+        fd = cluster.daemons[1].call(client.register)
+        with pytest.raises((AcquireIdLive, AcquireOwnedRetry)):
+            cluster.daemons[1].call(client.acquire, LS, "md", cluster.lease, slkfd=fd,
+                                    owner_nowait=True)
+        released = _direct("release", "-r", cluster.spec, "-s", host3)
+        assert released.returncode == 0, released.stderr
+        assert all(c is not None and c.timestamp == 0 for c in cluster.leaders()[:2])
+    finally:
+        cluster.read_only(2, False)
+        _direct("release_id", "-s", host3)
 
 
 def test_takeover_of_a_dead_owner_with_one_disk_failing(cluster: Cluster) -> None:

@@ -324,7 +324,7 @@ def _resource_host(args: argparse.Namespace, res: ResourceSpec) -> daemonless.Re
 
 
 def run_resource(args: argparse.Namespace) -> int:
-    res = _one_disk(args.resource)
+    res = ResourceSpec.parse(args.resource)  # on several disks, too: majority rules
 
     def act() -> list[tuple[str, str]]:
         host = _resource_host(args, res)
