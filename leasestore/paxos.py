@@ -509,9 +509,16 @@ def _copy_order(row: np.void) -> _CopyOrder:
     copies alike but for the mark the marked one counts (a mark is never passed over on a
     guess). A host writes no lower lver, and no lower mbal for one lver, than it wrote before;
     to end a shared holding on several disks it writes its RELEASED dblock with a higher mbal,
-    so the copy without the mark orders after any copy a disk behind still shows marked."""
-    return (int(row["lver"]), int(row["mbal"]), int(row["flags"]) & DBLOCK_FLAG_RELEASED,
-            int(row["mode_flags"]) & MODE_FLAG_SHARED)
+    so the copy without the mark orders after any copy a disk behind still shows marked (a
+    withdrawn claim is followed likewise: the tracked `own[0]` becomes it before it is
+    written)."""
+    return _written_order(int(row["lver"]), int(row["mbal"]), int(row["flags"]),
+                          int(row["mode_flags"]))
+
+
+def _written_order(lver: int, mbal: int, flags: int, mode_flags: int) -> _CopyOrder:
+    """The one ordering of a host's dblock copies (see `_copy_order`)."""
+    return (lver, mbal, flags & DBLOCK_FLAG_RELEASED, mode_flags & MODE_FLAG_SHARED)
 
 
 def _marked(latest: dict[int, _CopyOrder]) -> list[int]:
@@ -588,9 +595,16 @@ def withdraw_claim(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
     on a dblock tells every reader that the holding of that version is over, which only the
     value's owner may say. An owner's RELEASED mark at the leader's lver frees the lease for
     other hosts even while we live (`_owner_released`)."""
+    withdrawal = _withdrawal(p, accepted)
+    if withdrawal is not None:
+        yield from _write_dblock(p, withdrawal)
+
+
+def _withdrawal(p: PaxosParams, accepted: Dblock) -> Dblock | None:
+    """The dblock that withdraws our claim `accepted` (None if the value is not ours)."""
     if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
-        return
-    yield from _write_dblock(p, _later_on_every_disk(p, _released(accepted)))
+        return None
+    return _later_on_every_disk(p, _released(accepted))
 
 
 def _later_on_every_disk(p: PaxosParams, dblock: Dblock) -> Dblock:
@@ -602,9 +616,14 @@ def _later_on_every_disk(p: PaxosParams, dblock: Dblock) -> Dblock:
     return dataclasses.replace(dblock, mbal=dblock.mbal + p.geometry.max_hosts)
 
 
-def _retract(p: PaxosParams, accepted: Dblock) -> Algorithm[None]:
+def _retract(p: PaxosParams, accepted: Dblock, own: list[Dblock | None] | None = None
+             ) -> Algorithm[None]:
     """After an I/O failure past phase 2 we may have won: withdraw our claim, or raise
-    ClaimNotWithdrawn so that the caller retries it."""
+    ClaimNotWithdrawn so that the caller retries it. `own[0]` (if given) becomes the
+    withdrawal before it is written: a later write of ours (a shared holder's release after a
+    failed convert) must order after it on every disk it may have reached."""
+    if own is not None:
+        own[0] = _withdrawal(p, accepted) or own[0]
     try:
         yield from withdraw_claim(p, accepted)
     except StorageError as exc:
@@ -653,12 +672,12 @@ def _win(p: PaxosParams, read1: LeaseRead, shared: bool,
         except StorageError:
             # Our value may stand accepted and be committed by another host: say we let it go.
             if own[0] is not None and own[0].bal:
-                yield from _retract(p, own[0])
+                yield from _retract(p, own[0], own)
             raise
         try:
             leader = yield from _commit(p, cur, accepted, shared)
         except StorageError:
-            yield from _retract(p, accepted)
+            yield from _retract(p, accepted, own)
             raise
         if (accepted.inp, accepted.inp2) != (p.host_id, p.generation):
             raise AcquireOther(f"lease {p.resource!r}: our ballot committed host "
@@ -762,11 +781,11 @@ def _acquire_once(p: PaxosParams, shared: bool, lver: int | None,
         return (yield from _become_shared(p, leader, accepted))
     if holders:
         try:
-            yield from _clear_dead_shared(p, leader, accepted, holders)
+            yield from _clear_dead_shared(p, leader, accepted, holders, own)
         except StorageError:
             # The lease is committed to us but we cannot tell whether the shared holders are
             # alive: give it back rather than leave it owned by nobody's process.
-            yield from _give_back(p, leader, accepted)
+            yield from _give_back(p, leader, accepted, own)
             raise
     return HeldLease(leader, accepted, leader.lver)
 
@@ -804,14 +823,15 @@ def _shared_holder_alive(p: PaxosParams, host_id: int, generation: int) -> Algor
     return now_s - view.last_live_s <= p.timeouts.for_peer(delta).host_dead_s
 
 
-def _give_back(p: PaxosParams, leader: Leader, accepted: Dblock) -> Algorithm[None]:
+def _give_back(p: PaxosParams, leader: Leader, accepted: Dblock,
+               own: list[Dblock | None] | None = None) -> Algorithm[None]:
     """Best effort: release a lease we won but will not hand to our caller. If the leader has
     moved on meanwhile (a late write), still mark our value RELEASED, so that a recovery of that
     version commits it free instead of to a live host whose process was told it failed."""
     try:
         yield from release(p, HeldLease(leader, accepted, leader.lver))
     except LeasestoreError:
-        yield from _retract(p, accepted)
+        yield from _retract(p, accepted, own)
 
 
 def _latest_mode(sectors: Sequence[bytes | memoryview]) -> ModeBlock | None:
@@ -826,13 +846,13 @@ def _latest_mode(sectors: Sequence[bytes | memoryview]) -> ModeBlock | None:
             if mode.shared:
                 return mode
             continue
-        found.append(((dblock.lver, dblock.mbal, dblock.flags & DBLOCK_FLAG_RELEASED,
-                       mode.flags & MODE_FLAG_SHARED), mode))
+        found.append((_written_order(dblock.lver, dblock.mbal, dblock.flags, mode.flags),
+                      mode))
     return max(found, key=lambda entry: entry[0])[1] if found else None
 
 
-def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders: list[int]
-                       ) -> Algorithm[None]:
+def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders: list[int],
+                       own: list[Dblock | None] | None = None) -> Algorithm[None]:
     """We won exclusively; shared holders that are dead lose their mode block, live ones make
     us give the leader back (SharedHolders)."""
     for host_id in holders:
@@ -842,7 +862,7 @@ def _clear_dead_shared(p: PaxosParams, leader: Leader, accepted: Dblock, holders
             continue
         alive = yield from _shared_holder_alive(p, host_id, mode.generation)
         if alive:
-            yield from _give_back(p, leader, accepted)
+            yield from _give_back(p, leader, accepted, own)
             raise SharedHolders(f"lease {p.resource!r} is held shared by live host {host_id}")
         yield from _write_copies(p, p.geometry.dblock_offset(host_id),
                                  bytes(p.geometry.sector_size))

@@ -10,7 +10,7 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
-from leasestore.effects import Algorithm, Read
+from leasestore.effects import Algorithm, Read, Write
 from leasestore.errors import AcquireIdLive, LeasestoreError, NoDiskMajority
 from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.dblock import (
@@ -18,11 +18,12 @@ from leasestore.ondisk.dblock import (
     MODE_FLAG_SHARED,
     ModeBlock,
     decode_dblock,
+    decode_mode_block,
     encode_dblock_sector,
 )
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, decode_leader
-from leasestore.paxos import HeldLease, PaxosParams, acquire, release
+from leasestore.paxos import HeldLease, PaxosParams, StillShared, acquire, convert, release
 from leasestore.testing.campaign import Shape, run_seed
 from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
 from leasestore.testing.scheduler import Faults, SimTask, SimWorld
@@ -227,3 +228,43 @@ def test_a_released_copy_with_a_shared_mark_on_one_disk_frees_nothing() -> None:
                                         and effect.length_b == area)
     refused = d.run(acquire(d.params(2)))
     assert isinstance(refused.error, AcquireIdLive), refused.error or refused.result
+
+
+def test_a_withdrawn_convert_left_marked_on_one_disk_does_not_outlive_the_shared_release(
+) -> None:
+    """Host 1 holds the lease shared and tries to take it exclusive: the ballot wins, the
+    leader write fails, and the withdrawal of the claim (RELEASED, still SHARED-marked, at a
+    higher mbal) lands on disk c only. Still shared, host 1 then releases while c is gone. The
+    release must order after the marked withdrawal on c: it once wrote the same mbal without
+    the mark, the mark won the tie, and host 1 (alive, holding nothing) refused every
+    exclusive acquire for good (campaign seed 8801624 at 3ef9e71)."""
+    d = ThreeDisks()
+    d.join(1)
+    d.join(2)
+    p = d.params(1)
+    held: HeldLease = d.run(acquire(p, shared=True)).result
+    dblock_at = RES_AT + G.dblock_offset(1)
+    leader_failed: list[bool] = []
+
+    def fail(effect: Read | Write) -> bool:
+        if not isinstance(effect, Write) or effect.device == "c":
+            return False
+        if effect.offset_b == RES_AT:  # the convert's leader write: on a and b
+            leader_failed.append(True)
+            return True
+        return bool(leader_failed) and effect.offset_b == dblock_at  # then the withdrawal
+
+    d.world.fail_when = fail
+    failed = d.run(convert(p, held, shared=False))
+    assert isinstance(failed.error, StillShared), failed.error or failed.result
+    d.world.fail_when = None
+    withdrawn = decode_dblock(d.disks["c"].read(dblock_at, 512))
+    assert withdrawn.released and withdrawn.lver == held.lver + 1
+    assert decode_mode_block(d.disks["c"].read(dblock_at, 512)).shared
+    d.cut("c")
+    d.run(release(p, failed.error.held))
+    d.restore("c")
+    d.world.fail_when = lambda effect: isinstance(effect, Read) and effect.device == "a"
+    taken = d.run(acquire(d.params(2)))  # reads b and c: c still shows the marked withdrawal
+    assert taken.error is None, taken.error
+    assert taken.result.leader.owner_id == 2
