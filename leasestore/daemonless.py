@@ -18,7 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -50,6 +50,7 @@ from leasestore.ondisk.leader import (
 )
 from leasestore.ondisk.rindex import RindexEntry, RindexHeader
 from leasestore.specs import LockspaceSpec, ResourceSpec, RindexSpec
+from leasestore.storage.device import Device
 from leasestore.storage.odirect import DirectDevice
 from leasestore.storage.runner import DeviceRunner
 from leasestore.timeouts import Timeouts
@@ -67,11 +68,80 @@ class LeaderRead:
     error: CorruptRecord | LeaseMismatch | None
 
 
+class _Opened(dict[str, Device]):
+    """The devices that opened; using one that did not raises the error its open raised, so
+    that a disk which cannot be opened counts as a failed disk (of several, a minority may)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: dict[str, StorageError] = {}
+
+    def __missing__(self, path: str) -> Device:
+        raise self.failed.get(path) or StorageError(f"{path}: not opened")
+
+
 @contextmanager
-def _runner(*paths: str) -> Iterator[DeviceRunner]:
+def _runner(*paths: str, readonly: bool = False) -> Iterator[DeviceRunner]:
     with ExitStack() as stack:
-        yield DeviceRunner({path: stack.enter_context(DirectDevice(path))
-                            for path in dict.fromkeys(paths)})
+        opened = _Opened()
+        for path in dict.fromkeys(paths):
+            try:
+                opened[path] = stack.enter_context(DirectDevice(path, readonly=readonly))
+            except StorageError as exc:
+                opened.failed[path] = exc
+        yield DeviceRunner(opened)
+
+
+def lease_holdings(disks: Sequence[paxos.DiskRef]) -> paxos.Holdings:
+    """Who holds the resource lease on `disks` (1-4, as paxos.read_holdings judges it: the
+    newest leader and the latest dblock copies of a majority). The copies must be of the lease
+    whose leader the first disk that reads and verifies holds; a leader that does not verify
+    on any disk is that error (a CorruptRecord), never a free lease."""
+    found = _first_paxos_leader(disks)
+    with _runner(*(path for path, _ in disks), readonly=True) as runner:
+        return runner.run(paxos.read_holdings(paxos.reading_params(
+            disks, found, int(READ_TIMEOUT_S))))
+
+
+@dataclass(frozen=True)
+class ResourceOwner:
+    """A host holding a resource lease, as its disks tell: the exclusive owner (its leader
+    timestamp set), or a shared holder (its latest dblock copy marked shared)."""
+
+    host_id: int
+    generation: int
+    timestamp: int
+    shared: bool
+
+
+def resource_owners(disks: Sequence[paxos.DiskRef]) -> list[ResourceOwner]:
+    """The holders of the resource lease on `disks` (owners_of its lease_holdings)."""
+    return owners_of(lease_holdings(disks))
+
+
+def owners_of(holdings: paxos.Holdings) -> list[ResourceOwner]:
+    """The exclusive owner first (if the leader's timestamp is set), then every shared holder
+    in host_id order."""
+    leader = holdings.leader
+    owners = []
+    if leader.owner_id and leader.timestamp:
+        owners.append(ResourceOwner(leader.owner_id, leader.owner_generation, leader.timestamp,
+                                    False))
+    owners += [ResourceOwner(host_id, generation, 0, True)
+               for host_id, generation in holdings.shared]
+    return owners
+
+
+def _first_paxos_leader(disks: Sequence[paxos.DiskRef]) -> Leader:
+    """The paxos leader of the first of `disks` where one reads and verifies (else the last
+    disk's error)."""
+    for index, (path, offset_b) in enumerate(disks):
+        try:
+            return direct.read_paxos_leader(path, offset_b)
+        except (CorruptRecord, StorageError):
+            if index == len(disks) - 1:
+                raise
+    raise UsageError("a resource lease has at least one disk")
 
 
 def _read(path: str, offset_b: int, length_b: int | None = None) -> bytes:
@@ -109,6 +179,28 @@ def read_leader(path: str, offset_b: int, lockspace: str, *, host_id: int | None
     if resource is not None and leader.resource_name != resource:
         return LeaderRead(leader, WrongResource(
             f"the leader at {path}:{at} is resource {leader.resource_name!r}, not {resource!r}"))
+    return LeaderRead(leader, None)
+
+
+def read_lease_leader(resource: ResourceSpec) -> LeaderRead:
+    """The paxos leader of `resource`: on one disk, as read_leader reads it; on several, the
+    one a majority shows (lease_holdings), with a name mismatch as its error."""
+    if len(resource.disks) == 1:
+        return read_leader(resource.path, resource.offset_b, resource.lockspace,
+                           resource=resource.name)
+    try:
+        leader = lease_holdings(resource.disks).leader
+    except CorruptRecord as exc:
+        return LeaderRead(None, exc)
+    where = f"{resource.path}:{resource.offset_b} (and its further disks)"
+    if leader.space_name != resource.lockspace:
+        return LeaderRead(leader, WrongLockspace(
+            f"the lease at {where} is in lockspace {leader.space_name!r}, not "
+            f"{resource.lockspace!r}"))
+    if leader.resource_name != resource.name:
+        return LeaderRead(leader, WrongResource(
+            f"the lease at {where} is resource {leader.resource_name!r}, not "
+            f"{resource.name!r}"))
     return LeaderRead(leader, None)
 
 

@@ -418,37 +418,6 @@ def _named(records: list[DumpRecord]) -> list[DumpRecord]:
 
 
 
-@dataclass(frozen=True)
-class ResourceOwner:
-    """A host holding a resource lease, as the area on disk tells: the exclusive owner (its
-    leader timestamp set), or a shared holder (its mode block marked shared)."""
-
-    host_id: int
-    generation: int
-    timestamp: int
-    shared: bool
-
-
-def resource_owners(path: str, offset_b: int = 0) -> list[ResourceOwner]:
-    """The holders of the resource lease at offset_b: the exclusive owner first, then every
-    shared holder in host_id order."""
-    with DirectDevice(path, readonly=True) as device:
-        leader = read_paxos_leader(path, offset_b)
-        geometry = Geometry.from_leader_fields(leader.sector_size, leader.flags)
-        owners = []
-        if leader.owner_id and leader.timestamp:
-            owners.append(ResourceOwner(leader.owner_id, leader.owner_generation,
-                                        leader.timestamp, False))
-        count = min(leader.num_hosts or geometry.max_hosts, geometry.max_hosts)
-        ss = geometry.sector_size
-        area = device.read(offset_b, (count + 2) * ss, WRITE_INIT_IO_TIMEOUT_S)
-    for index in range(count):
-        mode = decode_mode_block(area[(index + 2) * ss:(index + 3) * ss])
-        if mode.shared:
-            owners.append(ResourceOwner(index + 1, mode.generation, 0, True))
-    return owners
-
-
 def read_paxos_leader(path: str, offset_b: int = 0) -> Leader:
     """The verified paxos leader of the resource area at offset_b."""
     with DirectDevice(path, readonly=True) as device:

@@ -16,10 +16,10 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from leasestore import direct
+from leasestore import daemonless, direct
 from leasestore.errors import CorruptRecord
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
@@ -81,19 +81,21 @@ def leases_in(path: str, offset_b: int, length_b: int | None) -> list[ResourceHo
     found = []
     for record in direct.dump(path, offset_b, length_b):
         if record.kind == "paxos" or (record.kind == "leader" and record.error):
-            found.append(lease_at(path, record.offset))
+            found.append(lease_at([(path, record.offset)]))
     return found
 
 
-def lease_at(path: str, offset_b: int) -> ResourceHolders:
-    """The resource lease at offset_b and its holders on disk; a leader that does not verify
-    gives an entry with its error."""
+def lease_at(disks: Sequence[tuple[str, int]]) -> ResourceHolders:
+    """The resource lease on `disks` (1-4, judged by majority: daemonless.lease_holdings) and
+    its holders; a leader that does not verify gives an entry with its error."""
+    path, offset_b = disks[0]
     try:
-        leader = direct.read_paxos_leader(path, offset_b)
+        holdings = daemonless.lease_holdings(disks)
     except CorruptRecord as exc:
         return ResourceHolders("", None, path, offset_b, 0, (), error=str(exc))
-    owners = direct.resource_owners(path, offset_b)
-    holders = tuple(Holder(o.host_id, o.generation, o.shared, None) for o in owners)
+    leader = holdings.leader
+    holders = tuple(Holder(o.host_id, o.generation, o.shared, None)
+                    for o in daemonless.owners_of(holdings))
     return ResourceHolders(leader.space_name, leader.resource_name, path, offset_b, leader.lver,
                            holders)
 

@@ -365,6 +365,51 @@ def read_leader(p: PaxosParams) -> Algorithm[Leader]:
     return _leader_of(leaders)
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """Who holds a lease, as a majority of its disks shows it."""
+
+    leader: Leader
+    """The newest leader copy read (its owner holds the lease if its timestamp is set)."""
+    shared: tuple[tuple[int, int], ...]
+    """(host_id, generation) of each host whose latest dblock copy carries a SHARED mark."""
+
+
+def reading_params(disks: Sequence[DiskRef], found: Leader, io_timeout_s: int) -> PaxosParams:
+    """Parameters that read the lease whose leader `found` is on one of `disks`, acting for no
+    host: for read_holdings and read_leader only (they write nothing). Copies of another
+    lockspace, resource or geometry count as failed disks."""
+    (device, offset_b), *further = disks
+    return PaxosParams(device, offset_b, found.geometry(), found.space_name,
+                       found.resource_name, 0, 0, Timeouts(io_timeout_s), "", 0,
+                       found.geometry(), extra_disks=tuple(further))
+
+
+def read_holdings(p: PaxosParams) -> Algorithm[Holdings]:
+    """The lease's holders: the newest leader of a majority of copies, and the SHARED marks
+    of each host's latest dblock copy (a mark on a copy whose checksum fails counts only while
+    no valid copy of that host's dblock was read: a mark is never passed over on a guess)."""
+    leader = yield from read_leader(p)
+    count = min(leader.num_hosts or p.geometry.max_hosts, p.geometry.max_hosts)
+    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(count), view=True)
+    latest: dict[int, tuple[_CopyOrder, int]] = {}
+    unverified: dict[int, int] = {}
+    for raw in copies:
+        rows, touched, bad = _dblock_rows(raw, p, count)
+        for index in touched:
+            row = rows[index]
+            if index in bad:
+                if int(row["mode_flags"]) & MODE_FLAG_SHARED:
+                    unverified[index] = int(row["mode_generation"])
+                continue
+            entry = (_copy_order(row), int(row["mode_generation"]))
+            latest[index] = max(latest.get(index, entry), entry)
+    marks = {index: generation for index, (order, generation) in latest.items() if order[3]}
+    marks |= {index: generation for index, generation in unverified.items()
+              if index not in latest}
+    return Holdings(leader, tuple((index + 1, marks[index]) for index in sorted(marks)))
+
+
 def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes | memoryview]]:
     """Host `host_id`'s dblock sector from each disk that answered."""
     return (yield from _read_copies(p, p.geometry.dblock_offset(host_id),

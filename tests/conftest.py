@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from leasestore.testing.procs import LoopDevices, make_file
+from leasestore.testing.sanlock_clients import SANLOCK_PYTHON
+from tests.prereq import missing, require_blockdev
 
 MiB = 1 << 20
-
-
-def _missing(what: str, env: str) -> None:
-    if os.environ.get(env) == "1":
-        pytest.fail(f"{what} is required ({env}=1) but not available")
-    pytest.skip(f"{what} not available")
 
 
 @pytest.fixture
@@ -32,8 +29,7 @@ def lease_file(tmp_path: Path) -> str:
 
 @pytest.fixture
 def loop_devices() -> Iterator[LoopDevices]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        _missing("root and losetup", "LEASESTORE_REQUIRE_BLOCKDEV")
+    require_blockdev()
     loops = LoopDevices()
     try:
         yield loops
@@ -51,6 +47,17 @@ def loop_device(loop_devices: LoopDevices, tmp_path: Path) -> str:
 def sanlock_bin() -> str:
     path = shutil.which("sanlock")
     if path is None:
-        _missing("the sanlock binary", "LEASESTORE_REQUIRE_SANLOCK")
+        missing("the sanlock binary", "LEASESTORE_REQUIRE_SANLOCK")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def sanlock_python() -> str:
+    """/usr/bin/python3 with the sanlock binding (python3-sanlock)."""
+    found = os.path.exists(SANLOCK_PYTHON) and subprocess.run(
+        [SANLOCK_PYTHON, "-c", "import sanlock"], capture_output=True, check=False
+    ).returncode == 0
+    if not found:
+        missing(f"{SANLOCK_PYTHON} with python3-sanlock", "LEASESTORE_REQUIRE_SANLOCK")
+    return SANLOCK_PYTHON

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.prereq import require_blockdev
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "chaos.py"
 
@@ -59,10 +59,7 @@ def test_a_version_that_does_not_rise_is_a_violation(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sixty_seconds_of_real_chaos_keep_exclusion() -> None:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     out = subprocess.run([sys.executable, str(TOOL), "--hosts", "3", "--resources", "2",
                           "--seconds", "60", "--seed", "7", "--json"],
                          capture_output=True, text=True, timeout=400)

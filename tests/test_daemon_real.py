@@ -8,8 +8,6 @@ Each test also passes alone: the `joined` fixture joins whatever the tests befor
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,10 +23,12 @@ from leasestore import client
 from leasestore.cli.main import main
 from leasestore.daemon import sanlock_proto as sp
 from leasestore.daemon.sanlock_proto import Cmd, Header
-from leasestore.direct import dump, format_lockspace, format_resource, resource_owners
+from leasestore.daemonless import resource_owners
+from leasestore.direct import dump, format_lockspace, format_resource
 from leasestore.errors import HostIdBusy, LockspaceExists, LockspaceNotJoined, UsageError
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
+from tests.prereq import require_blockdev
 
 pytestmark = pytest.mark.slow
 LS = "real-ls"
@@ -58,10 +58,7 @@ def _free_port() -> int:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("real")
     loops = LoopDevices()
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     backing = make_file(base / "shared.img", 8 << 20)
     daemons: list[DaemonProc] = []
     try:
@@ -221,7 +218,7 @@ def test_who_holds_names_the_holder_as_a_daemon_and_the_disk_see_it(
                                "--run-dir", a.run_dir, "command", "-r", spec, "-c", "sleep",
                                "60"])
     try:
-        poll(lambda: bool(resource_owners(device, at)), 15, what="the lease is held")
+        poll(lambda: bool(resource_owners([(device, at)])), 15, what="the lease is held")
         poll(lambda: b.hosts(LS).get(1, {}).get("state") == "live", 15, what="b sees a live")
         for source, argv in (("daemon", ["--run-dir", b.run_dir]), ("disk", ["--no-daemon"])):
             assert main(["who-holds", "-r", spec, *argv, "--json"]) == 0

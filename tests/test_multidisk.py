@@ -9,10 +9,8 @@ from typing import Any
 import pytest
 
 import leasestore.paxos as paxos_module
-from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
-from leasestore.effects import Algorithm, Read, Write
+from leasestore.effects import Read, Write
 from leasestore.errors import AcquireIdLive, LeasestoreError, NoDiskMajority
-from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
     MODE_FLAG_SHARED,
@@ -21,70 +19,32 @@ from leasestore.ondisk.dblock import (
     decode_mode_block,
     encode_dblock_sector,
 )
-from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import Leader, decode_leader
+from leasestore.ondisk.leader import Leader
 from leasestore.paxos import HeldLease, PaxosParams, StillShared, acquire, convert, release
 from leasestore.testing.campaign import Shape, run_seed
+from leasestore.testing.leaseworld import (
+    GEOMETRY,
+    LEASE_AT,
+    LOCKSPACE,
+    RESOURCE,
+    TIMEOUTS,
+    LeaseWorld,
+)
 from leasestore.testing.paxos_cluster import ClusterConfig, PaxosCluster
-from leasestore.testing.scheduler import Faults, SimTask, SimWorld
-from leasestore.testing.simdisk import SimDisk
-from leasestore.timeouts import Timeouts
+from leasestore.testing.scheduler import Faults
 
-G = Geometry(512, 1 << 20)
-T = Timeouts(10, 60)
-LS, RES = "px", "res"
-RES_AT = G.align_size
+G, T = GEOMETRY, TIMEOUTS
+LS, RES, RES_AT = LOCKSPACE, RESOURCE, LEASE_AT
 LEASE_DISKS = ("a", "b", "c")
 
 
-class ThreeDisks:
+def three_disks(seed: int = 1) -> LeaseWorld:
     """A lockspace on its own disk and one resource on disks a, b and c (at one offset)."""
-
-    def __init__(self, seed: int = 1) -> None:
-        self.space = SimDisk(G.align_size, 512, "ls")
-        self.space.land(0, lockspace_area_image(LS, G, 10))
-        self.disks = {name: SimDisk(2 * G.align_size, 512, name) for name in LEASE_DISKS}
-        for disk in self.disks.values():
-            disk.land(RES_AT, resource_area_image(LS, RES, G))
-        self.world = SimWorld(seed, {"ls": self.space, **self.disks}, Faults.none())
-
-    def join(self, host_id: int) -> None:
-        joined: list[Leader] = []
-
-        class Observer(HostLeaseObserver):
-            def joined(self, leader: Leader) -> None:
-                joined.append(leader)
-
-        params = DeltaParams("ls", 0, G, LS, host_id, f"host{host_id}", T)
-        self.world.spawn(f"delta{host_id}", host_lease_loop(params, Observer()), 0.0)
-        self.world.run_until(self.world.now + 25)
-        assert joined
-
-    def params(self, host_id: int) -> PaxosParams:
-        return PaxosParams("a", RES_AT, G, LS, RES, host_id, 1, T, "ls", 0, G,
-                           extra_disks=(("b", RES_AT), ("c", RES_AT)))
-
-    def cut(self, disk: str) -> None:
-        """The disk is gone for every host, until `restore`."""
-        self.world.disk_outages[disk] = (float("inf"), False)
-
-    def restore(self, disk: str) -> None:
-        del self.world.disk_outages[disk]
-
-    def run(self, algorithm: Algorithm[Any]) -> SimTask:
-        task = self.world.spawn("op", algorithm, 0.0)
-        end = self.world.now + 400
-        while not task.done and self.world.now < end:
-            self.world.run_until(self.world.now + 0.5)
-        assert task.done, "operation did not finish"
-        return task
-
-    def leaders(self) -> dict[str, Leader]:
-        return {name: decode_leader(disk.read(RES_AT, 512)) for name, disk in self.disks.items()}
+    return LeaseWorld(LEASE_DISKS, lockspace_disk="ls", seed=seed)
 
 
 def test_a_lease_works_with_one_of_three_disks_gone_and_the_next_write_repairs_it() -> None:
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.join(2)
     d.cut("b")
@@ -107,7 +67,7 @@ def test_a_lease_works_with_one_of_three_disks_gone_and_the_next_write_repairs_i
 
 
 def test_two_of_three_disks_gone_fails_the_acquire_and_nobody_holds_it() -> None:
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.cut("a")
     d.cut("c")
@@ -122,7 +82,7 @@ def test_two_of_three_disks_gone_fails_the_acquire_and_nobody_holds_it() -> None
 
 
 def test_a_corrupt_copy_counts_as_a_missing_disk_never_as_free() -> None:
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.join(2)
     held = d.run(acquire(d.params(1))).result
@@ -186,7 +146,7 @@ def test_a_shared_holders_mark_left_on_a_disk_behind_does_not_outlive_its_releas
     """Host 1 holds the lease shared, then releases it while disk c is gone: c keeps the
     SHARED mark. Back, c must not make host 1 (alive, holding nothing) a shared holder that
     refuses every exclusive acquire (campaign seed 8100006 at 0ae2ef4 found it so)."""
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.join(2)
     held = d.run(acquire(d.params(1), shared=True)).result
@@ -215,7 +175,7 @@ def test_a_released_copy_with_a_shared_mark_on_one_disk_frees_nothing() -> None:
     look at host 1's dblock finds that copy, but whose ballot reads b and c, once took the
     RELEASED copy to mean the lease was free, missed the mark, and won beside the shared
     holder host 1 was about to be (campaign seed 8500186 at fda10f4)."""
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.join(2)
     held: HeldLease = d.run(acquire(d.params(1))).result
@@ -238,7 +198,7 @@ def test_a_withdrawn_convert_left_marked_on_one_disk_does_not_outlive_the_shared
     release must order after the marked withdrawal on c: it once wrote the same mbal without
     the mark, the mark won the tie, and host 1 (alive, holding nothing) refused every
     exclusive acquire for good (campaign seed 8801624 at 3ef9e71)."""
-    d = ThreeDisks()
+    d = three_disks()
     d.join(1)
     d.join(2)
     p = d.params(1)
@@ -268,3 +228,43 @@ def test_a_withdrawn_convert_left_marked_on_one_disk_does_not_outlive_the_shared
     taken = d.run(acquire(d.params(2)))  # reads b and c: c still shows the marked withdrawal
     assert taken.error is None, taken.error
     assert taken.result.leader.owner_id == 2
+
+
+def test_the_leader_read_is_the_newest_copy_whichever_disks_answer_first() -> None:
+    """Disk a misses a grant and its release (cut meanwhile): whichever majority answers, the
+    leader read is the newest copy it holds; a majority without a, or with it, agrees."""
+    d = three_disks()
+    d.join(1)
+    first: HeldLease = d.run(acquire(d.params(1))).result
+    d.run(release(d.params(1), first))
+    d.cut("a")
+    second: HeldLease = d.run(acquire(d.params(1))).result
+    d.restore("a")
+    leaders = d.leaders()
+    assert leaders["a"].lver == first.lver and leaders["b"].lver == second.lver
+    for failing in LEASE_DISKS:
+        d.world.fail_when = lambda effect, gone=failing: effect.device == gone
+        seen: Leader = d.run(paxos_module.read_leader(d.params(2))).result
+        assert (seen.lver, seen.owner_id, seen.timestamp != 0) == (second.lver, 1, True)
+
+
+def test_holdings_are_read_by_majority_not_from_the_first_disk() -> None:
+    """Host 1 takes the lease shared while disk a (the first) is gone: a alone shows nobody.
+    read_holdings over a majority that includes a still finds host 1's mark; a alone is no
+    majority."""
+    d = three_disks()
+    d.join(1)
+    d.join(2)
+    d.cut("a")
+    d.run(acquire(d.params(1), shared=True))
+    d.restore("a")
+    assert not decode_mode_block(d.disks["a"].read(RES_AT + G.dblock_offset(1), 512)).shared
+    found = d.leaders()["b"]
+    reading = paxos_module.reading_params([("a", RES_AT), ("b", RES_AT), ("c", RES_AT)], found,
+                                          10)
+    d.world.fail_when = lambda effect: effect.device == "c"
+    holdings: paxos_module.Holdings = d.run(paxos_module.read_holdings(reading)).result
+    assert holdings.shared == ((1, 1),) and holdings.leader.timestamp == 0
+    d.cut("b")
+    refused = d.run(paxos_module.read_holdings(reading))  # a and nothing else: no majority
+    assert isinstance(refused.error, NoDiskMajority), refused.error or refused.result

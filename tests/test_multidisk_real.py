@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from leasestore.errors import AcquireIdLive, AcquireOwnedRetry, LeasestoreError
 from leasestore.ondisk.leader import Leader
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.timeouts import Timeouts
+from tests.prereq import require_blockdev
 
 pytestmark = pytest.mark.slow
 LS = "md-ls"
@@ -51,15 +51,8 @@ class Cluster:
 
     def hold(self, index: int) -> subprocess.Popen[bytes]:
         """A process on host `index` holding the lease until killed."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "leasestore.cli.main", "client", "--run-dir",
-             self.daemons[index].run_dir, "command", "-r", self.spec, "-c", "sleep", "600"])
+        proc = self.daemons[index].hold(self.spec)
         self.holders.append(proc)
-        daemon = self.daemons[index]
-        poll(lambda: proc.poll() is not None or any(
-            h["pid"] == proc.pid for h in daemon.call(client.status)["leases"]),
-            30, what="md held")
-        assert proc.poll() is None, "the holder could not acquire"
         return proc
 
     def leaders(self) -> list[Leader | None]:
@@ -103,10 +96,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     base = tmp_path_factory.mktemp("multidisk")
     loops = LoopDevices()
     daemons: list[DaemonProc] = []
@@ -222,6 +212,43 @@ def test_two_of_three_gone_fails_clearly_and_nobody_holds_it(cluster: Cluster) -
     b.call(client.release, LS, "md", cluster.lease, slkfd=fd)
     copies = cluster.leaders()
     assert copies[0] == copies[1] == copies[2]
+
+
+OWNERS_PROBE = r"""
+import json, sys, sanlock
+disks = [(d, int(sys.argv[3])) for d in sys.argv[4:]]
+print(json.dumps(sanlock.read_resource_owners(sys.argv[1].encode(), sys.argv[2].encode(), disks)))
+"""
+
+
+def test_reads_judge_by_majority_with_the_first_disk_behind(
+        cluster: Cluster, sanlock_python: str) -> None:
+    """The first disk misses a grant (read-only meanwhile): who-holds, `direct read_leader`
+    and READ_RESOURCE_OWNERS (python3-sanlock, through our daemon) report the holder a
+    majority shows, where the first disk alone shows the lease free."""
+    cluster.read_only(0, True)
+    try:
+        holder = cluster.hold(1)
+        stale = cluster.leaders()[0]
+        assert stale is not None and stale.timestamp == 0  # disk a alone: free
+        who = subprocess.run([sys.executable, "-m", "leasestore.cli.main", "who-holds", "-r",
+                              cluster.spec, "--no-daemon", "--watch", "0", "--json"],
+                             capture_output=True, text=True)
+        assert who.returncode == 0, who.stderr
+        [lease] = json.loads(who.stdout)
+        assert [(h["host_id"], h["shared"]) for h in lease["holders"]] == [(2, False)]
+        read = _direct("read_leader", "-r", cluster.spec)
+        assert read.returncode == 0, read.stderr
+        fields = dict(line.split(None, 1) for line in read.stdout.splitlines()[1:])
+        assert fields["owner_id"] == "2" and fields["timestamp"] != "0", read.stdout
+        env = dict(os.environ, SANLOCK_RUN_DIR=cluster.daemons[0].run_dir)
+        probe = subprocess.run([sanlock_python, "-c", OWNERS_PROBE, LS, "md", str(AT),
+                                *cluster.disks], capture_output=True, text=True, env=env)
+        assert probe.returncode == 0, probe.stderr
+        assert [owner["host_id"] for owner in json.loads(probe.stdout)] == [2]
+        cluster.stop_holder(holder)
+    finally:
+        cluster.read_only(0, False)
 
 
 def _direct(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,6 @@ of three read-only (sanlock marks its multi-disk reads untested; this is what it
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from leasestore import client
 from leasestore.direct import format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive
 from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file, poll
+from tests.prereq import require_blockdev
 
 pytestmark = [pytest.mark.slow, pytest.mark.sanlock]
 LS = "mdx-ls"
@@ -33,10 +32,7 @@ class Mixed:
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory, sanlock_bin: str) -> Iterator[Mixed]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     base: Path = tmp_path_factory.mktemp("mdx")
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []

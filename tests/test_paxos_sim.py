@@ -20,7 +20,6 @@ import leasestore.paxos as paxos_module
 import leasestore.removal as removal_module
 import leasestore.resource as resource_module
 from leasestore.daemon.supervisor import Supervisor
-from leasestore.delta import DeltaParams, HostLeaseObserver, host_lease_loop
 from leasestore.effects import Algorithm, Read, Write
 from leasestore.errors import (
     AcquireIdLive,
@@ -37,7 +36,6 @@ from leasestore.errors import (
     StorageError,
 )
 from leasestore.lockspace import Lockspace
-from leasestore.ondisk.areas import lockspace_area_image, resource_area_image
 from leasestore.ondisk.checksum import sanlock_crc
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
@@ -46,61 +44,36 @@ from leasestore.ondisk.dblock import (
     decode_mode_block,
     encode_dblock_sector,
 )
-from leasestore.ondisk.geometry import Geometry, pad_sector
+from leasestore.ondisk.geometry import pad_sector
 from leasestore.ondisk.leader import LEADER_CHECKSUM_OFFSET, Leader, decode_leader
 from leasestore.ondisk.request import decode_request
 from leasestore.paxos import HeldLease, PaxosParams, acquire, release, request
 from leasestore.resource import ResourceKey, ResourceService
-from leasestore.testing import Faults, SimDisk, SimTask, SimWorld
+from leasestore.testing import Faults
 from leasestore.testing.campaign import CAMPAIGN_FAULTS, Shape, Totals, run_campaign, run_seed
 from leasestore.testing.cluster import Violation
+from leasestore.testing.leaseworld import (
+    GEOMETRY,
+    LEASE_AT,
+    LOCKSPACE,
+    RESOURCE,
+    TIMEOUTS,
+    LeaseWorld,
+)
 from leasestore.testing.paxos_cluster import SPACE, ClusterConfig, PaxosCluster
 from leasestore.timeouts import Timeouts
 
-G = Geometry(512, 1 << 20)
-T = Timeouts(10, 60)
-LS, RES = "px", "res"
-RES_AT = G.align_size
+G, T = GEOMETRY, TIMEOUTS
+LS, RES, RES_AT = LOCKSPACE, RESOURCE, LEASE_AT
 
 
-class Disk:
-    def __init__(self, seed: int = 1) -> None:
-        self.disk = SimDisk(2 * G.align_size, 512, "d")
-        self.disk.land(0, lockspace_area_image(LS, G, 10))
-        self.disk.land(RES_AT, resource_area_image(LS, RES, G))
-        self.world = SimWorld(seed, {"d": self.disk})
-        self.ios: list[tuple[str, int, int]] = []
-
-    def join(self, host_id: int, offset: float = 0.0) -> tuple[SimTask, list[Leader]]:
-        joined: list[Leader] = []
-
-        class Obs(HostLeaseObserver):
-            def joined(self, leader: Leader) -> None:
-                joined.append(leader)
-
-        params = DeltaParams("d", 0, G, LS, host_id, f"host{host_id}", T)
-        task = self.world.spawn(f"delta{host_id}", host_lease_loop(params, Obs()), offset)
-        self.world.run_until(self.world.now + 25)
-        assert joined
-        return task, joined
-
-    def params(self, host_id: int, generation: int = 1) -> PaxosParams:
-        return PaxosParams("d", RES_AT, G, LS, RES, host_id, generation, T, "d", 0, G)
-
-    def run(self, algorithm: Algorithm[Any], offset: float = 0.0, limit_s: float = 400) -> SimTask:
-        task = self.world.spawn("op", algorithm, offset)
-        end = self.world.now + limit_s
-        while not task.done and self.world.now < end:
-            self.world.run_until(self.world.now + 0.5)
-        assert task.done, "operation did not finish"
-        return task
-
-    def leader(self) -> Leader:
-        return decode_leader(self.disk.read(RES_AT, 512))
+def one_disk(seed: int = 1) -> LeaseWorld:
+    """The lockspace and the lease on one disk, "d"."""
+    return LeaseWorld(seed=seed)
 
 
 def test_uncontended_acquire_and_release_match_sanlock_records() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     task = d.run(acquire(d.params(1)))
     held: HeldLease = task.result
@@ -117,7 +90,7 @@ def test_uncontended_acquire_and_release_match_sanlock_records() -> None:
 
 
 def test_ballot_numbers_advance_by_max_hosts() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     for _ in range(6):
         held = d.run(acquire(d.params(1))).result
@@ -127,7 +100,7 @@ def test_ballot_numbers_advance_by_max_hosts() -> None:
 
 
 def test_live_owner_refuses_and_dead_owner_is_taken_over_after_host_dead() -> None:
-    d = Disk()
+    d = one_disk()
     owner_delta, _ = d.join(1, offset=5000)
     d.join(2, offset=9000)
     d.run(acquire(d.params(1)), offset=5000)
@@ -144,7 +117,7 @@ def test_live_owner_refuses_and_dead_owner_is_taken_over_after_host_dead() -> No
 
 
 def test_acquire_with_lver_is_a_fencing_check() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     held = d.run(acquire(d.params(1))).result
     d.run(release(d.params(1), held))
@@ -155,7 +128,7 @@ def test_acquire_with_lver_is_a_fencing_check() -> None:
 
 
 def test_shared_holders_coexist_and_block_exclusive() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     d.join(2, 200)
     d.join(3, 300)
@@ -175,7 +148,7 @@ def test_shared_holders_coexist_and_block_exclusive() -> None:
 
 
 def test_bad_dblock_checksum_fails_the_first_read() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     held = d.run(acquire(d.params(1))).result
     d.run(release(d.params(1), held))
@@ -187,7 +160,7 @@ def test_bad_dblock_checksum_fails_the_first_read() -> None:
 
 
 def test_release_after_takeover_is_refused() -> None:
-    d = Disk()
+    d = one_disk()
     owner_delta, _ = d.join(1)
     d.join(2, 50)
     held = d.run(acquire(d.params(1))).result
@@ -198,11 +171,11 @@ def test_release_after_takeover_is_refused() -> None:
     assert d.leader().owner_id == 2 and d.leader().timestamp != 0
 
 
-def _land_dblock(d: Disk, host_id: int, dblock: Dblock) -> None:
+def _land_dblock(d: LeaseWorld, host_id: int, dblock: Dblock) -> None:
     d.disk.land(RES_AT + G.dblock_offset(host_id), encode_dblock_sector(dblock, 512))
 
 
-def _land_leader(d: Disk, leader: Leader) -> None:
+def _land_leader(d: LeaseWorld, leader: Leader) -> None:
     d.disk.land(RES_AT, pad_sector(leader.encode(), 512))
 
 
@@ -210,7 +183,7 @@ def test_recovery_after_a_rollback_ignores_a_losers_retraction() -> None:
     """Campaign seed 60801: host 4 holds lver 2; host 3 lost that ballot and marked its own
     proposal RELEASED; a late write rolls the leader back to lver 1. Recovering lver 2 must
     restore host 4's ownership, not commit it free because of host 3's mark."""
-    d = Disk()
+    d = one_disk()
     d.join(2, 200)
     d.join(4, 400)
     stamp = decode_leader(d.disk.read(G.delta_offset(4), 512)).timestamp
@@ -257,7 +230,7 @@ def _frees_leader(write: Write) -> bool:
 def test_failed_shared_hand_over_leaves_nothing_behind() -> None:
     """Campaign seed 63070: a shared acquire whose free-leader write fails must not leave a
     live host's SHARED claim and SHORT_HOLD leader blocking every other host for good."""
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     d.join(2, 200)
     task = d.run(_failing(acquire(d.params(1), shared=True), _frees_leader), 100)
@@ -274,7 +247,7 @@ def test_failed_shared_hand_over_leaves_nothing_behind() -> None:
 def test_owner_marked_released_is_passed_over_only_for_its_own_value() -> None:
     """A RELEASED dblock of the owner at the leader's lver frees the lease even though the
     owner wrote the leader (a commit that failed); one carrying another value does not."""
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     d.join(2, 200)
     held = d.run(acquire(d.params(1)), 100).result
@@ -287,7 +260,7 @@ def test_owner_marked_released_is_passed_over_only_for_its_own_value() -> None:
 
 
 def test_release_of_an_unchanged_leader_reads_nothing() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     held = d.run(acquire(d.params(1))).result
     seen: list[object] = []
@@ -302,7 +275,7 @@ def test_release_of_an_unchanged_leader_reads_nothing() -> None:
 def test_a_wrong_unchanged_belief_is_repaired_by_the_next_acquirer() -> None:
     """Should a host release without reading after all after it was taken over, its write rolls
     the leader back; the next acquirer's ballot finds the new owner's value and restores it."""
-    d = Disk()
+    d = one_disk()
     owner_delta, _ = d.join(1)
     d.join(2, 50)
     d.join(3, 70)
@@ -412,7 +385,7 @@ def test_checker_catches_takeover_without_waiting(monkeypatch: pytest.MonkeyPatc
 
 
 def test_request_record_rules() -> None:
-    d = Disk()
+    d = one_disk()
     d.join(1)
     free = d.run(request(d.params(1), None, 1))
     assert free.result == 0  # a free lease: nothing to ask
@@ -427,10 +400,10 @@ def test_request_record_rules() -> None:
     assert decode_request(d.disk.read(RES_AT + 512, 512)).lver == 0
 
 
-def _rolled_back_to_lver_1(lver2_value: Dblock) -> Disk:
+def _rolled_back_to_lver_1(lver2_value: Dblock) -> LeaseWorld:
     """Host 1 joined; `lver2_value` in its writer's dblock (host `inp`), host 2's phase-1-only
     dblock for lver 3, and the leader rolled back to lver 1 (owned by lver2_value's writer)."""
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     _land_dblock(d, lver2_value.inp, lver2_value)
     _land_dblock(d, 2, Dblock(mbal=4002, lver=3))
@@ -473,7 +446,7 @@ def test_a_claim_that_cannot_be_withdrawn_is_reported_for_retry() -> None:
     behind one of our own timed-out writes): the lease is owned by a live host that holds
     nothing. The acquire says so (ClaimNotWithdrawn, with the claim), and once the caller's
     retry of `withdraw_claim` lands, other hosts may take the lease."""
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     d.join(2, 200)
     first_failure = [True]
@@ -504,7 +477,7 @@ def test_a_ballot_never_overwrites_the_release_mark_that_frees_our_lease() -> No
     mark, then failed: the leader named live host 1, which held nothing, so no other host could
     acquire the lease while host 1 lived (an orphan). The acquire now commits the leader free
     before its ballot."""
-    d = Disk()
+    d = one_disk()
     d.join(1, 100)
     d.join(2, 200)
     held = d.run(acquire(d.params(1)), 100).result

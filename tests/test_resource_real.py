@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from leasestore.errors import AcquireIdLive, AcquireLver, SharedHolders
 from leasestore.testing.procs import DaemonProc, LoopDevices, make_file, poll
 from leasestore.testing.wirefuzz import hostile_messages
 from leasestore.timeouts import Timeouts
+from tests.prereq import require_blockdev
 
 pytestmark = pytest.mark.slow
 LS = "res-ls"
@@ -47,24 +47,14 @@ class Hosts:
     def hold(self, index: int, resource: str, offset: int, shared: bool = False) -> int:
         """Start a process on host `index` that holds the lease until killed; returns its pid."""
         spec = f"{LS}:{resource}:{self.devices[index]}:{offset}" + (":SH" if shared else "")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "leasestore.cli.main", "client", "--run-dir",
-             self.daemons[index].run_dir, "command", "-r", spec, "-c", "sleep", "600"])
+        proc = self.daemons[index].hold(spec, 20)
         self.holders.append(proc)
-        daemon = self.daemons[index]
-        poll(lambda: proc.poll() is not None or any(
-            h["pid"] == proc.pid for h in daemon.call(client.status)["leases"]),
-            20, what=f"{resource} held")
-        assert proc.poll() is None, "the holder could not acquire"
         return proc.pid
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     base = tmp_path_factory.mktemp("resources")
     loops = LoopDevices()
     state = Hosts([], [], [])

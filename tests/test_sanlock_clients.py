@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +38,6 @@ from leasestore.testing.sanlock_clients import (
     PY_GROUPS,
     PY_SCRIPT,
     RX_AT,
-    SANLOCK_PYTHON,
     CliScenario,
     CliStep,
     Normaliser,
@@ -159,17 +157,6 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory,
             norm = Normaliser((targets[kind].path,), (HOST,), pids)
             runs[kind] = CliRun(steps[kind], norm, targets[kind].log_path, targets[kind].path)
     yield runs  # the daemons are stopped by now: the tests only compare what was recorded
-
-
-@pytest.fixture(scope="module")
-def sanlock_python() -> str:
-    probe = subprocess.run([SANLOCK_PYTHON, "-c", "import sanlock"], capture_output=True,
-                           check=False) if os.path.exists(SANLOCK_PYTHON) else None
-    if probe is None or probe.returncode != 0:
-        if os.environ.get("LEASESTORE_REQUIRE_SANLOCK") == "1":
-            pytest.fail(f"{SANLOCK_PYTHON} with python3-sanlock is required")
-        pytest.skip(f"{SANLOCK_PYTHON} with python3-sanlock not available")
-    return SANLOCK_PYTHON
 
 
 @dataclass

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from leasestore import client, direct
+from leasestore import client, daemonless
 from leasestore.direct import dump, format_lockspace, format_resource, read_paxos_leader
 from leasestore.errors import AcquireIdLive, HostIdBusy
 from leasestore.testing.procs import DaemonProc, LoopDevices, SanlockProc, make_file, poll
+from tests.prereq import require_blockdev
 
 pytestmark = [pytest.mark.slow, pytest.mark.sanlock]
 LS = "mixed-ls"
@@ -32,10 +32,7 @@ RES_OURS = 2 << 20
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory,
           sanlock_bin: str) -> Iterator[tuple[SanlockProc, DaemonProc, list[str]]]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     base: Path = tmp_path_factory.mktemp("mixed")
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
@@ -67,6 +64,10 @@ def _both_joined(theirs: SanlockProc, ours: DaemonProc, devices: list[str]) -> N
 def _states(out: str) -> dict[int, str]:
     return {int(h): s for h, s in re.findall(r"^h (\d+) gen \d+ timestamp \d+ (\w+)", out, re.M)}
 
+
+
+def _owners(device: str) -> list[daemonless.ResourceOwner]:
+    return daemonless.resource_owners([(device, RES_CONVERT)])
 
 
 def _run_together(calls: list[Callable[[], object]], timeout_s: float) -> None:
@@ -334,8 +335,8 @@ def test_a_convert_to_exclusive_waits_for_the_other_implementations_shared_holde
             assert f":SH p {mine.pid}" in first.client("status").stdout  # still shared
             other.kill()
             other.wait(10)
-            poll(functools.partial(lambda d: not direct.resource_owners(d, RES_CONVERT)[1:],
-                                   one), 20, what="the other host's shared holding gone")
+            poll(functools.partial(lambda d: not _owners(d)[1:], one), 20,
+                 what="the other host's shared holding gone")
             assert convert(first, one, mine.pid) == "convert done 0"
             refused = second.client("command", "-r", f"{LS}:conv:{two}:{RES_CONVERT}:SH",
                                     "-c", "/bin/true", check=False)
@@ -346,8 +347,8 @@ def test_a_convert_to_exclusive_waits_for_the_other_implementations_shared_holde
             assert joined.returncode == 0, joined.stdout
             mine.kill()
             mine.wait(10)
-            poll(functools.partial(lambda d: not direct.resource_owners(d, RES_CONVERT), one),
-                 20, what="the lease free again")
+            poll(functools.partial(lambda d: not _owners(d), one), 20,
+                 what="the lease free again")
     finally:
         for holder in holders:
             if holder.poll() is None:
@@ -486,10 +487,7 @@ def test_each_implementation_takes_a_dead_hosts_lease_only_after_host_dead(
     """sanlock host 1 and leasestore host 2 each hold a lease and die together; then
     leasestore host 4 takes sanlock's lease and sanlock host 3 takes ours, each no earlier than
     host_dead after the dead host's last renewal, and soon after it."""
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        if os.environ.get("LEASESTORE_REQUIRE_BLOCKDEV") == "1":
-            pytest.fail("root and losetup are required")
-        pytest.skip("needs root and losetup")
+    require_blockdev()
     loops = LoopDevices()
     procs: list[SanlockProc | DaemonProc] = []
     holders: list[subprocess.Popen[str]] = []

@@ -438,7 +438,7 @@ def test_a_persistent_lease_outlives_its_holder_as_an_orphan(serving: Serving) -
         assert client.release_orphans("never-added", slkfd=fd) == 0
         assert client.release_orphans("orph-ls", "o2", slkfd=fd) == 1
         assert not _orphans(serving)
-        assert not direct.resource_owners(serving.path, at + 2 * MiB)
+        assert not daemonless.resource_owners([(serving.path, at + 2 * MiB)])
         client.acquire("orph-ls", "o1", disk(1), slkfd=fd, persistent=True)
         client.acquire("orph-ls", "o3", disk(3), slkfd=fd, persistent=True)
         ended(fd)
@@ -514,19 +514,19 @@ def test_convert_changes_the_mode_on_disk(serving: Serving) -> None:
         with pytest.raises(LeaseNotHeld):
             client.convert(LS, "r4", disk, slkfd=fd)
         shared = client.acquire(LS, "r4", disk, slkfd=fd, shared=True)
-        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [True]
+        assert [o.shared for o in daemonless.resource_owners([(serving.path, 4 * MiB)])] == [True]
         exclusive = client.convert(LS, "r4", disk, slkfd=fd)
         leader = direct.read_paxos_leader(serving.path, 4 * MiB)
         assert not exclusive["shared"] and exclusive["lver"] == leader.lver == shared["lver"] + 1
         assert leader.timestamp != 0
-        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [False]
+        assert [o.shared for o in daemonless.resource_owners([(serving.path, 4 * MiB)])] == [False]
         with pytest.raises(LeaseAlreadyInMode):
             client.convert(LS, "r4", disk, slkfd=fd)
         assert client.convert(LS, "r4", disk, shared=True, slkfd=fd)["shared"]
         assert direct.read_paxos_leader(serving.path, 4 * MiB).timestamp == 0
-        assert [o.shared for o in direct.resource_owners(serving.path, 4 * MiB)] == [True]
+        assert [o.shared for o in daemonless.resource_owners([(serving.path, 4 * MiB)])] == [True]
         client.release(LS, "r4", disk, slkfd=fd)
-        assert not direct.resource_owners(serving.path, 4 * MiB)
+        assert not daemonless.resource_owners([(serving.path, 4 * MiB)])
         client._registrations.pop(fd).close()
 
 
@@ -629,7 +629,7 @@ def test_a_shared_lease_is_orphaned_only_by_a_persistent_last_holder(serving: Se
         second.kill()
         second.wait(10)
         poll(lambda: "shared-two" not in _held(serving), 20, what="the lease released")
-        assert not direct.resource_owners(serving.path, at)
+        assert not daemonless.resource_owners([(serving.path, at)])
     finally:
         for holder in (first, second):
             if holder is not None and holder.poll() is None:

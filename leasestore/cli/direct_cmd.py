@@ -43,13 +43,14 @@ def register(sub: Any) -> None:
                                         area_cmds.run_format))
     area_cmds.add_dump_arguments(verb("dump", "the same as 'leasestore dump'",
                                       area_cmds.run_dump))
-    p = verb("read_leader", "print a host's delta leader (-s) or a resource's leader (-r)",
-             run_read_leader)
+    p = verb("read_leader", "print a host's delta leader (-s) or a resource's leader (-r; "
+                            "on several disks, the one a majority shows)", run_read_leader)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP)
     target.add_argument("-r", dest="resource", metavar=RESOURCE_HELP)
     p = verb("write_leader", "repair: write a host's delta leader (-s) or a resource's leader "
-                             "(-r), with fields set, over what is there", run_write_leader)
+                             "(-r, one disk's copy), with fields set, over what is there",
+             run_write_leader)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("-s", dest="lockspace", metavar=LOCKSPACE_HELP)
     target.add_argument("-r", dest="resource", metavar=RESOURCE_HELP)
@@ -158,7 +159,8 @@ def _lockspace(text: str, *, host_id_needed: bool = True) -> LockspaceSpec:
 def _one_disk(text: str) -> ResourceSpec:
     spec = ResourceSpec.parse(text)
     if len(spec.disks) != 1:
-        raise UsageError("daemon-less verbs take one disk per resource")
+        raise UsageError("write_leader repairs one disk's copy of a leader: name that disk "
+                         "alone (LOCKSPACE:NAME:PATH:OFFSET)")
     return spec
 
 
@@ -167,9 +169,7 @@ def run_read_leader(args: argparse.Namespace) -> int:
         ls = _lockspace(args.lockspace)
         found = daemonless.read_leader(ls.path, ls.offset_b, ls.name, host_id=ls.host_id)
     else:
-        res = _one_disk(args.resource)
-        found = daemonless.read_leader(res.path, res.offset_b, res.lockspace,
-                                       resource=res.name)
+        found = daemonless.read_lease_leader(ResourceSpec.parse(args.resource))
     _done("read_leader", found.error)
     if found.leader is not None:
         _print(_fields(found.leader))

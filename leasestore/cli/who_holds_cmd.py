@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
                     "at --run-dir if it has joined their lockspace, else by watching their "
                     "delta sectors (-s, or the lockspace area found on the lease's device).")
     target = who.add_mutually_exclusive_group(required=True)
-    target.add_argument("-r", dest="resource", metavar="LOCKSPACE:NAME:PATH:OFFSET")
+    target.add_argument("-r", dest="resource",
+                        metavar="LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...]",
+                        help="the lease (on several disks: judged by majority)")
     target.add_argument("range", nargs="?", metavar="PATH[:OFFSET[:LENGTH]]")
     who.add_argument("-s", dest="lockspace", metavar="LOCKSPACE:0:PATH:OFFSET",
                      help="where the lockspace area is (default: looked for on the device)")
@@ -45,9 +47,10 @@ def register(sub: Any) -> None:
 def _leases(args: argparse.Namespace) -> list[ResourceHolders]:
     if args.resource:
         spec = ResourceSpec.parse(args.resource)
-        if len(spec.disks) != 1 or spec.lver is not None or spec.shared:
-            raise UsageError("-r takes LOCKSPACE:NAME:PATH:OFFSET (one disk, no :LVER or :SH)")
-        lease = ownership.lease_at(spec.path, spec.offset_b)
+        if spec.lver is not None or spec.shared:
+            raise UsageError("-r takes LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...] (no :LVER "
+                             "or :SH)")
+        lease = ownership.lease_at(spec.disks)
         if lease.error is None and (lease.lockspace, lease.resource) != (spec.lockspace,
                                                                          spec.name):
             raise LeasestoreError(f"{spec.path}:{spec.offset_b} is lease {lease.resource!r} "

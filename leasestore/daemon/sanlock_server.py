@@ -12,8 +12,8 @@ codes sanlock replies with, and encodes. Invariants:
   (or on shutdown, whose holders are killed first);
 - every command of sanlock 3.8.5 has a handler; unknown commands are skipped, as 3.8.5
   skips them. Leases on several disks are acquired, requested and formatted on all of them
-  (majority rules, paxos.py); READ_RESOURCE and READ_RESOURCE_OWNERS read the first disk
-  that holds a valid leader;
+  (majority rules, paxos.py); READ_RESOURCE and READ_RESOURCE_OWNERS report what a
+  majority of them shows (the newest leader, each host's latest dblock copy);
 - with LS_DETAIL in cmd_flags (leasestore's own client) the same command gets the same result
   code, and a JSON payload that says what sanlock's binary reply cannot (error class and text,
   µs timings, host names): one protocol, one set of handlers.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import leasestore.daemon.sanlock_proto as sp
-from leasestore import direct, rindex
+from leasestore import daemonless, direct, rindex
 from leasestore.clock import lease_now_s
 from leasestore.daemon import commands, recent_log
 from leasestore.daemon.sanlock_proto import Cmd, Header
@@ -60,14 +60,14 @@ from leasestore.errors import (
 )
 from leasestore.lockspace import Lockspace, LockspaceState
 from leasestore.ondisk.geometry import Geometry
-from leasestore.ondisk.leader import LeaderMagic, decode_leader
+from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
 from leasestore.ondisk.rindex import (
     DEFAULT_MAX_RESOURCES,
     LEASE_NAME,
     RindexEntry,
     RindexHeader,
 )
-from leasestore.paxos import SH_RETRIES
+from leasestore.paxos import SH_RETRIES, Holdings
 from leasestore.resource import HeldResource
 from leasestore.specs import MAX_PATH_B
 from leasestore.storage.odirect import DirectDevice
@@ -919,33 +919,25 @@ class SanlockFrontEnd:
         return _Reply(payload=found.encode(), data2=leader.io_timeout,
                       detail={"lockspace": leader.space_name, "io_timeout": leader.io_timeout})
 
-    def _paxos_leader(self, disks: list[sp.Disk]) -> tuple[sp.Resource, sp.Disk]:
-        """The leader of the first of `disks` that holds a valid one (and that disk)."""
-        for index, disk in enumerate(disks):
-            try:
-                return self._paxos_leader_on(disk), disk
-            except (LeasestoreError, _Refused):
-                if index == len(disks) - 1:
-                    raise
-        raise AssertionError("a resource has at least one disk")
+    @staticmethod
+    def _holdings(disks: list[sp.Disk]) -> Holdings:
+        """The lease on `disks` as a majority of them shows it (daemonless.lease_holdings); a
+        device that cannot be read, or too few disks with a valid copy, is -ENODEV."""
+        paths = [(_checked_path(disk.path), disk.offset) for disk in disks]
+        return _on_device(lambda: daemonless.lease_holdings(paths))
 
-    def _paxos_leader_on(self, disk: sp.Disk) -> sp.Resource:
-        try:
-            leader = direct.read_paxos_leader(_checked_path(disk.path), disk.offset)
-        except CorruptRecord:
-            raise
-        except (LeasestoreError, OSError) as exc:
-            raise _refuse(-sp.ENODEV, DeviceMissing, f"{disk.path}: {exc}") from None
+    @staticmethod
+    def _as_resource(leader: Leader, shared: bool = False) -> sp.Resource:
         geometry = Geometry.from_leader_fields(leader.sector_size, leader.flags)
+        flags = sp.flags_of_geometry(geometry.sector_size, geometry.align_size)
         return sp.Resource(leader.space_name, leader.resource_name, leader.lver,
-                           flags=sp.flags_of_geometry(geometry.sector_size,
-                                                      geometry.align_size), num_disks=1)
+                           flags=flags | (sp.RES_SHARED if shared else 0), num_disks=1)
 
     def _read_resource(self, header: Header, payload: _Payload, session: Session) -> _Reply:
         """The struct always follows the header: libsanlock reads it even on error."""
         asked, disks = self._one_resource(payload)
         try:
-            found, _ = self._paxos_leader(disks)
+            found = self._as_resource(self._holdings(disks).leader)
         except (LeasestoreError, _Refused) as exc:
             code = exc.code if isinstance(exc, _Refused) else result_code(exc)
             return _Reply(code, payload=asked.encode())
@@ -956,14 +948,11 @@ class SanlockFrontEnd:
                               session: Session) -> _Reply:
         _asked, disks = self._one_resource(payload)
         try:
-            found, disk = self._paxos_leader(disks)
+            holdings = self._holdings(disks)
         except BadMagic as exc:  # sanlock answers an uninitialised area so here
             raise _Refused(-sp.EINVAL, exc) from None
-        owners = _on_device(lambda: direct.resource_owners(disk.path, disk.offset))
-        shared = any(owner.shared for owner in owners)
-        resource = sp.Resource(found.lockspace, found.name, found.lver,
-                               flags=found.flags | (sp.RES_SHARED if shared else 0),
-                               num_disks=1)
+        owners = daemonless.owners_of(holdings)
+        resource = self._as_resource(holdings.leader, any(owner.shared for owner in owners))
         body = resource.encode() + b"".join(
             sp.Host(o.host_id, o.generation, o.timestamp, 0, 0).encode() for o in owners)
         return _Reply(payload=body, data2=len(owners),

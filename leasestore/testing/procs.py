@@ -138,6 +138,23 @@ class DaemonProc:
         with client.using(self.run_dir):
             return fn(*args, **kwargs)
 
+    def hold(self, resource_spec: str, timeout_s: float = 30) -> subprocess.Popen[bytes]:
+        """A `client command -r resource_spec -c sleep 600` process, returned once this
+        daemon lists it as holding the lease (the caller kills it, by its pid)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leasestore.cli.main", "client", "--run-dir", self.run_dir,
+             "command", "-r", resource_spec, "-c", "sleep", "600"])
+        try:
+            poll(lambda: proc.poll() is not None or any(
+                h["pid"] == proc.pid for h in self.call(client.status)["leases"]),
+                timeout_s, what=f"{resource_spec} held")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        assert proc.poll() is None, f"the holder of {resource_spec} could not acquire"
+        return proc
+
     def hosts(self, lockspace: str) -> dict[int, dict[str, Any]]:
         return {h["host_id"]: h for h in self.call(client.get_hosts, lockspace)}
 
