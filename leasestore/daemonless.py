@@ -89,17 +89,30 @@ def _runner(*paths: str, readonly: bool = False) -> Iterator[DeviceRunner]:
                 opened[path] = stack.enter_context(DirectDevice(path, readonly=readonly))
             except StorageError as exc:
                 opened.failed[path] = exc
+            except OSError as exc:
+                opened.failed[path] = StorageError(f"{path}: {exc.strerror or exc}")
         yield DeviceRunner(opened)
 
 
 def lease_holdings(disks: Sequence[paxos.DiskRef]) -> paxos.Holdings:
-    """Who holds the resource lease on `disks` (1-4, as paxos.read_holdings judges it: the
-    newest leader and the latest dblock copies of a majority). The copies must be of the lease
+    """Who holds the resource lease on `disks` (1-4, as paxos.read_holdings judges it: on
+    several, by a majority of copies that verify whole). The copies must be of the lease
     whose leader the first disk that reads and verifies holds; a leader that does not verify
     on any disk is that error (a CorruptRecord), never a free lease."""
     found = _first_paxos_leader(disks)
     with _runner(*(path for path, _ in disks), readonly=True) as runner:
         return runner.run(paxos.read_holdings(paxos.reading_params(
+            disks, found, int(READ_TIMEOUT_S))))
+
+
+def lease_leader(disks: Sequence[paxos.DiskRef]) -> Leader:
+    """The resource lease's leader on `disks`: on one, the sector as it verifies; on several,
+    the newest copy of a majority that verify (paxos.read_leader)."""
+    found = _first_paxos_leader(disks)
+    if len(disks) == 1:
+        return found
+    with _runner(*(path for path, _ in disks), readonly=True) as runner:
+        return runner.run(paxos.read_leader(paxos.reading_params(
             disks, found, int(READ_TIMEOUT_S))))
 
 
@@ -133,15 +146,20 @@ def owners_of(holdings: paxos.Holdings) -> list[ResourceOwner]:
 
 
 def _first_paxos_leader(disks: Sequence[paxos.DiskRef]) -> Leader:
-    """The paxos leader of the first of `disks` where one reads and verifies (else the last
-    disk's error)."""
-    for index, (path, offset_b) in enumerate(disks):
+    """The paxos leader of the first of `disks` where one reads and verifies. If none does,
+    the first disk's record error (a CorruptRecord: an uninitialised or cleared area says
+    more than a disk that cannot be read), else the last disk's error."""
+    errors: list[CorruptRecord | StorageError] = []
+    for path, offset_b in disks:
         try:
             return direct.read_paxos_leader(path, offset_b)
-        except (CorruptRecord, StorageError):
-            if index == len(disks) - 1:
-                raise
-    raise UsageError("a resource lease has at least one disk")
+        except (CorruptRecord, StorageError) as exc:
+            errors.append(exc)
+        except OSError as exc:
+            errors.append(StorageError(f"{path}: {exc.strerror or exc}"))
+    if not errors:
+        raise UsageError("a resource lease has at least one disk")
+    raise next((e for e in errors if isinstance(e, CorruptRecord)), errors[-1])
 
 
 def _read(path: str, offset_b: int, length_b: int | None = None) -> bytes:
@@ -189,8 +207,8 @@ def read_lease_leader(resource: ResourceSpec) -> LeaderRead:
         return read_leader(resource.path, resource.offset_b, resource.lockspace,
                            resource=resource.name)
     try:
-        leader = lease_holdings(resource.disks).leader
-    except CorruptRecord as exc:
+        leader = lease_leader(resource.disks)
+    except (CorruptRecord, LeaseMismatch) as exc:
         return LeaderRead(None, exc)
     where = f"{resource.path}:{resource.offset_b} (and its further disks)"
     if leader.space_name != resource.lockspace:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from leasestore import daemonless, direct
-from leasestore.errors import CorruptRecord
+from leasestore.errors import CorruptRecord, LeaseMismatch
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
 from leasestore.storage.odirect import DirectDevice
@@ -91,7 +91,7 @@ def lease_at(disks: Sequence[tuple[str, int]]) -> ResourceHolders:
     path, offset_b = disks[0]
     try:
         holdings = daemonless.lease_holdings(disks)
-    except CorruptRecord as exc:
+    except (CorruptRecord, LeaseMismatch) as exc:
         return ResourceHolders("", None, path, offset_b, 0, (), error=str(exc))
     leader = holdings.leader
     holders = tuple(Holder(o.host_id, o.generation, o.shared, None)

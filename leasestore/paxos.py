@@ -38,8 +38,10 @@ several disks (1-4, the same records at an offset of each; `PaxosParams.disks`):
   leader is the newest copy read (every leader written is a decided grant or a final release);
   the next leader write brings every disk forward. A RELEASED mark on any copy counts (only its
   owner writes one) unless it carries a SHARED mark (_owner_released); whether a host holds the
-  lease shared is read from its latest copy (_copy_order). With one disk every rule is the
-  single-disk one and the effects the same.
+  lease shared is read from its latest copy (_copy_order), so a host's every write that takes
+  a mark back (a shared release, a withdrawn claim, a convert's clearing) carries a higher mbal
+  than any copy it may have written before, and a withdrawal becomes the tracked dblock before
+  it is written. With one disk every rule is the single-disk one and the effects the same.
 
 Invariant (checked by the simulator): at most one host holds a valid exclusive lease of a given
 lver, never beside a valid shared holder, and lver only grows.
@@ -300,9 +302,7 @@ def _dblock_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
     ss = p.geometry.sector_size
     count = min(num_hosts, len(raw) // ss - FIRST_DBLOCK_SECTOR)
     rows = scan_dblocks(raw, ss, FIRST_DBLOCK_SECTOR, count)
-    touched_mask = ((rows["mbal"] != 0) | (rows["bal"] != 0) | (rows["inp"] != 0)
-                    | (rows["lver"] != 0) | (rows["checksum"] != 0) | (rows["mode_flags"] != 0))
-    touched = np.flatnonzero(touched_mask).tolist()
+    touched = _dblock_indices_touched(rows)
 
     def checksum_ok(index: int) -> bool:
         at = (FIRST_DBLOCK_SECTOR + index) * ss  # slice the record only: `raw` may be bytes
@@ -386,28 +386,39 @@ def reading_params(disks: Sequence[DiskRef], found: Leader, io_timeout_s: int) -
 
 
 def read_holdings(p: PaxosParams) -> Algorithm[Holdings]:
-    """The lease's holders: the newest leader of a majority of copies, and the SHARED marks
-    of each host's latest dblock copy (a mark on a copy whose checksum fails counts only while
-    no valid copy of that host's dblock was read: a mark is never passed over on a guess)."""
+    """The lease's holders: its leader and the SHARED marks of each host's latest dblock
+    copy. On several disks each disk's copy of the area (leader and dblocks, in one read) must
+    verify whole, as a ballot's reads do, and a majority of such copies decides (the newest
+    leader, each host's latest dblock); a copy with a bad checksum or of another lease counts
+    as a failed disk. On one disk the leader must verify and a SHARED mark counts even on a
+    dblock whose checksum fails (a mark is never passed over on a guess; sanlock reads the
+    marks so)."""
+    if p.extra_disks:
+        copies = yield from _read_valid(p, 0, p.geometry.ballot_read_size(p.geometry.max_hosts),
+                                        lambda raw: _lease_copy(raw, p))
+        latest: dict[int, tuple[_CopyOrder, int]] = {}
+        for _, rows in copies:
+            for index in _dblock_indices_touched(rows):
+                entry = (_copy_order(rows[index]), int(rows[index]["mode_generation"]))
+                latest[index] = max(latest.get(index, entry), entry)
+        marks = {index: generation for index, (order, generation) in latest.items()
+                 if order[3]}
+        leader = _leader_of([leader for leader, _ in copies])
+        return Holdings(leader, tuple((index + 1, marks[index]) for index in sorted(marks)))
     leader = yield from read_leader(p)
     count = min(leader.num_hosts or p.geometry.max_hosts, p.geometry.max_hosts)
-    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(count), view=True)
-    latest: dict[int, tuple[_CopyOrder, int]] = {}
-    unverified: dict[int, int] = {}
-    for raw in copies:
-        rows, touched, bad = _dblock_rows(raw, p, count)
-        for index in touched:
-            row = rows[index]
-            if index in bad:
-                if int(row["mode_flags"]) & MODE_FLAG_SHARED:
-                    unverified[index] = int(row["mode_generation"])
-                continue
-            entry = (_copy_order(row), int(row["mode_generation"]))
-            latest[index] = max(latest.get(index, entry), entry)
-    marks = {index: generation for index, (order, generation) in latest.items() if order[3]}
-    marks |= {index: generation for index, generation in unverified.items()
-              if index not in latest}
-    return Holdings(leader, tuple((index + 1, marks[index]) for index in sorted(marks)))
+    raw = yield Read(p.device, p.offset_b, p.geometry.ballot_read_size(count), p.io_timeout_s)
+    rows, touched, _ = _dblock_rows(raw, p, count)
+    shared = tuple((index + 1, int(rows[index]["mode_generation"])) for index in touched
+                   if int(rows[index]["mode_flags"]) & MODE_FLAG_SHARED)
+    return Holdings(leader, shared)
+
+
+def _dblock_indices_touched(rows: npt.NDArray[np.void]) -> list[int]:
+    """Indices of rows that are not all zero (a dblock or mode block was ever written)."""
+    mask = ((rows["mbal"] != 0) | (rows["bal"] != 0) | (rows["inp"] != 0) | (rows["lver"] != 0)
+            | (rows["checksum"] != 0) | (rows["mode_flags"] != 0))
+    return [int(i) for i in np.flatnonzero(mask)]
 
 
 def _read_dblock_sectors(p: PaxosParams, host_id: int) -> Algorithm[list[bytes | memoryview]]:
@@ -963,10 +974,13 @@ def convert(p: PaxosParams, held: HeldLease, *, shared: bool, owner_nowait: bool
         raise StillShared(exc, dataclasses.replace(held, dblock=own[0] or held.dblock)
                           ) from exc
     # Ours exclusively: our mark goes (if this write fails the mark only keeps exclusive
-    # acquirers waiting until our release clears it).
+    # acquirers waiting until our release clears it). On several disks at a higher mbal, so
+    # that a disk which misses this write cannot keep the marked copy latest; our release
+    # then writes after it.
+    unmarked = _later_on_every_disk(p, won.dblock)
     with contextlib.suppress(StorageError):
-        yield from _write_dblock(p, won.dblock)
-    return won
+        yield from _write_dblock(p, unmarked)
+    return dataclasses.replace(won, dblock=unmarked)
 
 
 def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False,

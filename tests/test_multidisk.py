@@ -10,7 +10,7 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.effects import Read, Write
-from leasestore.errors import AcquireIdLive, LeasestoreError, NoDiskMajority
+from leasestore.errors import AcquireIdLive, BadDblockChecksum, LeasestoreError, NoDiskMajority
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
     MODE_FLAG_SHARED,
@@ -268,3 +268,65 @@ def test_holdings_are_read_by_majority_not_from_the_first_disk() -> None:
     d.cut("b")
     refused = d.run(paxos_module.read_holdings(reading))  # a and nothing else: no majority
     assert isinstance(refused.error, NoDiskMajority), refused.error or refused.result
+
+
+def _reading(d: LeaseWorld) -> PaxosParams:
+    return paxos_module.reading_params([(name, RES_AT) for name in LEASE_DISKS],
+                                       d.leaders()["b"], 10)
+
+
+def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
+    """Host 1 holds the lease shared; its mark reached a and b (c was cut), and a's copy of
+    its dblock then fails its checksum. a and c are no majority of copies that verify: the
+    reader waits for b and finds the mark. (It once skipped the bad row, took c's stale
+    copy as host 1's latest, and reported the lease free while host 1 held it shared.)"""
+    d = three_disks()
+    d.join(1)
+    first: HeldLease = d.run(acquire(d.params(1))).result
+    d.run(release(d.params(1), first))
+    d.cut("c")
+    d.run(acquire(d.params(1), shared=True))
+    d.restore("c")
+    at = RES_AT + G.dblock_offset(1)
+    sector = bytearray(d.disks["a"].read(at, 512))
+    sector[0] ^= 0xFF  # the dblock no longer matches its checksum; the mode block is intact
+    d.disks["a"].land(at, bytes(sector))
+    holdings: paxos_module.Holdings = d.run(paxos_module.read_holdings(_reading(d))).result
+    assert holdings.shared == ((1, 1),)
+    d.world.fail_when = lambda effect: effect.device == "b"
+    refused = d.run(paxos_module.read_holdings(_reading(d)))  # a bad, c behind: no majority
+    assert isinstance(refused.error, BadDblockChecksum), refused.error or refused.result
+
+
+def test_a_convert_to_exclusive_clears_its_mark_where_a_disk_missed_the_clearing() -> None:
+    """Host 1 converts its shared holding to exclusive; the write that clears its SHARED
+    mark misses disk c. Reading b and c, host 1 must show as the exclusive owner only: the
+    clearing write once carried the marked copy's very mbal, so c's mark won the tie and
+    host 1 counted as a shared holder as well."""
+    d = three_disks()
+    d.join(1)
+    p = d.params(1)
+    held: HeldLease = d.run(acquire(p, shared=True)).result
+    dblock_at = RES_AT + G.dblock_offset(1)
+    committed: list[bool] = []
+
+    def fail(effect: Read | Write) -> bool:
+        if not isinstance(effect, Write):
+            return False
+        if effect.offset_b == RES_AT:
+            committed.append(True)
+            return False
+        return bool(committed) and effect.device == "c" and effect.offset_b == dblock_at
+
+    d.world.fail_when = fail
+    won: HeldLease = d.run(convert(p, held, shared=False)).result
+    assert not won.shared and decode_mode_block(d.disks["c"].read(dblock_at, 512)).shared
+    d.world.fail_when = lambda effect: effect.device == "a"
+    holdings: paxos_module.Holdings = d.run(paxos_module.read_holdings(_reading(d))).result
+    assert holdings.leader.owner_id == 1 and holdings.leader.timestamp != 0
+    assert holdings.shared == ()
+    d.world.fail_when = None
+    d.run(release(p, won))
+    d.world.fail_when = lambda effect: effect.device == "a"
+    after: paxos_module.Holdings = d.run(paxos_module.read_holdings(_reading(d))).result
+    assert after.leader.timestamp == 0 and after.shared == ()

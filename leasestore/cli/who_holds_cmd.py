@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
     target.add_argument("-r", dest="resource",
                         metavar="LOCKSPACE:NAME:PATH:OFFSET[:PATH:OFFSET...]",
                         help="the lease (on several disks: judged by majority)")
-    target.add_argument("range", nargs="?", metavar="PATH[:OFFSET[:LENGTH]]")
+    target.add_argument("range", nargs="?", metavar="PATH[:OFFSET[:LENGTH]]",
+                        help="every lease on this device, each read from it alone (a lease "
+                             "on several disks: name them all with -r)")
     who.add_argument("-s", dest="lockspace", metavar="LOCKSPACE:0:PATH:OFFSET",
                      help="where the lockspace area is (default: looked for on the device)")
     who.add_argument("--run-dir", help="ask this daemon about the hosts (default: "

@@ -937,7 +937,8 @@ class SanlockFrontEnd:
         """The struct always follows the header: libsanlock reads it even on error."""
         asked, disks = self._one_resource(payload)
         try:
-            found = self._as_resource(self._holdings(disks).leader)
+            paths = [(_checked_path(disk.path), disk.offset) for disk in disks]
+            found = self._as_resource(_on_device(lambda: daemonless.lease_leader(paths)))
         except (LeasestoreError, _Refused) as exc:
             code = exc.code if isinstance(exc, _Refused) else result_code(exc)
             return _Reply(code, payload=asked.encode())

@@ -58,12 +58,15 @@ def probe_path(path: str) -> tuple[bool, int, int]:
     except OSError as exc:
         raise StorageError(f"{path}: {exc.strerror}") from None
     if stat.S_ISBLK(st.st_mode):
-        fd = os.open(path, os.O_RDONLY)
         try:
-            sector = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
-            size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                sector = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+                size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+            finally:
+                os.close(fd)
+        except OSError as exc:  # no medium (ENXIO), no permission, ...
+            raise StorageError(f"{path}: cannot open: {exc.strerror}") from None
         return True, int(sector), int(size)
     if stat.S_ISREG(st.st_mode):
         return False, FILE_SECTOR_SIZE, st.st_size
