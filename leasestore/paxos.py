@@ -10,7 +10,8 @@ ballot (next_lver = lver + 1, mbal stride = max_hosts):
   P1 write our dblock {mbal, lver} -> P1 read all dblocks -> choose the value of the highest bal,
   or ourselves -> P2 write {mbal, bal = mbal, value} -> P2 read -> commit the leader.
   A dblock with a higher mbal, or for a later lver, aborts the ballot; we retry after a random
-  pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1).
+  pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1);
+  on several disks they fail their disk's copy in a ballot's reads too.
 rolled-back leader (a late write landed over a newer one; read 1 finds dblocks beyond it):
   dblocks carrying a value above lver + 1 (or RELEASED at lver + 1) -> re-commit the highest
   such version's value by a ballot; dblocks above lver + 1 carrying no value and higher than any
@@ -312,15 +313,23 @@ def _dblock_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
     return rows, touched, bad
 
 
-def _lease_copy(raw: bytes | memoryview, p: PaxosParams
-                ) -> tuple[Leader, npt.NDArray[np.void]]:
-    """One disk's leader and dblock rows; any bad dblock checksum fails the copy."""
-    leader = verify_paxos_leader(raw, p)
-    rows, _, bad = _dblock_rows(raw, p, leader.num_hosts)
+def _verified_rows(raw: bytes | memoryview, p: PaxosParams, num_hosts: int
+                   ) -> tuple[npt.NDArray[np.void], list[int]]:
+    """(rows, touched indices) of one disk's copy of num_hosts dblocks; any bad checksum
+    fails the copy."""
+    rows, touched, bad = _dblock_rows(raw, p, num_hosts)
     if bad:
         host = min(bad) + 1
         raise BadDblockChecksum("dblock", f"host {host}: checksum mismatch",
                                 p.offset_b + p.geometry.dblock_offset(host))
+    return rows, touched
+
+
+def _lease_copy(raw: bytes | memoryview, p: PaxosParams
+                ) -> tuple[Leader, npt.NDArray[np.void]]:
+    """One disk's leader and dblock rows; any bad dblock checksum fails the copy."""
+    leader = verify_paxos_leader(raw, p)
+    rows, _ = _verified_rows(raw, p, leader.num_hosts)
     return leader, rows
 
 
@@ -519,14 +528,11 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
                 ) -> Algorithm[tuple[Dblock | None, list[int]]]:
     """Read all dblocks (every copy); return the accepted dblock with the highest bal, and
     shared holders."""
-    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
+    copies = yield from _ballot_copies(p, num_hosts)
     best: Dblock | None = None
     latest: dict[int, _CopyOrder] = {}
-    for raw in copies:
-        rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+    for rows, touched in copies:
         for index in touched:
-            if index in bad:
-                continue
             row = rows[index]
             latest[index] = max(latest.get(index, _NO_COPY), _copy_order(row))
             lver = int(row["lver"])
@@ -545,14 +551,28 @@ def _phase_read(p: PaxosParams, num_hosts: int, next_lver: int, our_mbal: int
 def _shared_holders(p: PaxosParams, num_hosts: int) -> Algorithm[list[int]]:
     """Host ids whose dblocks (any copy) carry a SHARED mode block (what a phase read
     reports)."""
-    copies = yield from _read_copies(p, 0, p.geometry.ballot_read_size(num_hosts), view=True)
+    copies = yield from _ballot_copies(p, num_hosts)
     latest: dict[int, _CopyOrder] = {}
-    for raw in copies:
-        rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+    for rows, touched in copies:
         for index in touched:
-            if index not in bad:
-                latest[index] = max(latest.get(index, _NO_COPY), _copy_order(rows[index]))
+            latest[index] = max(latest.get(index, _NO_COPY), _copy_order(rows[index]))
     return _marked(latest)
+
+
+def _ballot_copies(p: PaxosParams, num_hosts: int
+                   ) -> Algorithm[list[tuple[npt.NDArray[np.void], list[int]]]]:
+    """Each disk's dblock rows for a ballot's read, with the indices to judge. On one disk a
+    row with a bad checksum is passed over (sanlock's reading). On several, a copy with any
+    bad row counts as a disk that failed: a host is judged by its dblock as a majority of the
+    disks holds it, never by the copies that are left once a bad one is passed over (those
+    may all be behind it)."""
+    size = p.geometry.ballot_read_size(num_hosts)
+    if not p.extra_disks:
+        (raw,) = yield from _read_copies(p, 0, size, view=True)
+        rows, touched, bad = _dblock_rows(raw, p, num_hosts)
+        return [(rows, [index for index in touched if index not in bad])]
+    return (yield from _read_valid(p, 0, size, lambda raw: _verified_rows(raw, p, num_hosts),
+                                   view=True))
 
 
 _CopyOrder = tuple[int, int, int, int]

@@ -10,7 +10,13 @@ import pytest
 
 import leasestore.paxos as paxos_module
 from leasestore.effects import Read, Write
-from leasestore.errors import AcquireIdLive, BadDblockChecksum, LeasestoreError, NoDiskMajority
+from leasestore.errors import (
+    AcquireIdLive,
+    BadDblockChecksum,
+    LeasestoreError,
+    NoDiskMajority,
+    SharedHolders,
+)
 from leasestore.ondisk.dblock import (
     DBLOCK_FLAG_RELEASED,
     MODE_FLAG_SHARED,
@@ -296,6 +302,46 @@ def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
     d.world.fail_when = lambda effect: effect.device == "b"
     refused = d.run(paxos_module.read_holdings(_reading(d)))  # a bad, c behind: no majority
     assert isinstance(refused.error, BadDblockChecksum), refused.error or refused.result
+
+
+def test_a_ballot_never_judges_a_host_by_a_copy_of_its_dblock_that_does_not_verify() -> None:
+    """Host 1 holds the lease shared, its mark on a and b (c was cut and keeps an older,
+    unmarked copy); a's copy of its dblock then fails its checksum. Host 2's exclusive
+    acquire reads the lease from a and b, then b stops answering its phase reads: a and c
+    are no majority of copies that verify, and host 2 must be refused the lease. (The
+    phase reads once skipped a's bad row, took c's stale copy as host 1's latest, and granted
+    host 2 the lease beside the live shared holder.) With b back, host 2 finds host 1."""
+    d = three_disks()
+    d.join(1)
+    first: HeldLease = d.run(acquire(d.params(1))).result
+    d.run(release(d.params(1), first))
+    d.cut("c")
+    d.run(acquire(d.params(1), shared=True))
+    d.restore("c")
+    at = RES_AT + G.dblock_offset(1)
+    sector = bytearray(d.disks["a"].read(at, 512))
+    sector[0] ^= 0xFF  # the dblock no longer matches its checksum; the mode block is intact
+    d.disks["a"].land(at, bytes(sector))
+    d.join(2)
+    ballot_begun: list[bool] = []
+
+    def fail(effect: Read | Write) -> bool:
+        if isinstance(effect, Write) and effect.offset_b == RES_AT + G.dblock_offset(2):
+            ballot_begun.append(True)
+            return False
+        return bool(ballot_begun) and isinstance(effect, Read) and effect.device == "b"
+
+    d.world.fail_when = fail
+    refused = d.run(acquire(d.params(2)))
+    assert ballot_begun, "the acquire never reached its ballot"
+    # a's copy fails its checksum and b fails its reads: the record error is the one reported
+    assert isinstance(refused.error, (BadDblockChecksum, NoDiskMajority)), (
+        refused.error or refused.result)
+    d.world.fail_when = None
+    again = d.run(acquire(d.params(2)))
+    assert isinstance(again.error, SharedHolders), again.error or again.result
+    holdings: paxos_module.Holdings = d.run(paxos_module.read_holdings(_reading(d))).result
+    assert holdings.leader.timestamp == 0 and holdings.shared == ((1, 1),)
 
 
 def test_a_convert_to_exclusive_clears_its_mark_where_a_disk_missed_the_clearing() -> None:
