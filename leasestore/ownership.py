@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from leasestore import daemonless, direct
-from leasestore.errors import CorruptRecord, LeaseMismatch
+from leasestore.errors import CorruptRecord, LeaseMismatch, StorageError
 from leasestore.ondisk.geometry import Geometry
 from leasestore.ondisk.leader import Leader, LeaderMagic, decode_leader
 from leasestore.storage.odirect import DirectDevice
@@ -87,11 +87,12 @@ def leases_in(path: str, offset_b: int, length_b: int | None) -> list[ResourceHo
 
 def lease_at(disks: Sequence[tuple[str, int]]) -> ResourceHolders:
     """The resource lease on `disks` (1-4, judged by majority: daemonless.lease_holdings) and
-    its holders; a leader that does not verify gives an entry with its error."""
+    its holders; a leader that does not verify, or disks that cannot be read (no majority),
+    give an entry with its error, so one such lease never hides the others of a range."""
     path, offset_b = disks[0]
     try:
         holdings = daemonless.lease_holdings(disks)
-    except (CorruptRecord, LeaseMismatch) as exc:
+    except (CorruptRecord, LeaseMismatch, StorageError) as exc:
         return ResourceHolders("", None, path, offset_b, 0, (), error=str(exc))
     leader = holdings.leader
     holders = tuple(Holder(o.host_id, o.generation, o.shared, None)

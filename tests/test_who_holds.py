@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from leasestore import direct, ownership
+from leasestore import daemonless, direct, ownership
 from leasestore.cli.main import main
+from leasestore.errors import StorageError
 from leasestore.ondisk.dblock import MODE_FLAG_SHARED, Dblock, ModeBlock, encode_dblock_sector
 from leasestore.ondisk.geometry import pad_sector
 from leasestore.ondisk.leader import Leader, decode_leader, encode_delta_sector
@@ -130,6 +131,29 @@ def test_an_unreadable_leader_is_an_error_never_free(disk: str,
     code, leases = _who(["-r", f"LS:vm1:{disk}:{VM1}"], capsys)
     assert code == 1
     assert "checksum" in leases[0]["error"] and "holders" not in leases[0]
+
+
+def test_a_lease_that_cannot_be_read_is_an_entry_and_the_others_still_show(
+        disk: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two of three disks missing: no majority, reported as the lease's error. In a range,
+    a read error on one lease leaves the listing of the others whole."""
+    gone = [str(tmp_path / name) for name in ("b", "c")]
+    code, leases = _who(["-r", f"LS:vm1:{disk}:{VM1}:{gone[0]}:{VM1}:{gone[1]}:{VM1}"], capsys)
+    assert code == 1
+    assert "disks" in leases[0]["error"] and "holders" not in leases[0], leases
+    real = daemonless.lease_holdings
+
+    def eio_at_vm1(disks: Any) -> Any:
+        if disks[0][1] == VM1:
+            raise StorageError(f"{disks[0][0]}: read: Input/output error")
+        return real(disks)
+
+    monkeypatch.setattr(daemonless, "lease_holdings", eio_at_vm1)
+    code, leases = _who([disk, "--watch", "0"], capsys)
+    assert code == 1
+    assert "Input/output error" in leases[0]["error"]
+    assert leases[1]["resource"] == "vm2" and len(leases[1]["holders"]) == 2
 
 
 def test_without_a_lockspace_area_the_hosts_are_unknown_and_s_finds_it(
