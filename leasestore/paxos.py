@@ -22,6 +22,8 @@ rolled-back leader (a late write landed over a newer one; read 1 finds dblocks b
   free before our next ballot, whose first write replaces that mark.
 release: read the leader (skipped while our host lease outlasts the write: nobody can have
   taken it over); if it is still ours, write our RELEASED dblock and the free leader together.
+  A release that fails is retried; finding the leader freed by us at our lver, the retry writes
+  only the RELEASED dblock (our dblock must not keep an earlier write of ours, landed late).
 shared: a short exclusive hold (SHORT_HOLD flag), then our mode block says SHARED and the leader
   is released; exclusive acquirers must wait for shared holders to leave or die.
 convert: shared to exclusive runs an exclusive acquire's ballots with our SHARED mark kept in
@@ -1034,6 +1036,13 @@ def release(p: PaxosParams, held: HeldLease, *, leader_unchanged: bool = False,
                            f"(lver {leader.lver})")
     if leader.lver != held.lver:
         raise ReleaseLver(f"lease {p.resource!r} moved to lver {leader.lver}")
+    if leader.timestamp == 0 and (leader.owner_id, leader.owner_generation) == (
+            p.host_id, p.generation):
+        # We freed it ourselves (an earlier try whose leader write landed while its dblock
+        # write failed): our dblock must still say RELEASED, or a SHARED mark of ours that
+        # landed late would keep every exclusive acquirer out while we live.
+        yield from _write_dblock(p, released)
+        return
     if (leader.timestamp == 0 or leader.owner_id != p.host_id
             or leader.encode() != held.leader.encode()):
         raise ReleaseOwner(f"lease {p.resource!r} is no longer ours")
@@ -1056,16 +1065,21 @@ def _write_released(p: PaxosParams, released: Dblock, leader: Leader, rename: st
     if rename:
         free = free.replace(resource_name=rename)
     # The RELEASED dblock (proof, should a late write roll the leader back, that this version
-    # is over) and the free leader go out together. The leader is what matters: its failure
-    # fails the release; a failed dblock write only slows a later recovery down.
+    # is over) and the free leader go out together. Either failing fails the release: with the
+    # leader free, our dblock may still show an earlier write of ours landing late.
     dblock_sector = encode_dblock_sector(released, p.geometry.sector_size, p.own_mode)
     leader_sector = pad_sector(free.encode(), p.geometry.sector_size)
     if not p.extra_disks:
-        _, leader_written = yield Batch((
+        dblock_written, leader_written = yield Batch((
             Write(p.device, p.dblock_at, dblock_sector, p.io_timeout_s),
             Write(p.device, p.offset_b, leader_sector, p.io_timeout_s)))
         if isinstance(leader_written, StorageError):
             raise leader_written
+        if isinstance(dblock_written, StorageError):
+            # The lease is free, but our dblock may still show an earlier write of ours (a
+            # SHARED mark that lands late): the caller retries, and `release` then writes the
+            # RELEASED dblock beside the leader we freed.
+            raise dblock_written
         return
     dblock_at = p.geometry.dblock_offset(p.host_id)
     # The leaders come first: the batch may end once a majority of them are written.

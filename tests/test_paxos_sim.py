@@ -991,3 +991,14 @@ def test_a_convert_to_shared_ending_after_the_host_lease_expired_still_holds_it_
     violations = cluster.run(chaos_s=300)
     assert violations == [], violations
     assert cluster.counts.get("convert_to_shared", 0) > 5, cluster.counts
+
+
+def test_a_release_whose_dblock_write_failed_writes_it_on_retry() -> None:
+    """Campaign seed 7405016 (one disk): a convert to shared's mark write timed out and landed
+    after the release, whose RELEASED dblock write (queued behind it) timed out while the free
+    leader landed. The release counted as done, the late mark stayed on our dblock, and every
+    exclusive acquire was refused by a live host that held nothing (an orphan). A failed
+    RELEASED dblock now fails the release, and its retry writes it beside the leader we
+    freed."""
+    result = run_seed((7405016, Shape(None, None, 200.0, None)))
+    assert result.orphans == [] and result.violations == [] and result.liveness_failures == []
