@@ -10,8 +10,8 @@ ballot (next_lver = lver + 1, mbal stride = max_hosts):
   P1 write our dblock {mbal, lver} -> P1 read all dblocks -> choose the value of the highest bal,
   or ourselves -> P2 write {mbal, bal = mbal, value} -> P2 read -> commit the leader.
   A dblock with a higher mbal, or for a later lver, aborts the ballot; we retry after a random
-  pause with mbal + max_hosts. Dblocks with bad checksums are skipped in ballots (but fail read 1);
-  on several disks they fail their disk's copy in a ballot's reads too.
+  pause with mbal + max_hosts. On one disk, dblocks with bad checksums are skipped in ballots
+  (but fail read 1); on several, a bad one fails its disk's copy in every read.
 rolled-back leader (a late write landed over a newer one; read 1 finds dblocks beyond it):
   dblocks carrying a value above lver + 1 (or RELEASED at lver + 1) -> re-commit the highest
   such version's value by a ballot; dblocks above lver + 1 carrying no value and higher than any

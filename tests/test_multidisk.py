@@ -281,11 +281,10 @@ def _reading(d: LeaseWorld) -> PaxosParams:
                                        d.leaders()["b"], 10)
 
 
-def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
-    """Host 1 holds the lease shared; its mark reached a and b (c was cut), and a's copy of
-    its dblock then fails its checksum. a and c are no majority of copies that verify: the
-    reader waits for b and finds the mark. (It once skipped the bad row, took c's stale
-    copy as host 1's latest, and reported the lease free while host 1 held it shared.)"""
+def _shared_with_its_mark_bad_on_a() -> LeaseWorld:
+    """Host 1 holds the lease shared: its mark reached a and b (c was cut and keeps an older,
+    unmarked copy), and a's copy of its dblock then fails its checksum (the mode block is
+    intact)."""
     d = three_disks()
     d.join(1)
     first: HeldLease = d.run(acquire(d.params(1))).result
@@ -297,6 +296,15 @@ def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
     sector = bytearray(d.disks["a"].read(at, 512))
     sector[0] ^= 0xFF  # the dblock no longer matches its checksum; the mode block is intact
     d.disks["a"].land(at, bytes(sector))
+    return d
+
+
+def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
+    """Host 1 holds the lease shared, its mark bad on a and missing on c: a and c are no
+    majority of copies that verify, so the reader waits for b and finds the mark. (It once
+    skipped the bad row, took c's stale copy as host 1's latest, and reported the lease free
+    while host 1 held it shared.)"""
+    d = _shared_with_its_mark_bad_on_a()
     holdings: paxos_module.Holdings = d.run(paxos_module.read_holdings(_reading(d))).result
     assert holdings.shared == ((1, 1),)
     d.world.fail_when = lambda effect: effect.device == "b"
@@ -305,23 +313,12 @@ def test_holdings_never_count_a_copy_that_does_not_verify() -> None:
 
 
 def test_a_ballot_never_judges_a_host_by_a_copy_of_its_dblock_that_does_not_verify() -> None:
-    """Host 1 holds the lease shared, its mark on a and b (c was cut and keeps an older,
-    unmarked copy); a's copy of its dblock then fails its checksum. Host 2's exclusive
+    """Host 1 holds the lease shared, its mark bad on a and missing on c. Host 2's exclusive
     acquire reads the lease from a and b, then b stops answering its phase reads: a and c
     are no majority of copies that verify, and host 2 must be refused the lease. (The
     phase reads once skipped a's bad row, took c's stale copy as host 1's latest, and granted
     host 2 the lease beside the live shared holder.) With b back, host 2 finds host 1."""
-    d = three_disks()
-    d.join(1)
-    first: HeldLease = d.run(acquire(d.params(1))).result
-    d.run(release(d.params(1), first))
-    d.cut("c")
-    d.run(acquire(d.params(1), shared=True))
-    d.restore("c")
-    at = RES_AT + G.dblock_offset(1)
-    sector = bytearray(d.disks["a"].read(at, 512))
-    sector[0] ^= 0xFF  # the dblock no longer matches its checksum; the mode block is intact
-    d.disks["a"].land(at, bytes(sector))
+    d = _shared_with_its_mark_bad_on_a()
     d.join(2)
     ballot_begun: list[bool] = []
 
